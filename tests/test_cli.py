@@ -1,0 +1,104 @@
+"""The CLI contract: eight commands, fast help without torch, one-line user errors with exit 2."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from unifashion_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("prepare", "train", "index", "search", "caption", "generate", "bench", "demo")
+runner = CliRunner()
+
+
+def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "unifashion_cli.main", *args], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, **(env or {})}, timeout=120,
+    )
+
+
+def test_help_lists_the_eight_commands_quickly_and_without_torch():
+    code = (
+        "import sys, time; t = time.perf_counter(); from unifashion_cli.main import app; "
+        "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['--help']); "
+        "print(time.perf_counter() - t); print('torch' in sys.modules); print(r.output)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    seconds, torch_loaded, output = result.stdout.split("\n", 2)
+    assert torch_loaded == "False"
+    assert float(seconds) < 1.0
+    for command in COMMANDS:
+        assert command in output
+
+
+def test_unknown_recipe_key_exits_2_and_names_the_closest_key():
+    result = _run("train", "recipes/demo.yaml", "--phase", "1", "trian.lr=1")
+    assert result.returncode == 2
+    assert "did you mean 'train'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_phase_option_may_come_before_the_recipe():
+    result = runner.invoke(app, ["train", "--phase", "2", "recipes/fashioniq.yaml", "seed=x"])
+    assert result.exit_code == 2  # parsed: the recipe loaded and the bad override was reported
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "recipes/missing.yaml"], "does not exist"),
+    (["train", "recipes/tiny.yaml", "train.lr"], "key=value"),
+    (["train", "recipes/tiny.yaml", "--phase", "3"], ""),
+    (["prepare", "nosuch", "--out", "x", "--root", "."], "unknown dataset"),
+    (["bench", "nosuch"], "unknown bench subject"),
+    (["search"], "give --text, --image"),
+    (["search", "--text", "  "], "empty"),
+    (["generate", "--out", "x.png", "--text", "red", "--steps", "0"], "--steps"),
+    (["generate", "--out", "x.png", "--text", "red", "--guidance", "99"], "--guidance"),
+    (["generate", "--out", "x.png", "--person", "p.png"], "--mask"),
+])
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    monkeypatch.chdir(ROOT)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_prepare_refuses_a_non_empty_out_unless_overwrite(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["prepare", "demo", "--out", str(out), "--num-items", "60"])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_prepare_refuses_an_unwritable_parent(tmp_path, monkeypatch):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = runner.invoke(app, ["prepare", "demo", "--out", str(locked / "d")])
+    assert result.exit_code == 2
+
+
+def test_commands_without_workspace_state_say_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    result = runner.invoke(app, ["search", "--text", "red shirt"])
+    assert result.exit_code == 2
+    assert "unifashion index" in result.output
+
+
+def test_help_is_fast_end_to_end():
+    started = time.perf_counter()
+    result = _run("--help")
+    assert result.returncode == 0
+    assert time.perf_counter() - started < 5.0  # includes interpreter start-up

@@ -1,0 +1,26 @@
+"""`unifashion demo`: run the whole main job on the built-in demo data and the `small` preset."""
+
+import typer
+
+from unifashion_cli.console import RichProgress, handle_errors, out, print_json
+
+
+@handle_errors
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="A short smoke run (about 3 minutes)."),
+    num_items: int | None = typer.Option(None, "--num-items", help="Demo items to draw (default 1200, quick 300)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Prepare, train, index, search, caption, generate and bench; writes demo/report.md."""
+    from unifashion_core import workspace
+    from unifashion_core.demo import run_demo
+
+    with RichProgress(quiet) as progress:
+        report = run_demo(quick=quick, num_items=num_items, progress=progress)
+    if json_output:
+        print_json(report)
+        return
+    for name, info in report["stages"].items():
+        out.print(f"{name:>9}: {info['seconds']:.0f} s")
+    out.print(f"report: {workspace.workspace_dir() / 'demo' / 'report.md'}")

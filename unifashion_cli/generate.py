@@ -1,0 +1,42 @@
+"""`unifashion generate`: garment images from text, image + text, or person + mask (+ sketch)."""
+
+from pathlib import Path
+
+import typer
+
+from unifashion_cli.console import RichProgress, handle_errors, out, print_json
+
+
+@handle_errors
+def generate(
+    out_path: Path = typer.Option(..., "--out", help="Output PNG (several images: NAME-0.png, NAME-1.png...)."),
+    text: str | None = typer.Option(None, "--text", help="What to draw, e.g. \"blue polka-dot dress\"."),
+    image: Path | None = typer.Option(None, "--image", help="Reference garment image (with --text: edit it)."),
+    person: Path | None = typer.Option(None, "--person", help="Try-on / design: the person image."),
+    mask: Path | None = typer.Option(None, "--mask", help="Try-on / design: agnostic mask (white = generate)."),
+    sketch: Path | None = typer.Option(None, "--sketch", help="Try-on / design: garment sketch."),
+    steps: int = typer.Option(20, "--steps", help="Sampling steps (paper: 50 with plms)."),
+    sampler: str = typer.Option("dpm++", "--sampler", help="dpm++ (DPM-Solver++), plms (PNDM) or ddim."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (stored in the PNG metadata)."),
+    num_images: int = typer.Option(1, "--num-images", help="How many images."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: workspace latest)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the written paths and settings as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Generate images; PNGs carry the seed and settings in their metadata."""
+    from unifashion_core import workspace
+    from unifashion_core.inference import GenerationRequest, check_request, generate_images, save_png
+
+    request = GenerationRequest(text, image, person, mask, sketch, steps, sampler, guidance, seed, num_images)
+    check_request(request)
+    with RichProgress(quiet) as progress:
+        images, settings = generate_images(workspace.resolve("checkpoint", checkpoint), request, progress)
+    target = out_path if out_path.suffix else out_path.with_suffix(".png")
+    paths = [target] if len(images) == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(len(images))]
+    for i, (picture, path) in enumerate(zip(images, paths, strict=True)):
+        save_png(picture, path, {**settings, "index": i})
+    if json_output:
+        print_json({"images": [str(p) for p in paths], "settings": settings})
+    else:
+        out.print("\n".join(str(p) for p in paths))

@@ -1,0 +1,25 @@
+"""The `unifashion` Typer app. Each subcommand lives in its own small module."""
+
+import typer
+
+from unifashion_cli import bench, caption, demo, generate, index, prepare, search, train
+
+app = typer.Typer(
+    name="unifashion",
+    help="UniFashion: one vision-language model for fashion retrieval, captioning and generation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.command(name="prepare")(prepare.prepare)
+app.command(name="train")(train.train)
+app.command(name="index")(index.index)
+app.command(name="search")(search.search)
+app.command(name="caption")(caption.caption)
+app.command(name="generate")(generate.generate)
+app.command(name="bench")(bench.bench)
+app.command(name="demo")(demo.demo)
+
+if __name__ == "__main__":
+    app()

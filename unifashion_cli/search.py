@@ -1,0 +1,50 @@
+"""`unifashion search`: query an index with a text, an image, or both."""
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from unifashion_cli.console import err, handle_errors, out, print_json
+
+
+@handle_errors
+def search(
+    text: str | None = typer.Option(None, "--text", help="Query text (text->image, or with --image: composed)."),
+    image: Path | None = typer.Option(None, "--image", help="Query image (image->text, or with --text: composed)."),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many results."),
+    mode: str = typer.Option("auto", "--mode", help="auto, t2i, i2t, i2i (similar images) or cir."),
+    index_dir: Path | None = typer.Option(None, "--index", help="Index directory (default: workspace latest)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Query model (default: the index's)."),
+    no_captions: bool = typer.Option(False, "--no-captions", help="Composed: ignore gallery captions."),
+    caption_weight: float = typer.Option(1.0, "--caption-weight", help="Composed: weight w of the caption term."),
+    sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG of query and results."),
+    json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No warnings."),
+) -> None:
+    """Search the index; prints rank, id, score and caption of the top-k items."""
+    from unifashion_core import workspace
+    from unifashion_core.retrieval.search import (
+        check_query, contact_sheet, load_searcher, results_as_dicts, search as run_search,
+    )
+
+    effective, warnings = check_query(text, str(image) if image else None, mode)
+    for warning in warnings:
+        if not quiet:
+            err.print(f"warning: {warning}")
+    model, index = load_searcher(workspace.resolve("index", index_dir), checkpoint)
+    results = run_search(model, index, text, image, k, effective, caption_weight, not no_captions)
+    if sheet is not None:
+        contact_sheet(results, sheet, image, text)
+    if json_output:
+        print_json({"mode": effective, "query": {"text": text, "image": str(image) if image else None},
+                    "results": results_as_dicts(results)})
+        return
+    table = Table(title=f"{effective}: {text or ''} {image or ''}".strip())
+    for column in ("rank", "id", "score", "caption"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(str(r.rank), r.id, f"{r.score:.4f}", r.caption)
+    out.print(table)
+    if sheet is not None:
+        out.print(f"contact sheet: {sheet}")

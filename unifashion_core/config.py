@@ -1,0 +1,328 @@
+"""Typed, strict, frozen recipes: YAML file + ``key=value`` overrides -> ``Recipe``.
+
+Every field has a default, so a recipe lists only what differs. Unknown keys are errors with a
+"did you mean" suggestion; values are converted to the field's type (YAML reads ``3e-4`` as a
+string); cross-field rules live in ``__post_init__``.
+"""
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unifashion_core.errors import UserError
+
+PRESETS = ("tiny", "small", "paper")
+SCHEDULES = ("constant", "linear", "cosine", "onecycle")
+PHASE1_STAGES = ("retrieval", "caption", "generate")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} is {value!r}; choose one of {', '.join(choices)}.")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # prepared dataset directory; "" = the workspace's latest `prepare`
+    caption_field: str = "caption"  # which text trains retrieval: caption | description
+    max_text_length: int = 32  # tokens; longer texts are truncated
+
+    def __post_init__(self) -> None:
+        _check_choice("data.caption_field", self.caption_field, ("caption", "description"))
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    name: str = "tiny"  # tiny | efficientnet_lite0 | blip2
+    weights: str = ""  # path, hub id or package:NAME; "" = the packaged default
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        _check_choice("model.vision.name", self.name, ("tiny", "efficientnet_lite0", "blip2"))
+
+
+@dataclass(frozen=True)
+class QFormerConfig:
+    init: str = "random"  # random | minilm | blip2
+    weights: str = ""
+    num_query_tokens: int = 32
+    num_hidden_layers: int = 6
+    cross_attention_frequency: int = 2
+    embed_dim: int = 256
+    hidden_size: int = 384
+    num_attention_heads: int = 12
+    intermediate_size: int = 1536
+
+    def __post_init__(self) -> None:
+        _check_choice("model.qformer.init", self.init, ("random", "minilm", "blip2"))
+        if self.num_query_tokens < 1:
+            raise UserError("model.qformer.num_query_tokens must be at least 1.")
+
+
+@dataclass(frozen=True)
+class CaptionerConfig:
+    llm: str = "tiny"  # tiny | small | a local directory or hub id (paper: Vicuna-7B)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    llm_hidden_size: int = 0  # built-from-config LMs only; 0 = the preset's default (tiny 64, small 384)
+    llm_layers: int = 0  # built-from-config LMs only; 0 = the preset's default (tiny 2, small 4)
+    style: str = "short"  # short | professional | detailed (paper Table 7)
+    max_caption_length: int = 64
+    max_new_tokens: int = 40
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    preset: str = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)
+    unet: str = ""  # paper: a local directory or hub id
+    vae: str = ""
+    resolution: int = 64
+    inpainting: bool = False
+    use_sketch: bool = False
+    cfg_drop_prob: float = 0.1  # context -> learned null embedding, for classifier-free guidance
+    num_inference_steps: int = 20
+    sampler: str = "dpm++"
+    guidance_scale: float = 5.0
+
+    def __post_init__(self) -> None:
+        _check_choice("model.generator.preset", self.preset, PRESETS)
+        _check_choice("model.generator.sampler", self.sampler, ("dpm++", "plms", "ddim"))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    itm_every: int = 1  # compute ITM on every n-th step only (a CPU budget knob)
+    label_smoothing: float = 0.0  # BLIP-2 reference 0.1, UniFashion code 0
+    itm_negatives: str = "hardest"  # sample (BLIP-2) | hardest (UniFashion code)
+    gather_across_processes: bool = True  # only has an effect with world size > 1
+    cir_weight: float = 1.0  # phase 2
+    itg_weight: float = 1.0  # phase 2: fused queries -> frozen LLM -> target caption
+    q2i_weight: float = 1.0  # phase 2: fused queries -> frozen UNet -> target image
+    cir_variant: str = "paper"  # paper (e_cls, both directions) | code (released code)
+
+    def __post_init__(self) -> None:
+        _check_choice("loss.itm_negatives", self.itm_negatives, ("sample", "hardest"))
+        _check_choice("loss.cir_variant", self.cir_variant, ("paper", "code"))
+        if self.itm_every < 1:
+            raise UserError("loss.itm_every must be at least 1.")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    max_steps: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    schedule: str = "cosine"  # constant | linear | cosine | onecycle
+    warmup_ratio: float = 0.03
+
+    def __post_init__(self) -> None:
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        if self.max_steps < 0 or self.batch_size < 1:
+            raise UserError("max_steps must be >= 0 and batch_size >= 1.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stages: tuple[str, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
+    grad_accum_steps: int = 1
+    mixed_precision: str = "no"  # no | fp16 | bf16 (used only where the device supports it)
+    eval_every: int = 100  # steps between validation passes (0 = only at the end)
+    save_every: int = 200  # steps between checkpoints (0 = only at the end)
+    log_every: int = 10
+    eval_max_items: int = 500  # validation gallery size cap, to keep evaluation cheap
+    retrieval: OptimConfig = field(default_factory=OptimConfig)
+    caption: OptimConfig = field(default_factory=OptimConfig)
+    generate: OptimConfig = field(default_factory=OptimConfig)
+    phase2: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            _check_choice("train.stages entry", stage, PHASE1_STAGES)
+        _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "unnamed"
+    preset: str = "tiny"  # tiny | small | paper (documentation; the model section is explicit)
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("preset", self.preset, PRESETS)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(valid)})"
+
+
+def _convert(value: Any, kind: Any, where: str) -> Any:
+    """Convert a YAML value to a field type, or raise a UserError naming the key."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping of keys, got {value!r}.")
+        return _build(kind, value, where + ".")
+    if origin is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        args = typing.get_args(kind)
+        item_types = [args[0]] * len(items) if args[-1] is Ellipsis else list(args)
+        if len(item_types) != len(items):
+            raise UserError(f"{where} needs {len(item_types)} values, got {len(items)}.")
+        return tuple(_convert(v, t, where) for v, t in zip(items, item_types, strict=True))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind is str:
+            if isinstance(value, dict | list):
+                raise ValueError
+            return "" if value is None else str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{where} must be a {kind.__name__}, got {value!r}.") from None
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            full = [prefix + name for name in names]
+            raise UserError(f"unknown recipe key {prefix + str(key)!r}{_suggest(prefix + str(key), full)}.")
+        kwargs[key] = _convert(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into (["a", "b", "c"], parsed value)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise UserError(f"override {text!r} is not of the form key=value (e.g. train.retrieval.lr=3e-4).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _check_key(path: list[str]) -> None:
+    """Raise a UserError naming the first unknown segment of a dotted key and its closest match."""
+    cls: Any = Recipe
+    for depth, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            raise UserError(f"unknown recipe key {'.'.join(path)!r}: {'.'.join(path[:depth])!r} is a value.")
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            prefix = ".".join(path[:depth] + [""])
+            names = [prefix + name for name in hints]
+            raise UserError(f"unknown recipe key {'.'.join(path)!r}{_suggest(prefix + part, names)}.")
+        cls = hints[part]
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return the raw recipe mapping with ``key=value`` overrides applied (in place)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        _check_key(path)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {text!r}: {part!r} is not a section.")
+        node[path[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a YAML recipe, apply ``key=value`` overrides, and return a frozen Recipe.
+
+    Raises:
+        UserError: unreadable file, bad YAML, unknown key (with the closest valid one), bad type.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"recipe {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read recipe {path}: {exc}.") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {path} must be a mapping of keys at the top level.")
+    return recipe_from_dict(apply_overrides(data, list(overrides)))
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Build a Recipe from a plain mapping (as stored in checkpoints' config.yaml)."""
+    return _build(Recipe, data)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain YAML-friendly data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe as YAML text (what gets written next to every output)."""
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False)
+
+
+def replace(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A copy of ``recipe`` with ``key=value`` overrides applied (validated like a file)."""
+    return recipe_from_dict(apply_overrides(to_dict(recipe), overrides))

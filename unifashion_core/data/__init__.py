@@ -1,0 +1,1 @@
+"""Datasets: the shared manifest format, one adapter per dataset, image loading, the demo data."""

@@ -1,0 +1,167 @@
+"""Kaggle Fashion Product Images (Myntra catalogue): ``styles.csv`` + ``images/{id}.jpg``.
+
+Caption = ``productDisplayName``; description composed from the attributes ("Men's blue shirt,
+topwear for formal use, summer season."); category = ``articleType``. The dataset has no official
+split, so items are split at random with a seed (80/20 train/test by default).
+
+The full Kaggle ``styles.csv`` has rows whose product name contains unquoted commas; as the name
+is the last column, the extra fields are joined back into it. Rows with too few fields or no id
+are skipped with the reason ``malformed_row`` or ``missing_id``.
+"""
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from unifashion_core.data.manifest import Item, SkipLog, write_dataset
+from unifashion_core.data.prepare import (
+    IMAGE_DIR,
+    assign_splits,
+    check_image,
+    clean_text,
+    copy_files,
+    report_info,
+)
+from unifashion_core.errors import UserError
+from unifashion_core.progress import Progress
+
+CSV_NAMES = ("styles.csv", "sample_styles.csv")
+COLUMNS = (
+    "id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year",
+    "usage", "productDisplayName",
+)  # fmt: skip
+_POSSESSIVE = {"men": "Men's", "women": "Women's", "boys": "Boys'", "girls": "Girls'"}
+# Nouns that stay plural in "Men's blue jeans" (the others lose their final s: "shirts" -> "shirt").
+_PLURAL_ONLY = {
+    "jeans", "shorts", "pants", "trousers", "leggings", "tights", "briefs", "boxers", "capris",
+    "sunglasses", "glasses", "jeggings", "trunks", "innerwear",
+}  # fmt: skip
+
+
+def prepare_fashion_product(
+    root: Path,
+    out: Path,
+    seed: int,
+    progress: Progress,
+    *,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.2,
+) -> dict[str, Any]:
+    """Prepare Fashion Product Images with a seeded split by item.
+
+    Args:
+        root: directory holding ``styles.csv`` (or ``sample_styles.csv``) and ``images/``.
+        out: the prepared dataset directory.
+        seed: seed of the split.
+        progress: receives progress events.
+        val_fraction: share of the usable items put in ``val``.
+        test_fraction: share of the usable items put in ``test``.
+
+    Returns:
+        The report of ``write_dataset``.
+    """
+    csv_path = next((root / n for n in CSV_NAMES if (root / n).is_file()), None)
+    if csv_path is None:
+        raise UserError(f"{root} has no styles.csv; point --root at the Fashion Product Images.")
+    skipped = SkipLog()
+    rows = read_styles(csv_path, skipped)
+    progress.start("check images", len(rows))
+    candidates, files = [], {}
+    for row in rows:
+        progress.advance("check images")
+        image = root / "images" / f"{row['id']}.jpg"
+        if not row["productDisplayName"]:
+            skipped.add(row["id"], "empty_caption", image)
+        elif check_image(image, row["id"], skipped):
+            dest = f"{IMAGE_DIR}/{image.name}"
+            files[dest] = image
+            candidates.append((row, dest))
+    splits = assign_splits((row["id"] for row, _ in candidates), seed, val_fraction, test_fraction)
+    items = [_item(row, dest, splits[row["id"]]) for row, dest in candidates]
+    fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    info = report_info(
+        "fashion-product", root, seed, csv=csv_path.name, num_rows=len(rows), **fractions
+    )
+    return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+
+
+def read_styles(path: Path, skipped: SkipLog) -> list[dict[str, str]]:
+    """Read the styles CSV into one dict per usable row (bad rows go to ``skipped``).
+
+    Raises:
+        UserError: a header without the expected columns.
+    """
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        header = [h.strip() for h in next(reader, [])]
+        if header[: len(COLUMNS)] != list(COLUMNS):
+            raise UserError(f"{path} does not start with the columns {','.join(COLUMNS)}.")
+        rows, seen = [], set()
+        for line_number, fields in enumerate(reader, start=2):
+            if not any(f.strip() for f in fields):
+                continue  # a blank line is not a record
+            row = _parse_row(fields)
+            where = f"{path.name}:{line_number}"
+            if row is None:
+                skipped.add(where, "malformed_row", path, "row")
+            elif not row["id"]:
+                skipped.add(where, "missing_id", path, "row")
+            elif row["id"] in seen:
+                skipped.add(row["id"], "duplicate_id", path, "row")
+            else:
+                seen.add(row["id"])
+                rows.append(row)
+    return rows
+
+
+def _parse_row(fields: list[str]) -> dict[str, str] | None:
+    if len(fields) < len(COLUMNS):
+        return None
+    # Unquoted commas in the product name (the last column) make extra fields: join them back.
+    fields = [*fields[: len(COLUMNS) - 1], ",".join(fields[len(COLUMNS) - 1 :])]
+    return {name: clean_text(value) for name, value in zip(COLUMNS, fields, strict=True)}
+
+
+def _item(row: dict[str, str], image: str, split: str) -> Item:
+    attributes = {k: v for k, v in row.items() if k not in ("id", "productDisplayName") and v}
+    if attributes.get("year", "").endswith(".0"):
+        attributes["year"] = attributes["year"][:-2]  # pandas wrote the years as floats
+    return Item(
+        id=row["id"],
+        image=image,
+        split=split,
+        caption=row["productDisplayName"],
+        description=describe(row),
+        category=row["articleType"],
+        attributes=attributes,
+    )
+
+
+def describe(row: dict[str, str]) -> str:
+    """A one-sentence description from the attributes ("Men's blue shirt, topwear for ...")."""
+    gender = row.get("gender", "")
+    head = " ".join(
+        part
+        for part in (
+            _POSSESSIVE.get(gender.lower(), gender),
+            row.get("baseColour", "").lower(),
+            _singular(row.get("articleType", "")),
+        )
+        if part
+    )
+    use = row.get("subCategory", "").lower()
+    if row.get("usage"):
+        use = f"{use} for {row['usage'].lower()} use".strip()
+    season = f"{row['season'].lower()} season" if row.get("season") else ""
+    sentence = ", ".join(part for part in (head, use, season) if part)
+    return f"{sentence[:1].upper()}{sentence[1:]}." if sentence else ""
+
+
+def _singular(noun: str) -> str:
+    words = noun.lower().split()
+    if not words:
+        return ""
+    last = words[-1]
+    if last not in _PLURAL_ONLY and last.endswith("s") and not last.endswith("ss"):
+        last = last[:-2] if last.endswith(("sses", "ches", "shes", "xes")) else last[:-1]
+    return " ".join([*words[:-1], last])

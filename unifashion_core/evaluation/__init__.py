@@ -1,0 +1,1 @@
+"""Metrics and bench reports for retrieval, captioning and generation."""

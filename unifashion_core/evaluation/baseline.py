@@ -1,0 +1,59 @@
+"""The same-run baseline for retrieval: frozen vision features + MiniLM text embeddings + ridge map.
+
+Image features are the frozen encoder's mean-pooled tokens; text features are all-MiniLM-L6-v2
+mean-pooled sentence embeddings; a ridge regression fitted on the training split maps images into
+the text space. The trained model must beat this floor.
+"""
+
+import numpy as np
+import torch
+
+from unifashion_core.models.weights import MINILM, resolve_weights
+
+
+@torch.no_grad()
+def minilm_sentence_embeddings(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 mean-pooled, L2-normalised sentence embeddings (M, 384)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(resolve_weights(MINILM))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+                          max_length=64, return_tensors="pt")
+        hidden = model(**batch).last_hidden_state  # (B, L, 384)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(chunks)
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Least-squares map W (with bias row) minimising |[x 1] W - y|^2 + alpha |W|^2."""
+    x1 = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1).astype(np.float64)
+    gram = x1.T @ x1 + alpha * np.eye(x1.shape[1])
+    return np.linalg.solve(gram, x1.T @ y.astype(np.float64)).astype(np.float32)
+
+
+def apply_ridge(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Map features with a fitted ridge map and L2-normalise the result."""
+    mapped = np.concatenate([x, np.ones((len(x), 1), x.dtype)], axis=1) @ weights
+    return mapped / np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+
+
+def pooled_image_features(tokens: torch.Tensor) -> np.ndarray:
+    """Mean-pooled, standardised frozen vision tokens: (N, T, C) -> (N, C)."""
+    return tokens.float().mean(dim=1).numpy()
+
+
+def baseline_similarity(
+    train_tokens: torch.Tensor, train_texts: list[str], tokens: torch.Tensor, texts: list[str], alpha: float = 10.0
+) -> np.ndarray:
+    """Image x text cosine similarity (N, M) of the ridge baseline fitted on the training pairs."""
+    x_train = pooled_image_features(train_tokens)
+    mean, std = x_train.mean(0), x_train.std(0) + 1e-6
+    weights = fit_ridge((x_train - mean) / std, minilm_sentence_embeddings(train_texts), alpha)
+    images = apply_ridge((pooled_image_features(tokens) - mean) / std, weights)
+    return images @ minilm_sentence_embeddings(texts).T

@@ -1,0 +1,98 @@
+"""`unifashion bench fid | kid | clip-score`: generate for the split's captions and compare."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unifashion_core.data.images import ImageError, image_to_array, open_image
+from unifashion_core.data.manifest import Item, load_dataset
+from unifashion_core.errors import UserError
+from unifashion_core.evaluation.reports import provenance_lines, write_report
+from unifashion_core.progress import NullProgress, Progress
+from unifashion_core.train.checkpoint import load_checkpoint
+
+
+@torch.no_grad()
+def generate_for_prompts(
+    model: Any, prompts: list[str], steps: int, sampler: str, guidance: float, seed: int,
+    batch_size: int = 16, progress: Progress = NullProgress(),
+) -> tuple[torch.Tensor, int]:
+    """Images (N, 3, R, R) in [0, 1] for text prompts, and the number of UNet calls per image."""
+    images, calls = [], 0
+    progress.start(f"generate ({sampler}, {steps} steps)", len(prompts))
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        queries = model.generation_queries(None, batch)
+        result = model.generator.sample(queries, num_inference_steps=steps, sampler=sampler,
+                                        guidance_scale=guidance, seed=seed + start)
+        images.append(result.images.clamp(0, 1).cpu())
+        calls = result.num_unet_calls
+        progress.advance(f"generate ({sampler}, {steps} steps)", len(batch))
+    return torch.cat(images), calls
+
+
+def real_images(dataset: Any, items: list[Item], size: int) -> tuple[list[Item], torch.Tensor]:
+    """The split's real images at the generator's resolution, in [0, 1]."""
+    kept, arrays = [], []
+    for item in items:
+        try:
+            arrays.append(image_to_array(open_image(dataset.image_path(item)), size))
+            kept.append(item)
+        except ImageError:
+            continue
+    return kept, torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0)
+
+
+def colour_accuracy(images: torch.Tensor, items: list[Item]) -> float | None:
+    """Demo data only: share of images whose garment's mean colour is nearest the asked colour."""
+    from unifashion_core.data.demo import garment_pixels, nearest_colour
+
+    wanted = [item.attributes.get("colour") for item in items]
+    if not all(wanted):
+        return None
+    arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    hits = 0
+    for array, colour in zip(arrays, wanted, strict=True):
+        pixels = garment_pixels(array)
+        hits += len(pixels) > 0 and nearest_colour(pixels.mean(0)) == colour
+    return hits / len(items)
+
+
+def bench_generation(
+    subject: str, checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test",
+    max_items: int = 0, clip: str = "", steps: int = 20, sampler: str = "dpm++", guidance: float | None = None,
+    seed: int = 0, progress: Progress = NullProgress(),
+) -> dict[str, Any]:
+    """Generate one image per item caption of ``split`` and score them (FID/KID or CLIP-S)."""
+    from unifashion_core.evaluation.generation_metrics import clip_score, fid_kid
+
+    if subject == "clip-score" and not clip:
+        raise UserError("bench clip-score needs --clip pointing at a CLIP model directory or hub id.")
+    model, meta = load_checkpoint(checkpoint, heads=("generate",))
+    guidance = model.recipe.model.generator.guidance_scale if guidance is None else guidance
+    dataset = load_dataset(data)
+    items, real = real_images(dataset, dataset.split(split)[: max_items or None], model.recipe.model.generator.resolution)
+    if not items:
+        raise UserError(f"split {split!r} has no usable images to compare with.")
+    prompts = [item.caption for item in items]
+    fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
+    report: dict[str, Any] = {
+        "bench": subject, "protocol": f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
+        f"{model.recipe.model.generator.resolution}px, real images resized to the same size",
+        "split": split, "seed": seed, "manifest_sha256": dataset.manifest_hash,
+        "checkpoint_fingerprint": meta["fingerprint"], "checkpoint": str(checkpoint), "num_queries": len(items),
+        "unet_calls_per_image": calls,
+    }
+    if subject in ("fid", "kid"):
+        report.update(fid_kid(real, fake, kid_subset_size=min(50, len(items))))
+    else:
+        report["clip_score"] = clip_score(fake, prompts, clip)
+    accuracy = colour_accuracy(fake, items)
+    if accuracy is not None:
+        report["colour_accuracy"] = accuracy
+    figures = {k: report[k] for k in ("fid", "kid_mean", "kid_std", "clip_score", "colour_accuracy", "extractor") if k in report}
+    markdown = f"# Generation ({subject})\n\n{provenance_lines(report)}\n" + "".join(f"- {k}: {v}\n" for k, v in figures.items())
+    write_report(out, report, markdown)
+    return report

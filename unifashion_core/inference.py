@@ -1,0 +1,188 @@
+"""Captioning and generation entry points: check inputs first, then run numbered steps."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unifashion_core.data.images import ImageError, image_to_array, load_user_image, open_image
+from unifashion_core.data.manifest import SkipLog, load_dataset
+from unifashion_core.errors import UserError
+from unifashion_core.progress import NullProgress, Progress
+from unifashion_core.train.checkpoint import load_checkpoint
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+MAX_NEW_TOKENS = 256
+
+
+def collect_images(source: str | Path, split: str | None = None) -> list[Path]:
+    """One image file, every image in a folder, or the images of a prepared dataset (split)."""
+    source = Path(source)
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        return [source]
+    if source.is_dir() and (source / "manifest.jsonl").is_file():
+        dataset = load_dataset(source)
+        items = dataset.split(split) if split else list(dataset.items)
+        return [dataset.image_path(item) for item in items]
+    if source.name == "manifest.jsonl":
+        return collect_images(source.parent, split)
+    if source.is_dir():
+        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not source.exists():
+        raise UserError(f"{source} does not exist.")
+    raise UserError(f"{source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a prepared dataset.")
+
+
+@dataclass(frozen=True)
+class Caption:
+    image: str
+    caption: str
+
+
+def caption_images(
+    checkpoint: str | Path, source: str | Path, style: str | None = None, max_new_tokens: int = 40,
+    num_beams: int = 1, batch_size: int = 16, split: str | None = None, progress: Progress = NullProgress(),
+) -> tuple[list[Caption], SkipLog]:
+    """Caption one image, a folder or a dataset split; unreadable images are skipped and logged."""
+    from unifashion_core.models.captioner import instruction_for
+    from unifashion_core.models.vision import preprocess
+
+    # 1. check inputs
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise UserError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS}.")
+    if not 1 <= num_beams <= 16:
+        raise UserError("--num-beams must be between 1 and 16.")
+    paths = collect_images(source, split)
+    # 2. load the model with its captioner head
+    model, _ = load_checkpoint(checkpoint, heads=("caption",))
+    style = style or model.recipe.model.captioner.style
+    instruction_for(style)
+    # 3. caption in batches
+    results, skipped = [], SkipLog()
+    progress.start("caption", len(paths))
+    for start in range(0, len(paths), batch_size):
+        batch, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(open_image(path))
+                batch.append(path)
+            except ImageError as exc:
+                skipped.add(path.name, exc.reason, str(path))
+        if images:
+            with torch.no_grad():
+                queries = model.generation_queries(model.image_tokens(preprocess(images, model.vision)), None)
+                texts = model.captioner.generate(queries, style, max_new_tokens=max_new_tokens, num_beams=num_beams)
+            results += [Caption(str(p), t) for p, t in zip(batch, texts, strict=True)]
+        progress.advance("caption", len(paths[start : start + batch_size]))
+    return results, skipped
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    text: str | None = None
+    image: str | Path | None = None
+    person: str | Path | None = None
+    mask: str | Path | None = None
+    sketch: str | Path | None = None
+    steps: int = 20
+    sampler: str = "dpm++"
+    guidance: float = 5.0
+    seed: int = 0
+    num_images: int = 1
+
+
+def check_request(request: GenerationRequest) -> None:
+    """Refuse impossible requests before any model is loaded."""
+    from unifashion_core.models.generator import SAMPLERS
+
+    if request.text is None and request.image is None and request.person is None:
+        raise UserError("give --text, --image, or --person with --mask (try-on / design).")
+    if request.text is not None and not request.text.strip():
+        raise UserError("--text is empty.")
+    if request.sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
+    if not 1 <= request.steps <= 1000:
+        raise UserError("--steps must be between 1 and 1000.")
+    if not 0.0 <= request.guidance <= 50.0:
+        raise UserError("--guidance must be between 0 and 50.")
+    if not 1 <= request.num_images <= 64:
+        raise UserError("--num-images must be between 1 and 64.")
+    if (request.person is None) != (request.mask is None):
+        raise UserError("--person and --mask go together (the mask marks the region to generate).")
+    if request.sketch is not None and request.person is None:
+        raise UserError("--sketch needs --person and --mask.")
+
+
+def generate_images(
+    checkpoint: str | Path, request: GenerationRequest, progress: Progress = NullProgress()
+) -> tuple[list[Any], dict[str, Any]]:
+    """Generate ``num_images`` PIL images for a request; returns (images, settings for metadata)."""
+    from PIL import Image
+
+    from unifashion_core.models.vision import preprocess
+
+    # 1. check inputs (cheap, before loading anything)
+    check_request(request)
+    # 2. load the model with its generator head
+    model, meta = load_checkpoint(checkpoint, heads=("generate",))
+    head = model.generator
+    n = request.num_images
+    # 3. condition: text only, image (+ text), or the inpainting inputs
+    tokens = None
+    if request.image is not None:
+        pixels = preprocess([load_user_image(request.image)], model.vision)
+        tokens = model.image_tokens(pixels).expand(n, -1, -1)
+    with torch.no_grad():
+        queries = model.generation_queries(tokens, [request.text] * n if request.text else None)
+    inpaint = _inpainting_inputs(request, head, n) if request.person is not None else {}
+    # 4. sample
+    progress.start("generate", None)
+    result = head.sample(queries, num_inference_steps=request.steps, sampler=request.sampler,
+                         guidance_scale=request.guidance, seed=request.seed, **inpaint)
+    progress.advance("generate", 1)
+    arrays = (result.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    settings = {"text": request.text, "image": str(request.image) if request.image else None,
+                "person": str(request.person) if request.person else None,
+                "sampler": request.sampler, "steps": request.steps, "guidance": request.guidance,
+                "seed": request.seed, "unet_calls": result.num_unet_calls,
+                "checkpoint_fingerprint": meta["fingerprint"]}
+    return [Image.fromarray(a) for a in arrays], settings
+
+
+def _inpainting_inputs(request: GenerationRequest, head: Any, n: int) -> dict[str, torch.Tensor]:
+    """Person image, mask (and sketch) as tensors at the generator's resolution."""
+    if not getattr(head, "inpainting", False):
+        raise UserError("this checkpoint's generator was not trained for inpainting "
+                        "(model.generator.inpainting=false); --person/--mask need the paper preset.")
+    size = head.resolution
+    person = load_user_image(request.person)
+    mask_image = load_user_image(request.mask)
+    if mask_image.size != person.size:
+        raise UserError(f"--mask is {mask_image.size[0]}x{mask_image.size[1]} but --person is "
+                        f"{person.size[0]}x{person.size[1]}; give a mask of the same size.")
+    person_pixels = torch.from_numpy(image_to_array(person, size))[None] * 2 - 1
+    mask = torch.from_numpy(image_to_array(mask_image, size))[None, :1]
+    mask = (mask > 0.5).float()
+    if mask.sum() == 0:
+        raise UserError("--mask is empty (all black): nothing to generate.")
+    inputs = {"mask": mask.expand(n, -1, -1, -1), "masked_pixel_values": (person_pixels * (1 - mask)).expand(n, -1, -1, -1)}
+    if request.sketch is not None:
+        sketch = torch.from_numpy(image_to_array(load_user_image(request.sketch), size))[None, :1]
+        inputs["sketch"] = sketch.expand(n, -1, -1, -1)
+    return inputs
+
+
+def save_png(image: Any, path: str | Path, settings: dict[str, Any]) -> Path:
+    """Save a PNG with the generation settings in its text metadata (written atomically)."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in settings.items():
+        info.add_text(f"unifashion:{key}", str(value))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    image.save(tmp, pnginfo=info)
+    tmp.replace(path)
+    return path

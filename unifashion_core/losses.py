@@ -1,0 +1,313 @@
+"""Training losses of UniFashion: ITC, ITM and CIR (DESIGN.md section 2).
+
+Pure tensor functions. The model enters only through callables (``itm_logits_fn``), so every loss
+can be checked against a hand-computed reference in the tests.
+
+Shapes: ``B`` batch, ``Q`` query tokens, ``D`` projection dim, ``M`` texts, ``W`` world size,
+``N``/``C`` image-token count and width, ``L`` text length. Embeddings are expected to be
+L2-normalised already (the model does that); ``temperature`` divides the similarities.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+HARD_NEGATIVE_STRATEGIES = ("sample", "hardest")
+CIR_VARIANTS = ("paper", "code")
+
+# (image_tokens (3B, N, C), input_ids (3B, L), attention_mask (3B, L)) -> ITM logits (3B, 2)
+ItmLogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def max_sim(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+    """Late-interaction similarity: for each image, the best of its query vectors.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` projected query outputs.
+        text_embeds: ``(M, D)`` projected text embeddings.
+
+    Returns:
+        ``(B, M)`` similarities ``max_q <image_embeds[b, q], text_embeds[m]>``.
+    """
+    per_query = torch.einsum("bqd,md->bqm", image_embeds, text_embeds)  # (B, Q, M)
+    return per_query.max(dim=1).values  # (B, M)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the default process group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every process along dim 0, keeping the gradient path."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0)  # (W * B, ...)
+
+
+def itc_logits(
+    image_embeds: Tensor, text_embeds: Tensor, temperature: float | Tensor, gather: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Contrastive logits of the local batch against the (possibly gathered) global batch.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` image query embeddings.
+        text_embeds: ``(B, D)`` text embeddings; row ``b`` is the positive of image ``b``.
+        temperature: the softmax temperature (a float or a 0-d tensor that learns).
+        gather: all-gather features (with gradient) from every process when
+            ``torch.distributed`` runs with world size > 1; ignored in one process.
+
+    Returns:
+        ``logits_i2t`` ``(B, W * B)``, ``logits_t2i`` ``(B, W * B)`` and ``labels`` ``(B,)``
+        (the column of each row's positive, offset by this process's rank).
+    """
+    rank, world = _world() if gather else (0, 1)
+    all_images, all_texts = image_embeds, text_embeds
+    if world > 1:
+        all_images = _all_gather_with_grad(image_embeds)  # (W * B, Q, D)
+        all_texts = _all_gather_with_grad(text_embeds)  # (W * B, D)
+    logits_i2t = max_sim(image_embeds, all_texts) / temperature  # (B, W * B)
+    logits_t2i = max_sim(all_images, text_embeds).t() / temperature  # (B, W * B)
+    batch = image_embeds.shape[0]
+    labels = torch.arange(batch, device=image_embeds.device) + rank * batch  # (B,)
+    return logits_i2t, logits_t2i, labels
+
+
+def itc_loss(
+    image_embeds: Tensor,
+    text_embeds: Tensor,
+    temperature: float | Tensor,
+    label_smoothing: float = 0.0,
+    gather: bool = False,
+) -> Tensor:
+    """Image-text contrastive loss (Eq. 3): mean of the i2t and t2i in-batch cross-entropies.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` image query embeddings.
+        text_embeds: ``(B, D)`` text embeddings, row ``b`` matching image ``b``.
+        temperature: the softmax temperature.
+        label_smoothing: cross-entropy label smoothing (BLIP-2 uses 0.1, UniFashion's code 0).
+        gather: gather features across processes (see :func:`itc_logits`).
+
+    Returns:
+        The scalar loss.
+    """
+    logits_i2t, logits_t2i, labels = itc_logits(image_embeds, text_embeds, temperature, gather)
+    loss_i2t = F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
+    loss_t2i = F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)
+    return (loss_i2t + loss_t2i) / 2
+
+
+def _same_caption(texts: list[str], batch: int, device: torch.device) -> Tensor:
+    """``(B, B)`` bool: True where two items have identical captions."""
+    if len(texts) != batch:
+        raise ValueError(f"texts has {len(texts)} entries for a batch of {batch}.")
+    first_seen: dict[str, int] = {}
+    codes = torch.tensor([first_seen.setdefault(t, len(first_seen)) for t in texts], device=device)
+    return codes[:, None] == codes[None, :]  # (B, B)
+
+
+def _sample_allowed(sim: Tensor, allowed: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One index per row drawn from ``softmax(sim)`` restricted to ``allowed`` entries."""
+    weights = torch.softmax(sim.float().masked_fill(~allowed, float("-inf")), dim=1)  # (R, B)
+    return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (R,)
+
+
+def _pick_negatives(
+    sim: Tensor, strategy: str, generator: torch.Generator | None, same: Tensor | None
+) -> Tensor:
+    """One negative column per row of a square similarity matrix (never the diagonal)."""
+    batch = sim.shape[0]
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=sim.device)  # (B, B)
+    distinct = off_diagonal if same is None else off_diagonal & ~same
+    # A row whose every other caption equals its own has no true negative: take any other item.
+    distinct = torch.where(distinct.any(dim=1, keepdim=True), distinct, off_diagonal)
+    if strategy == "sample":
+        return _sample_allowed(sim, distinct, generator)
+    choice = sim.masked_fill(~off_diagonal, float("-inf")).argmax(dim=1)  # (B,)
+    clash = ~distinct.gather(1, choice[:, None]).squeeze(1)  # (B,) chosen caption == own caption
+    if clash.any():
+        choice[clash] = _sample_allowed(sim[clash], distinct[clash], generator)
+    return choice
+
+
+@torch.no_grad()
+def select_hard_negatives(
+    sim_i2t: Tensor,
+    sim_t2i: Tensor,
+    strategy: str = "sample",
+    generator: torch.Generator | None = None,
+    texts: list[str] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Choose one hard negative text per image and one hard negative image per text.
+
+    ``sample`` (BLIP-2): multinomial on ``softmax(sim)`` with the positive (diagonal) excluded.
+    ``hardest`` (UniFashion code): the most similar non-positive. When ``texts`` are given, a
+    negative whose caption is identical to the positive's caption is not a negative: ``sample``
+    never draws one, and ``hardest`` falls back to sampling among the candidates with a
+    different caption (if every other caption is identical, any other item is used).
+
+    Args:
+        sim_i2t: ``(B, B)`` image-to-text similarities (usually the temperature-scaled logits).
+        sim_t2i: ``(B, B)`` text-to-image similarities.
+        strategy: ``"sample"`` or ``"hardest"``.
+        generator: random generator for sampling (on the same device as the similarities).
+        texts: the ``B`` captions of the batch, to avoid false negatives from duplicates.
+
+    Returns:
+        ``neg_text_idx`` ``(B,)`` (a text index for each image) and ``neg_image_idx`` ``(B,)``
+        (an image index for each text).
+
+    Raises:
+        ValueError: unknown strategy, non-square similarities, or ``B < 2`` (ITM needs at
+            least two pairs per batch to have any negative).
+    """
+    if strategy not in HARD_NEGATIVE_STRATEGIES:
+        raise ValueError(f"unknown hard-negative strategy {strategy!r}; use one of "
+                         f"{', '.join(HARD_NEGATIVE_STRATEGIES)}.")
+    batch = sim_i2t.shape[0]
+    if sim_i2t.shape != (batch, batch) or sim_t2i.shape != (batch, batch):
+        raise ValueError(f"similarities must be square (B, B), got {tuple(sim_i2t.shape)} "
+                         f"and {tuple(sim_t2i.shape)}.")
+    if batch < 2:
+        raise ValueError("hard negatives need a batch of at least 2 pairs (ITM requires B >= 2).")
+    same = None if texts is None else _same_caption(texts, batch, sim_i2t.device)
+    neg_text_idx = _pick_negatives(sim_i2t, strategy, generator, same)  # (B,)
+    neg_image_idx = _pick_negatives(sim_t2i, strategy, generator, same)  # (B,)
+    return neg_text_idx, neg_image_idx
+
+
+def itm_loss(
+    itm_logits_fn: ItmLogitsFn,
+    image_tokens: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    sim_i2t: Tensor,
+    sim_t2i: Tensor,
+    strategy: str = "sample",
+    generator: torch.Generator | None = None,
+    texts: list[str] | None = None,
+) -> Tensor:
+    """Image-text matching loss (Eq. 4) on B positives and 2B hard negatives.
+
+    The 3B batch is: the B positive pairs, the B images with their hard-negative texts, and
+    the B texts with their hard-negative images; labels are ``[1] * B + [0] * 2B``.
+
+    Args:
+        itm_logits_fn: ``(image_tokens, input_ids, attention_mask) -> (3B, 2)`` logits of the
+            multimodal Q-Former pass and its ITM head.
+        image_tokens: ``(B, N, C)`` vision-encoder tokens.
+        input_ids: ``(B, L)`` text token ids.
+        attention_mask: ``(B, L)`` text attention mask.
+        sim_i2t: ``(B, B)`` image-to-text similarities used to mine negatives.
+        sim_t2i: ``(B, B)`` text-to-image similarities used to mine negatives.
+        strategy: hard-negative strategy (see :func:`select_hard_negatives`).
+        generator: random generator for the sampling.
+        texts: the B captions, so identical captions are never used as negatives.
+
+    Returns:
+        The scalar loss.
+    """
+    neg_text_idx, neg_image_idx = select_hard_negatives(
+        sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts
+    )
+    images_3b = torch.cat([image_tokens, image_tokens, image_tokens[neg_image_idx]])  # (3B, N, C)
+    ids_3b = torch.cat([input_ids, input_ids[neg_text_idx], input_ids])  # (3B, L)
+    mask_3b = torch.cat([attention_mask, attention_mask[neg_text_idx], attention_mask])  # (3B, L)
+    logits = itm_logits_fn(images_3b, ids_3b, mask_3b)  # (3B, 2)
+    batch = input_ids.shape[0]
+    labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+def cir_loss(
+    fused_embeds: Tensor,
+    target_image_embeds: Tensor,
+    target_caption_embeds: Tensor,
+    temperature: float | Tensor,
+    *,
+    variant: str = "paper",
+    fused_query_embeds: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    gather: bool = False,
+    itm_logits_fn: ItmLogitsFn | None = None,
+    target_image_tokens: Tensor | None = None,
+    input_ids: Tensor | None = None,
+    attention_mask: Tensor | None = None,
+    strategy: str = "sample",
+    generator: torch.Generator | None = None,
+    texts: list[str] | None = None,
+) -> Tensor:
+    """Composed-retrieval loss (Eq. 10): ``ITC(e, Z_T) + ITC(e, Z_C) [+ ITM(t, Z_T)]``.
+
+    ``e`` is the fused [CLS] embedding of (reference image, modification text), ``Z_T`` the
+    target image's query embeddings and ``Z_C`` the target caption's text embedding. The first
+    term is a two-way ITC with the target images as "images" and ``e`` as "texts".
+
+    The caption term depends on ``variant``:
+
+    - ``"paper"``: ``e`` against ``Z_C``, both directions (what the paper writes).
+    - ``"code"``: the released code's version: the fused *query* embeddings
+      ``fused_query_embeds`` against ``Z_C`` (max over queries), one direction only
+      (fused query -> caption).
+
+    The ITM term is added when ``itm_logits_fn`` is given: the target image tokens are matched
+    with the query text (``input_ids``), negatives mined from the fused-vs-target similarities.
+
+    Args:
+        fused_embeds: ``(B, D)`` fused [CLS] embeddings.
+        target_image_embeds: ``(B, Q, D)`` target image query embeddings.
+        target_caption_embeds: ``(B, D)`` target caption text embeddings.
+        temperature: the softmax temperature.
+        variant: ``"paper"`` or ``"code"`` (see above).
+        fused_query_embeds: ``(B, Q, D)`` fused query embeddings; required by ``"code"``.
+        label_smoothing: cross-entropy label smoothing for the contrastive terms.
+        gather: gather features across processes for the contrastive terms.
+        itm_logits_fn: ``(image_tokens, input_ids, attention_mask) -> (3B, 2)``, or None to
+            leave the ITM term out (the caller may add it).
+        target_image_tokens: ``(B, N, C)`` target image tokens (ITM only).
+        input_ids: ``(B, L)`` modification-text ids (ITM only).
+        attention_mask: ``(B, L)`` their attention mask (ITM only).
+        strategy: hard-negative strategy for ITM.
+        generator: random generator for ITM negative sampling.
+        texts: the B target captions, so identical targets are not used as negatives.
+
+    Returns:
+        The scalar loss (sum of the terms).
+    """
+    if variant not in CIR_VARIANTS:
+        raise ValueError(f"unknown CIR variant {variant!r}; use one of {', '.join(CIR_VARIANTS)}.")
+    loss = itc_loss(target_image_embeds, fused_embeds, temperature, label_smoothing, gather)
+    loss = loss + _cir_caption_term(fused_embeds, target_caption_embeds, temperature, variant,
+                                    fused_query_embeds, label_smoothing, gather)
+    if itm_logits_fn is None:
+        return loss
+    if target_image_tokens is None or input_ids is None or attention_mask is None:
+        raise ValueError("the CIR ITM term needs target_image_tokens, input_ids, attention_mask.")
+    sim_i2t = max_sim(target_image_embeds, fused_embeds) / temperature  # (B, B) target -> text
+    return loss + itm_loss(itm_logits_fn, target_image_tokens, input_ids, attention_mask,
+                           sim_i2t, sim_i2t.t(), strategy, generator, texts)
+
+
+def _cir_caption_term(
+    fused_embeds: Tensor,
+    target_caption_embeds: Tensor,
+    temperature: float | Tensor,
+    variant: str,
+    fused_query_embeds: Tensor | None,
+    label_smoothing: float,
+    gather: bool,
+) -> Tensor:
+    """The ``ITC(e, Z_C)`` term of :func:`cir_loss` in the chosen variant."""
+    if variant == "paper":
+        captions = target_caption_embeds[:, None, :]  # (B, 1, D): each caption is a 1-query "image"
+        return itc_loss(captions, fused_embeds, temperature, label_smoothing, gather)
+    if fused_query_embeds is None:
+        raise ValueError('the "code" CIR variant needs fused_query_embeds (B, Q, D).')
+    logits, _, labels = itc_logits(fused_query_embeds, target_caption_embeds, temperature, gather)
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)  # fused -> caption only

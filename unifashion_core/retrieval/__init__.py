@@ -1,0 +1,1 @@
+"""Retrieval: gallery embedding, the late-interaction index (``retrieval.index``) and search."""

@@ -1,0 +1,145 @@
+"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unifashion_core.data.images import load_user_image
+from unifashion_core.errors import UserError
+from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.retrieval.build import item_texts
+from unifashion_core.retrieval.embed import MAX_QUERY_CHARS, embed_composed, embed_pixels, embed_texts
+from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.train.checkpoint import load_checkpoint
+
+MODES = ("auto", "t2i", "i2t", "i2i", "cir")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    rank: int
+    id: str
+    score: float
+    caption: str
+    image: str
+
+
+def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
+    """Validate the query; return the effective mode and warnings (e.g. a truncated text)."""
+    if mode not in MODES:
+        raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}.")
+    warnings = []
+    if text is not None and not text.strip():
+        raise UserError("the query text is empty; give some words, e.g. --text \"red striped shirt\".")
+    if text is not None and len(text) > MAX_QUERY_CHARS:
+        warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
+    if text is None and image is None:
+        raise UserError("give --text, --image, or both (composed retrieval).")
+    if mode == "auto":
+        mode = "cir" if text is not None and image is not None else ("t2i" if text is not None else "i2t")
+    needs = {"t2i": (True, False), "i2t": (False, True), "i2i": (False, True), "cir": (True, True)}[mode]
+    if needs != (text is not None, image is not None):
+        raise UserError(f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + ".")
+    return mode, warnings
+
+
+def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
+    """Load the query model and the index, refusing an index built by a different model."""
+    checkpoint = checkpoint or _index_checkpoint(index_path)
+    model, meta = load_checkpoint(checkpoint)
+    index = RetrievalIndex.load(index_path, expected_fingerprint=meta["fingerprint"])
+    return model, index
+
+
+def _index_checkpoint(index_path: str | Path) -> str:
+    index = RetrievalIndex.load(index_path)
+    path = index.meta.get("checkpoint", "")
+    if not path or not Path(path).exists():
+        raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
+    return path
+
+
+def search(
+    model: UniFashion, index: RetrievalIndex, text: str | None = None, image: str | Path | None = None,
+    k: int = 10, mode: str = "auto", caption_weight: float = 1.0, use_captions: bool = True,
+) -> list[SearchResult]:
+    """Run one query against an index and return the top ``k`` items, best first."""
+    from unifashion_core.models.vision import preprocess
+
+    mode, _ = check_query(text, image, mode)
+    if k < 1:
+        raise UserError("-k must be at least 1.")
+    text = text[:MAX_QUERY_CHARS] if text is not None else None
+    tokens = image_embeds = None
+    if image is not None:
+        tokens, image_embeds = embed_pixels(model, preprocess([load_user_image(image)], model.vision))
+    if mode == "t2i":
+        scores, rows = index.search_images(embed_texts(model, [text]), k)
+    elif mode == "i2t":
+        scores, rows = index.search_texts(image_embeds, k)
+    elif mode == "i2i":
+        scores, rows = _search_by_image(index, image_embeds[0], k)
+    else:
+        fused = embed_composed(model, tokens, [text])
+        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
+    info = item_texts(index)
+    results = []
+    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
+        item_id = index.ids[row]
+        entry = info.get(item_id, {"caption": "", "image": ""})
+        results.append(SearchResult(rank, item_id, float(score), entry["caption"], entry["image"]))
+    return results
+
+
+def _search_by_image(index: RetrievalIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image->image: max over query pairs of <z_q, z'_q'> (exact, through the index's vectors)."""
+    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, len(index.ids)))
+    best: dict[int, float] = {}
+    for scores, rows in zip(per_query_scores, per_query_rows, strict=True):
+        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+            best[row] = max(best.get(row, -np.inf), score)
+    ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
+    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
+
+
+def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:
+    return [vars(r) for r in results]
+
+
+def contact_sheet(results: list[SearchResult], out: str | Path, query_image: str | Path | None, query_text: str | None, thumb: int = 128) -> Path:
+    """Write a PNG: the query (image and/or text) then the top results with rank and score."""
+    from PIL import Image, ImageDraw
+
+    from unifashion_core.data.images import ImageError, open_image
+
+    columns = len(results) + 1
+    sheet = Image.new("RGB", (columns * (thumb + 8) + 8, thumb + 60), "white")
+    draw = ImageDraw.Draw(sheet)
+    tiles: list[tuple[Any, str]] = []
+    if query_image is not None:
+        tiles.append((load_user_image(query_image), "query"))
+    else:
+        tiles.append((None, "query"))
+    for r in results:
+        try:
+            tiles.append((open_image(r.image), f"#{r.rank} {r.score:.3f}"))
+        except ImageError:
+            tiles.append((None, f"#{r.rank} missing"))
+    for column, (picture, label) in enumerate(tiles):
+        x = 8 + column * (thumb + 8)
+        if picture is not None:
+            picture.thumbnail((thumb, thumb))
+            sheet.paste(picture, (x, 8))
+        draw.text((x, thumb + 14), label, fill="black")
+    if query_text:
+        draw.text((8, thumb + 34), f"text: {query_text[:120]}", fill="black")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    sheet.save(tmp)
+    tmp.replace(out)
+    return out
+
+

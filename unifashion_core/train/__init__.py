@@ -1,0 +1,1 @@
+"""Training: one accelerate loop, the phase stages, checkpoints and resume."""

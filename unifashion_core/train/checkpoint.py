@@ -1,0 +1,140 @@
+"""Checkpoint directories (DESIGN.md section 8), written atomically and loadable on their own.
+
+Layout: ``config.yaml`` (the resolved recipe), ``model.safetensors`` (every weight that cannot be
+rebuilt from its source: frozen pretrained vision/LLM/VAE weights are referenced, not copied),
+``tokenizer/``, ``meta.json`` (version, git SHA, fingerprint, stage, step, metrics) and, for
+``--resume``, ``training_state.pt`` (optimiser, scheduler, RNG states, data position).
+"""
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unifashion_core import __version__
+from unifashion_core.config import Recipe, dump_recipe, load_recipe
+from unifashion_core.errors import UserError
+from unifashion_core.fileio import atomic_dir, read_json, write_json, write_text_atomic
+from unifashion_core.models.unifashion import UniFashion, build_model
+
+FORMAT_VERSION = 1
+
+
+def _git_sha() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        )
+        return result.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _is_rebuildable(key: str, recipe: Recipe) -> bool:
+    """True for frozen weights that come from their source (not stored in the checkpoint)."""
+    m = recipe.model
+    if key.startswith("vision."):
+        return m.vision.name != "tiny"
+    if key.startswith("captioner.llm.") and m.captioner.llm not in ("tiny", "small"):
+        return "lora_" not in key
+    if key.startswith("generator.vae."):
+        return m.generator.preset == "paper"
+    return False
+
+
+def persistent_state(model: UniFashion) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint stores (contiguous, CPU)."""
+    return {
+        key: tensor.detach().cpu().contiguous()
+        for key, tensor in model.state_dict().items()
+        if not _is_rebuildable(key, model.recipe)
+    }
+
+
+def save_checkpoint(
+    out: str | Path,
+    model: UniFashion,
+    meta: dict[str, Any],
+    training_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (temporary directory, then rename)."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        write_text_atomic(tmp / "config.yaml", dump_recipe(model.recipe))
+        state = persistent_state(model)
+        save_file(_dedupe_shared(state), str(tmp / "model.safetensors"))
+        model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        write_json(tmp / "meta.json", {
+            "format_version": FORMAT_VERSION,
+            "unifashion_version": __version__,
+            "git_sha": _git_sha(),
+            "fingerprint": model.fingerprint(),
+            **meta,
+        })
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+    return out
+
+
+def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): store copies."""
+    seen: set[int] = set()
+    result = {}
+    for key, tensor in state.items():
+        pointer = tensor.data_ptr()
+        result[key] = tensor.clone() if pointer in seen else tensor
+        seen.add(pointer)
+    return result
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's meta.json; a clear error when ``path`` is not a checkpoint."""
+    path = Path(path)
+    if not (path / "meta.json").is_file() or not (path / "model.safetensors").is_file():
+        raise UserError(f"{path} is not a unifashion checkpoint (no meta.json/model.safetensors).")
+    meta = read_json(path / "meta.json")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} was written by a newer unifashion; upgrade to load it.")
+    return meta
+
+
+def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> tuple[UniFashion, dict[str, Any]]:
+    """Rebuild the model from ``config.yaml`` and load its weights.
+
+    Args:
+        path: checkpoint directory.
+        heads: heads to build ("caption", "generate"); each must have been trained.
+    """
+    path = Path(path)
+    meta = read_meta(path)
+    for head in heads:
+        if head not in meta.get("heads", []):
+            raise UserError(
+                f"checkpoint {path} has no trained {head} head; train it with "
+                f"`unifashion train RECIPE --phase 1` (stage {'caption' if head == 'caption' else 'generate'})."
+            )
+    recipe = load_recipe(path / "config.yaml")
+    model = build_model(recipe, heads)
+    state = load_file(str(path / "model.safetensors"))
+    wanted = {k: v for k, v in state.items() if k.split(".")[0] in ("vision", "qformer", *_modules(heads))}
+    missing, unexpected = model.load_state_dict(wanted, strict=False)
+    missing = [k for k in missing if not _is_rebuildable(k, recipe)]
+    if missing or unexpected:
+        raise UserError(f"checkpoint {path} does not match its config ({len(missing)} missing, {len(unexpected)} unexpected weights).")
+    model.eval()
+    return model, meta
+
+
+def _modules(heads: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple({"caption": "captioner", "generate": "generator"}[h] for h in heads)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """The resume state saved with a checkpoint (tensors and plain values only)."""
+    file = Path(path) / "training_state.pt"
+    if not file.is_file():
+        raise UserError(f"{path} has no training_state.pt to resume from.")
+    return torch.load(file, map_location="cpu", weights_only=True)

@@ -1,0 +1,77 @@
+"""Frozen vision features, computed once per image and cached on disk (training and indexing)."""
+
+import hashlib
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from unifashion_core.data.images import ImageError, open_image
+from unifashion_core.data.manifest import Dataset, Item, SkipLog
+from unifashion_core.progress import NullProgress, Progress
+
+
+def vision_fingerprint(vision: torch.nn.Module) -> str:
+    """16-hex digest of the vision encoder's weights and input size (the cache key)."""
+    digest = hashlib.sha256(str(vision.image_size).encode())
+    for name, tensor in sorted(vision.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_pixels(dataset: Dataset, items: list[Item], vision: torch.nn.Module, skipped: SkipLog) -> tuple[list[Item], torch.Tensor]:
+    """Open and preprocess images; unusable ones go to ``skipped`` (never silently dropped)."""
+    from unifashion_core.models.vision import preprocess
+
+    kept, images = [], []
+    for item in items:
+        try:
+            images.append(open_image(dataset.image_path(item)))
+            kept.append(item)
+        except ImageError as exc:
+            skipped.add(item.id, exc.reason, item.image)
+    if not images:
+        return kept, torch.empty(0)
+    return kept, preprocess(images, vision)
+
+
+def image_tokens(
+    vision: torch.nn.Module,
+    dataset: Dataset,
+    items: list[Item],
+    cache_dir: Path | None,
+    progress: Progress = NullProgress(),
+    batch_size: int = 32,
+) -> tuple[list[Item], torch.Tensor, SkipLog]:
+    """Vision tokens for ``items``: (kept items, (N, T, C) float16 tokens, skipped log).
+
+    Tokens already in ``cache_dir`` (keyed by the vision fingerprint) are reused; new ones are
+    added to the cache. Items whose image cannot be read are skipped and logged.
+    """
+    cache: dict[str, torch.Tensor] = {}
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"tokens-{vision_fingerprint(vision)}.safetensors"
+        if cache_file.is_file():
+            cache = load_file(cache_file)
+    skipped = SkipLog()
+    todo = [item for item in items if item.id not in cache]
+    progress.start("vision features", len(todo))
+    with torch.no_grad():
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            kept, pixels = load_pixels(dataset, batch, vision, skipped)
+            if kept:
+                tokens = vision(pixels.to(next(vision.parameters()).device)).to(torch.float16).cpu()
+                cache.update({item.id: tokens[i].clone() for i, item in enumerate(kept)})
+            progress.advance("vision features", len(batch))
+    if cache_file is not None and todo:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp")
+        save_file(cache, str(tmp))
+        tmp.replace(cache_file)
+    kept_items = [item for item in items if item.id in cache]
+    if not kept_items:
+        return [], torch.empty(0), skipped
+    return kept_items, torch.stack([cache[item.id] for item in kept_items]), skipped

@@ -1,0 +1,161 @@
+"""The phase-1 training stages as data: what trains, on which examples, with which loss.
+
+Each stage's ``loss_fn(indices, generator, step)`` returns ``(loss, logs)`` for one micro-batch of
+example indices; the loop in ``loop.py`` is the same for all of them. The frozen parts' outputs
+(vision tokens; Q-Former query outputs in phase 1b) are computed once, not every step.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from unifashion_core.config import OptimConfig, Recipe
+from unifashion_core.evaluation.retrieval_metrics import cross_modal_recalls
+from unifashion_core.losses import itc_loss, itm_loss, max_sim
+from unifashion_core.models.unifashion import UniFashion
+
+LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    Attributes:
+        name: ``retrieval``, ``caption`` or ``generate``.
+        module: the module whose parameters train (handed to accelerate).
+        params: the trainable parameters (everything else stays frozen).
+        optim: optimiser and schedule settings.
+        num_examples: size of the training set the indices refer to.
+        loss_fn: micro-batch loss.
+        eval_fn: validation metrics (higher-is-better keys or losses), or None.
+        after_step: called after every optimiser step (e.g. to clamp the temperature).
+    """
+
+    name: str
+    module: nn.Module
+    params: list[nn.Parameter]
+    optim: OptimConfig
+    num_examples: int
+    loss_fn: LossFn
+    eval_fn: Callable[[], dict[str, float]] | None = None
+    after_step: Callable[[], None] | None = None
+
+
+def _trainable(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+@torch.no_grad()
+def retrieval_similarity(model: UniFashion, tokens: torch.Tensor, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """Image x text max-over-queries similarity (N, M) for evaluation."""
+    qformer = model.qformer
+    image_embeds = torch.cat([
+        qformer.encode_image(tokens[i : i + batch_size].float()).embeds for i in range(0, len(tokens), batch_size)
+    ])
+    text_embeds = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = model.tokenize(texts[i : i + batch_size])
+        text_embeds.append(qformer.encode_text(ids, mask).embeds)
+    return max_sim(image_embeds, torch.cat(text_embeds))
+
+
+def retrieval_stage(
+    model: UniFashion, recipe: Recipe, tokens: torch.Tensor, texts: list[str],
+    val_tokens: torch.Tensor, val_texts: list[str],
+) -> Stage:
+    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
+    loss_cfg = recipe.loss
+    qformer = model.qformer
+    qformer.requires_grad_(True)
+
+    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch_tokens = tokens[indices].float()  # (B, T, C)
+        batch_texts = [texts[i] for i in indices.tolist()]
+        ids, mask = model.tokenize(batch_texts)
+        image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
+        text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
+        temperature = qformer.temperature()
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes)
+        loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
+        if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
+            with torch.no_grad():
+                sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
+            itm = itm_loss(qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T,
+                           loss_cfg.itm_negatives, generator, batch_texts)
+            loss = loss + loss_cfg.itm_weight * itm
+            logs["itm"] = float(itm.detach())
+        return loss, logs
+
+    def eval_fn() -> dict[str, float]:
+        qformer.eval()
+        recalls = cross_modal_recalls(retrieval_similarity(model, val_tokens, val_texts))
+        qformer.train()
+        return {f"val_{k}": v for k, v in recalls.items()}
+
+    return Stage("retrieval", qformer, _trainable(qformer), recipe.train.retrieval, len(tokens),
+                 loss_fn, eval_fn if len(val_texts) > 1 else None, qformer.clamp_temperature_)
+
+
+def caption_targets(items: list, style: str) -> list[str]:
+    """The reference text a captioner learns for each item in a given style."""
+    if style == "short":
+        return [item.caption for item in items]
+    return [item.description or item.caption for item in items]
+
+
+def caption_stage(
+    model: UniFashion, recipe: Recipe, queries: torch.Tensor, captions: list[str],
+    val_queries: torch.Tensor, val_captions: list[str],
+) -> Stage:
+    """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs."""
+    captioner = model.captioner
+    model.qformer.requires_grad_(False)
+    style = recipe.model.captioner.style
+
+    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = captioner.loss(queries[indices], [captions[i] for i in indices.tolist()], style)
+        return loss, {"itg": float(loss.detach())}
+
+    @torch.no_grad()
+    def eval_fn() -> dict[str, float]:
+        captioner.eval()
+        loss = captioner.loss(val_queries[:64], val_captions[:64], style)
+        captioner.train()
+        return {"val_itg": float(loss)}
+
+    return Stage("caption", captioner, _trainable(captioner), recipe.train.caption, len(queries),
+                 loss_fn, eval_fn if len(val_captions) else None)
+
+
+def generate_stage(
+    model: UniFashion, recipe: Recipe, image_queries: torch.Tensor, text_queries: torch.Tensor,
+    pixels: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None,
+) -> Stage:
+    """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
+
+    Each example is conditioned on its text-only queries or on its image queries, half and half,
+    so the head learns both text-to-image and image(+text) generation.
+    """
+    generator_head = model.generator
+    model.qformer.requires_grad_(False)
+    drop = recipe.model.generator.cfg_drop_prob
+
+    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        use_text = torch.rand(len(indices), generator=generator) < 0.5  # (B,)
+        queries = torch.where(use_text[:, None, None], text_queries[indices], image_queries[indices])
+        loss = generator_head.loss(queries.float(), pixels[indices].float(), drop_prob=drop, generator=generator)
+        return loss, {"q2i": float(loss.detach())}
+
+    @torch.no_grad()
+    def eval_fn() -> dict[str, float]:
+        generator_head.eval()
+        fixed = torch.Generator().manual_seed(0)
+        loss = generator_head.loss(val[0][:64].float(), val[1][:64].float(), drop_prob=0.0, generator=fixed)
+        generator_head.train()
+        return {"val_q2i": float(loss)}
+
+    return Stage("generate", generator_head, _trainable(generator_head), recipe.train.generate,
+                 len(pixels), loss_fn, eval_fn if val is not None and len(val[0]) else None)
