@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from unifashion_core.data.images import ImageError, image_to_array, load_user_image, open_image
+from unifashion_core.data.images import ImageError, load_user_image, open_image
 from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress, Progress
@@ -155,22 +155,31 @@ def _inpainting_inputs(request: GenerationRequest, head: Any, n: int) -> dict[st
     if not getattr(head, "inpainting", False):
         raise UserError("this checkpoint's generator was not trained for inpainting "
                         "(model.generator.inpainting=false); --person/--mask need the paper preset.")
-    size = head.resolution
+    height, width = head.default_size
     person = load_user_image(request.person)
     mask_image = load_user_image(request.mask)
     if mask_image.size != person.size:
         raise UserError(f"--mask is {mask_image.size[0]}x{mask_image.size[1]} but --person is "
                         f"{person.size[0]}x{person.size[1]}; give a mask of the same size.")
-    person_pixels = torch.from_numpy(image_to_array(person, size))[None] * 2 - 1
-    mask = torch.from_numpy(image_to_array(mask_image, size))[None, :1]
+    person_pixels = _to_tensor(person, height, width) * 2 - 1
+    mask = _to_tensor(mask_image, height, width)[:, :1]
     mask = (mask > 0.5).float()
     if mask.sum() == 0:
         raise UserError("--mask is empty (all black): nothing to generate.")
     inputs = {"mask": mask.expand(n, -1, -1, -1), "masked_pixel_values": (person_pixels * (1 - mask)).expand(n, -1, -1, -1)}
     if request.sketch is not None:
-        sketch = torch.from_numpy(image_to_array(load_user_image(request.sketch), size))[None, :1]
+        sketch = _to_tensor(load_user_image(request.sketch), height, width)[:, :1]
         inputs["sketch"] = sketch.expand(n, -1, -1, -1)
     return inputs
+
+
+def _to_tensor(image: Any, height: int, width: int) -> torch.Tensor:
+    """A PIL image resized (bicubic) to (height, width) as (1, 3, H, W) in [0, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    resized = image.resize((width, height), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
 
 
 def save_png(image: Any, path: str | Path, settings: dict[str, Any]) -> Path:

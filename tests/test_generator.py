@@ -1,0 +1,236 @@
+"""The generation head: loss, null context, guidance, samplers, inpainting, presets."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from unifashion_core.errors import UserError
+from unifashion_core.models.generator import SAMPLERS, Generator, build_generator
+
+QUERY_WIDTH, NUM_QUERIES, SIZE = 8, 4, 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny tensors gain nothing from a second thread, and on a shared, busy CPU two spinning
+    # OpenMP threads make some steps 100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(**kwargs: bool) -> Generator:
+    return build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, **kwargs)
+
+
+def _queries(batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, NUM_QUERIES, QUERY_WIDTH)  # (B, Q, H)
+
+
+def _images(batch: int = 2, size: int = SIZE) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+
+
+def _count_unet_calls(generator: Generator) -> list[int]:
+    calls = []
+    forward = generator.unet.forward
+
+    def counting_forward(*args: object, **kwargs: object) -> object:
+        calls.append(args[0].shape[0])  # batch of each call
+        return forward(*args, **kwargs)
+
+    generator.unet.forward = counting_forward
+    return calls
+
+
+def test_loss_is_finite_and_reaches_adapter_and_unet() -> None:
+    generator = _tiny()
+    loss = generator.loss(_queries(), _images(), drop_prob=0.0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert generator.adapter.weight.grad.abs().sum() > 0
+    assert generator.unet.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_full_drop_gives_null_context() -> None:
+    generator = _tiny()
+    queries = _queries(3)
+    dropped = generator.context(queries, drop_prob=1.0)
+    assert torch.equal(dropped, generator.null_context.expand(3, -1, -1))
+    kept = generator.context(queries, drop_prob=0.0)
+    assert torch.allclose(kept, generator.adapter(queries))
+
+
+def test_guidance_changes_output_and_batches_as_one_call() -> None:
+    generator = _tiny()
+    queries = _queries()
+    calls = _count_unet_calls(generator)
+    plain = generator.sample(queries, num_inference_steps=2, guidance_scale=1.0).images
+    assert calls == [2, 2]  # no unconditional pass without guidance
+    calls.clear()
+    guided = generator.sample(queries, num_inference_steps=2, guidance_scale=4.0)
+    assert calls == [4, 4] and guided.num_unet_calls == 2  # (uncond, cond) batched per step
+    assert not torch.allclose(plain, guided.images)
+
+
+@pytest.mark.parametrize(("sampler", "steps", "expected"), [("dpm++", 3, 3), ("plms", 3, 4)])
+def test_num_unet_calls_is_the_real_count(sampler: str, steps: int, expected: int) -> None:
+    # PNDM with skip_prk_steps runs one extra step (its first timestep twice) for steps >= 2.
+    generator = _tiny()
+    calls = _count_unet_calls(generator)
+    output = generator.sample(_queries(1), num_inference_steps=steps, sampler=sampler)
+    assert output.num_unet_calls == len(calls) == expected
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_same_seed_same_images(sampler: str) -> None:
+    generator = _tiny()
+    queries = _queries()
+    first = generator.sample(queries, 2, sampler=sampler, seed=3).images
+    again = generator.sample(queries, 2, sampler=sampler, seed=3).images
+    other = generator.sample(queries, 2, sampler=sampler, seed=4).images
+    assert first.shape == (2, 3, SIZE, SIZE)
+    assert first.min() >= 0 and first.max() <= 1
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_overfit_loss_falls() -> None:
+    generator = _tiny()
+    ramp = torch.linspace(-1, 1, SIZE)
+    base = torch.stack([ramp.expand(SIZE, SIZE), ramp[:, None].expand(SIZE, SIZE), -ramp.expand(SIZE, SIZE)])
+    images = torch.stack([base * s for s in (1.0, -1.0, 0.5, -0.5)])  # (4, 3, 16, 16)
+    queries = _queries(4)
+    optimizer = torch.optim.AdamW(generator.parameters(), lr=2e-3)
+    rng = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(80):
+        loss = generator.loss(queries, images, generator=rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.5 * first, (first, last)
+
+
+def test_inpainting_keeps_known_region_and_resizes_mask() -> None:
+    generator = _tiny(inpainting=True, use_sketch=True)
+    image = _images()
+    mask = torch.zeros(2, 1, SIZE // 2, SIZE // 2)  # half size: resized with nearest
+    mask[:, :, 2:6, 1:5] = 1
+    sketch = torch.rand(2, 1, SIZE, SIZE)
+    output = generator.sample(_queries(), 2, mask=mask, masked_pixel_values=image, sketch=sketch)
+    full_mask = torch.zeros(2, 1, SIZE, SIZE)
+    full_mask[:, :, 4:12, 2:10] = 1
+    known = (image + 1) / 2
+    assert torch.equal(output.images * (1 - full_mask), known * (1 - full_mask))
+    assert not torch.allclose(output.images * full_mask, known * full_mask)
+    loss = generator.loss(_queries(), image, mask=full_mask, sketch=sketch)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampler": "euler"}, "unknown sampler"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"num_inference_steps": 1001}, "num_inference_steps"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": 51.0}, "guidance_scale"),
+        ({"height": 15}, "multiples of"),
+        ({"mask": torch.zeros(2, 1, SIZE, SIZE)}, "is empty"),
+        ({"mask": torch.ones(2, 1, SIZE, SIZE)}, "both a mask"),
+        ({"sketch": torch.rand(2, 3, SIZE, SIZE)}, "one grey-scale"),
+    ],
+)
+def test_sampling_input_errors(kwargs: dict, message: str) -> None:
+    generator = _tiny(inpainting=True, use_sketch=True)
+    if "mask" in kwargs and "is empty" in message:
+        kwargs = {**kwargs, "masked_pixel_values": _images()}
+    with pytest.raises(UserError, match=message):
+        generator.sample(_queries(), **kwargs)
+
+
+def test_mask_refused_without_inpainting() -> None:
+    with pytest.raises(UserError, match="without inpainting"):
+        _tiny().sample(_queries(), 1, mask=torch.ones(2, 1, SIZE, SIZE), masked_pixel_values=_images())
+
+
+def test_build_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown generator preset"):
+        build_generator("huge", QUERY_WIDTH, NUM_QUERIES)
+    with pytest.raises(UserError, match="paper preset only"):
+        build_generator("small", QUERY_WIDTH, NUM_QUERIES, unet="some/model")
+    with pytest.raises(UserError, match="needs `unet`"):
+        build_generator("paper", QUERY_WIDTH, NUM_QUERIES)
+    with pytest.raises(UserError, match="could not load weights"):
+        build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet=str(tmp_path))
+    with pytest.raises(UserError, match="multiple of"):
+        build_generator("small", QUERY_WIDTH, NUM_QUERIES, resolution=30)
+
+
+def test_small_preset_layout() -> None:
+    generator = build_generator("small", 384, 32, inpainting=True, use_sketch=True)
+    assert generator.vae is None and generator.default_size == (64, 64)
+    assert generator.unet.config.in_channels == 3 + 3 + 1 + 1
+    assert generator.null_context.shape == (1, 32, 256)
+
+
+@pytest.fixture
+def sd_pipeline_dir(tmp_path: Path) -> Path:
+    """A tiny SD-layout pipeline directory: unet/ (9 input channels) and vae/."""
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=16,
+    )
+    unet.save_pretrained(tmp_path / "unet")
+    vae.save_pretrained(tmp_path / "vae")
+    return tmp_path
+
+
+def test_paper_preset_loads_pipeline_and_inpaints(sd_pipeline_dir: Path) -> None:
+    generator = build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet=str(sd_pipeline_dir))
+    assert generator.inpainting and generator.vae is not None and generator.vae_scale_factor == 2
+    assert generator.default_size == (16, 16)
+    image = _images(1)
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    mask[:, :, 4:12, 4:12] = 1
+    output = generator.sample(_queries(1), num_inference_steps=1, mask=mask, masked_pixel_values=image)
+    assert output.images.shape == (1, 3, SIZE, SIZE) and output.num_unet_calls == 1
+    assert torch.equal(output.images * (1 - mask), (image + 1) / 2 * (1 - mask))
+    assert torch.isfinite(generator.loss(_queries(1), image, mask=mask))
+
+
+def test_paper_preset_loads_model_dirs_and_adds_sketch_channel(sd_pipeline_dir: Path) -> None:
+    generator = build_generator(
+        "paper",
+        QUERY_WIDTH,
+        NUM_QUERIES,
+        unet=str(sd_pipeline_dir / "unet"),
+        vae=str(sd_pipeline_dir / "vae"),
+        use_sketch=True,
+    )
+    weight = generator.unet.conv_in.weight  # (out, 10, 3, 3): the sketch channel starts at zero
+    assert weight.shape[1] == 10 and generator.unet.config.in_channels == 10
+    assert torch.count_nonzero(weight[:, 9]) == 0
+    output = generator.sample(_queries(1), 1, sketch=torch.rand(1, 1, SIZE, SIZE))
+    assert output.images.shape == (1, 3, SIZE, SIZE)
