@@ -9,16 +9,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tiny tensors gain nothing from a second thread, and on a busy 2-core machine two spinning
+# OpenMP threads make some steps 100x slower. Set at import so module fixtures get it too.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
-    import torch
-
     torch.manual_seed(0)
-    torch.set_num_threads(1)  # small ops on a busy 2-core machine are far slower with 2 threads
     yield
 
 

@@ -26,14 +26,6 @@ WIDTH = 16  # query width of the tests' fake Q-Former
 CAPTIONS = ["red dress", "blue coat"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and far faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _tiny(seed: int = 0, **kwargs) -> Captioner:
     torch.manual_seed(seed)
@@ -58,7 +50,6 @@ def _train(captioner: Captioner, queries: torch.Tensor, captions: list[str], ste
 @pytest.fixture(scope="module")
 def trained() -> tuple[Captioner, torch.Tensor]:
     """A tiny captioner (LoRA on q/v) overfit to caption two different query inputs."""
-    torch.set_num_threads(1)  # module fixtures are set up before the function-scoped ones
     captioner = _tiny(lora_dropout=0.0)
     queries = torch.randn(2, 4, WIDTH, generator=torch.Generator().manual_seed(1))  # (B, Q, H)
     captioner.steps_taken = _train(captioner, queries, CAPTIONS, steps=200, check_every=25)

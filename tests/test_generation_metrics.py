@@ -1,6 +1,5 @@
 """FID / KID on the reference Inception features, and CLIP-S against a hand computation."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,6 @@ from unifashion_core.evaluation.generation_metrics import (
     load_inception,
     to_unit_range,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # One thread is as fast for these small batches and immune to a busy, shared CPU.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The generation head: loss, null context, guidance, samplers, inpainting, presets."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,15 +11,6 @@ from unifashion_core.models.generator import SAMPLERS, Generator, build_generato
 
 QUERY_WIDTH, NUM_QUERIES, SIZE = 8, 4, 16
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny tensors gain nothing from a second thread, and on a shared, busy CPU two spinning
-    # OpenMP threads make some steps 100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(**kwargs: bool) -> Generator:

@@ -10,7 +10,7 @@ from unifashion_cli.console import RichProgress, handle_errors, out, print_json
 @handle_errors
 def generate(
     out_path: Path = typer.Option(..., "--out", help="Output PNG (several images: NAME-0.png, NAME-1.png...)."),
-    text: str | None = typer.Option(None, "--text", help="What to draw, e.g. \"blue polka-dot dress\"."),
+    text: str | None = typer.Option(None, "--text", help='What to draw, e.g. "blue polka-dot dress".'),
     image: Path | None = typer.Option(None, "--image", help="Reference garment image (with --text: edit it)."),
     person: Path | None = typer.Option(None, "--person", help="Try-on / design: the person image."),
     mask: Path | None = typer.Option(None, "--mask", help="Try-on / design: agnostic mask (white = generate)."),
@@ -33,7 +33,11 @@ def generate(
     with RichProgress(quiet) as progress:
         images, settings = generate_images(workspace.resolve("checkpoint", checkpoint), request, progress)
     target = out_path if out_path.suffix else out_path.with_suffix(".png")
-    paths = [target] if len(images) == 1 else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(len(images))]
+    paths = (
+        [target]
+        if len(images) == 1
+        else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(len(images))]
+    )
     for i, (picture, path) in enumerate(zip(images, paths, strict=True)):
         save_png(picture, path, {**settings, "index": i})
     if json_output:

@@ -14,7 +14,7 @@ def index(
     split: str = typer.Option("test", "--split", help="Which split to index: train, val or test."),
     out_dir: Path | None = typer.Option(None, "--out", help="Index directory (default: workspace/index)."),
     kind: str = typer.Option("flat", "--kind", help="flat (exact), hnsw or ivfpq (approximate + exact re-rank)."),
-    captions: bool = typer.Option(False, "--captions", help="Also caption the gallery (composed retrieval, issue #6)."),
+    captions: bool = typer.Option(False, "--captions", help="Also caption the gallery (composed retrieval w/ cap)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished index in --out."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
@@ -24,8 +24,6 @@ def index(
     from unifashion_core.errors import UserError
     from unifashion_core.retrieval.build import build_index
 
-    if captions:
-        raise UserError("--captions (gallery captions for composed retrieval) is not built yet (issue #6).")
     if kind not in ("flat", "hnsw", "ivfpq"):
         raise UserError(f"unknown index kind {kind!r}; choose flat, hnsw or ivfpq.")
     target = out_dir or workspace.default_output("index")
@@ -34,11 +32,14 @@ def index(
     with RichProgress(quiet) as progress:
         summary = build_index(
             workspace.resolve("checkpoint", checkpoint), workspace.resolve("data", data), target,
-            split=split, kind=kind, progress=progress,
+            split=split, kind=kind, captions=captions, progress=progress,
         )
     workspace.remember("index", target)
+    if captions:
+        workspace.remember("captioned_index", target)
     if json_output:
         print_json(summary)
     else:
-        out.print(f"indexed {summary['num_items']} items of split {split!r} into {target} "
+        with_captions = ", with gallery captions" if captions else ""
+        out.print(f"indexed {summary['num_items']} items of split {split!r} into {target}{with_captions} "
                   f"({summary['num_skipped']} skipped, see skipped.json)")

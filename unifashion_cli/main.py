@@ -1,8 +1,13 @@
 """The `unifashion` Typer app. Each subcommand lives in its own small module."""
 
+import os
+
 import typer
 
 from unifashion_cli import bench, caption, demo, generate, index, prepare, search, train
+
+# Our own rich progress reports the work; the libraries' download/loading bars would only add noise.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     name="unifashion",

@@ -25,7 +25,13 @@ def search(
     """Search the index; prints rank, id, score and caption of the top-k items."""
     from unifashion_core import workspace
     from unifashion_core.retrieval.search import (
-        check_query, contact_sheet, load_searcher, results_as_dicts, search as run_search,
+        check_query,
+        contact_sheet,
+        load_searcher,
+        results_as_dicts,
+    )
+    from unifashion_core.retrieval.search import (
+        search as run_search,
     )
 
     effective, warnings = check_query(text, str(image) if image else None, mode)
@@ -37,8 +43,13 @@ def search(
     if sheet is not None:
         contact_sheet(results, sheet, image, text)
     if json_output:
-        print_json({"mode": effective, "query": {"text": text, "image": str(image) if image else None},
-                    "results": results_as_dicts(results)})
+        print_json(
+            {
+                "mode": effective,
+                "query": {"text": text, "image": str(image) if image else None},
+                "results": results_as_dicts(results),
+            }
+        )
         return
     table = Table(title=f"{effective}: {text or ''} {image or ''}".strip())
     for column in ("rank", "id", "score", "caption"):

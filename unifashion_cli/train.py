@@ -14,7 +14,9 @@ def train(
     phase: int = typer.Option(1, "--phase", min=1, max=2, help="1: retrieval + heads; 2: composed retrieval."),
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: recipe, then workspace)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Phase 2: the phase-1 checkpoint to start from."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Checkpoint directory (default: workspace/checkpoints/NAME)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", help="Checkpoint directory (default: workspace/checkpoints/NAME)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run saved in --out exactly where it stopped."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out."),
     json_output: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
@@ -27,8 +29,14 @@ def train(
     resolved = load_recipe(recipe, overrides or [])
     with RichProgress(quiet) as progress:
         result = run_training(
-            resolved, phase=phase, data=data, init_checkpoint=checkpoint, out=out_dir,
-            resume=resume, overwrite=overwrite, progress=progress,
+            resolved,
+            phase=phase,
+            data=data,
+            init_checkpoint=checkpoint,
+            out=out_dir,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
         )
     if json_output:
         print_json(result)

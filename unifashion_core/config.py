@@ -152,6 +152,7 @@ class TrainConfig:
     save_every: int = 200  # steps between checkpoints (0 = only at the end)
     log_every: int = 10
     eval_max_items: int = 500  # validation gallery size cap, to keep evaluation cheap
+    eval_fid_items: int = 0  # generate stage: FID/KID on this many validation captions per evaluation (0 = off)
     retrieval: OptimConfig = field(default_factory=OptimConfig)
     caption: OptimConfig = field(default_factory=OptimConfig)
     generate: OptimConfig = field(default_factory=OptimConfig)

@@ -20,8 +20,11 @@ NOT_BUILT = {"composed retrieval (phase 2, captions in the index)": 6}
 
 # --quick: a few minutes on 2 cores; numbers are smoke-level, not the demo's real figures.
 QUICK_OVERRIDES = [
-    "train.retrieval.max_steps=60", "train.caption.max_steps=60", "train.generate.max_steps=60",
-    "train.eval_every=0", "train.save_every=0",
+    "train.retrieval.max_steps=60",
+    "train.caption.max_steps=60",
+    "train.generate.max_steps=60",
+    "train.eval_every=0",
+    "train.save_every=0",
 ]
 TEXT_QUERIES = ("red striped long-sleeve shirt", "blue dress", "black trousers")
 GENERATION_PROMPTS = ("red solid t-shirt", "blue polka-dot dress", "green checked skirt", "yellow striped shirt")
@@ -32,8 +35,13 @@ def run_demo(quick: bool = False, num_items: int | None = None, progress: Progre
     home = workspace.workspace_dir()
     recipe = load_recipe(RECIPE, QUICK_OVERRIDES if quick else [])
     report: dict[str, Any] = {"quick": quick, "workspace": str(home), "stages": {}, "figures": {}}
-    paths = {"data": home / "data" / "demo", "run": home / "runs" / recipe.name, "index": home / "index",
-             "bench": home / "bench", "demo": home / "demo"}
+    paths = {
+        "data": home / "data" / "demo",
+        "run": home / "runs" / recipe.name,
+        "index": home / "index",
+        "bench": home / "bench",
+        "demo": home / "demo",
+    }
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("prepare", lambda: _prepare(paths, num_items or (300 if quick else 1200), progress)),
         ("train", lambda: _train(recipe, paths, progress)),
@@ -96,7 +104,12 @@ def _search(paths: dict[str, Path]) -> dict[str, Any]:
     image = dataset.image_path(reference)
     results = search(model, index, image=image, k=5, mode="i2i")
     sheets.append(contact_sheet(results, paths["demo"] / "search-image.png", image, None).name)
-    queries.append({"query": f"image {reference.id} ({reference.caption})", "top": [(r.id, r.caption, round(r.score, 4)) for r in results]})
+    queries.append(
+        {
+            "query": f"image {reference.id} ({reference.caption})",
+            "top": [(r.id, r.caption, round(r.score, 4)) for r in results],
+        }
+    )
     return {"queries": queries, "sheets": sheets}
 
 
@@ -112,8 +125,16 @@ def _caption(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
         (folder / Path(item.image).name).write_bytes(dataset.image_path(item).read_bytes())
     results, _ = caption_images(paths["run"] / "checkpoint", folder, progress=progress)
     truth = {Path(item.image).name: item.caption for item in examples}
-    return {"examples": [{"image": f"caption-inputs/{Path(r.image).name}", "caption": r.caption,
-                          "reference": truth[Path(r.image).name]} for r in results]}
+    return {
+        "examples": [
+            {
+                "image": f"caption-inputs/{Path(r.image).name}",
+                "caption": r.caption,
+                "reference": truth[Path(r.image).name],
+            }
+            for r in results
+        ]
+    }
 
 
 def _generate(paths: dict[str, Path], recipe: Any, progress: Progress) -> dict[str, Any]:
@@ -122,8 +143,13 @@ def _generate(paths: dict[str, Path], recipe: Any, progress: Progress) -> dict[s
     made = []
     for number, prompt in enumerate(GENERATION_PROMPTS):
         images, settings = generate_images(
-            paths["run"] / "checkpoint", GenerationRequest(text=prompt, seed=number, steps=recipe.model.generator.num_inference_steps), progress)
-        made.append({"prompt": prompt, "image": save_png(images[0], paths["demo"] / f"generate-{number}.png", settings).name})
+            paths["run"] / "checkpoint",
+            GenerationRequest(text=prompt, seed=number, steps=recipe.model.generator.num_inference_steps),
+            progress,
+        )
+        made.append(
+            {"prompt": prompt, "image": save_png(images[0], paths["demo"] / f"generate-{number}.png", settings).name}
+        )
     return {"images": made}
 
 
@@ -133,8 +159,14 @@ def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str,
     figures = {}
     checkpoint = paths["run"] / "checkpoint"
     for subject in ("retrieval", "caption") + (() if quick else ("fid",)):
-        report = run_bench(subject, checkpoint, paths["data"], paths["bench"] / subject,
-                           max_items=100 if subject == "fid" else 0, progress=progress)
+        report = run_bench(
+            subject,
+            checkpoint,
+            paths["data"],
+            paths["bench"] / subject,
+            max_items=100 if subject == "fid" else 0,
+            progress=progress,
+        )
         figures[subject] = {k: report[k] for k in ("model", "baseline", "metrics", "fid", "kid_mean") if k in report}
     return figures
 
@@ -142,11 +174,19 @@ def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str,
 def render_report(report: dict[str, Any]) -> str:
     """demo/report.md: what ran, how long it took, and what it measured."""
     stages = report["stages"]
-    lines = ["# unifashion demo", "", f"Mode: {'quick' if report['quick'] else 'full'}; workspace `{report['workspace']}`.", "",
-             "| stage | seconds |", "|---|---|"]
+    lines = [
+        "# unifashion demo",
+        "",
+        f"Mode: {'quick' if report['quick'] else 'full'}; workspace `{report['workspace']}`.",
+        "",
+        "| stage | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {info['seconds']} |" for name, info in stages.items()]
     lines += ["", "## Training", ""]
-    lines += [f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in stages["train"]["metrics"].items()]
+    lines += [
+        f"- {k}: {v:.4f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in stages["train"]["metrics"].items()
+    ]
     lines += ["", "## Search", ""]
     for query, sheet in zip(stages["search"]["queries"], stages["search"]["sheets"], strict=True):
         lines.append(f"**{query['query']}**: " + "; ".join(f"{c} ({s})" for _, c, s in query["top"]))
@@ -164,5 +204,3 @@ def _format(data: Any) -> str:
     import json
 
     return json.dumps(data, indent=2, default=str)
-
-

@@ -41,8 +41,14 @@ class Caption:
 
 
 def caption_images(
-    checkpoint: str | Path, source: str | Path, style: str | None = None, max_new_tokens: int = 40,
-    num_beams: int = 1, batch_size: int = 16, split: str | None = None, progress: Progress = NullProgress(),
+    checkpoint: str | Path,
+    source: str | Path,
+    style: str | None = None,
+    max_new_tokens: int = 40,
+    num_beams: int = 1,
+    batch_size: int = 16,
+    split: str | None = None,
+    progress: Progress = NullProgress(),
 ) -> tuple[list[Caption], SkipLog]:
     """Caption one image, a folder or a dataset split; unreadable images are skipped and logged."""
     from unifashion_core.models.captioner import instruction_for
@@ -138,35 +144,54 @@ def generate_images(
     inpaint = _inpainting_inputs(request, head, n) if request.person is not None else {}
     # 4. sample
     progress.start("generate", None)
-    result = head.sample(queries, num_inference_steps=request.steps, sampler=request.sampler,
-                         guidance_scale=request.guidance, seed=request.seed, **inpaint)
+    result = head.sample(
+        queries,
+        num_inference_steps=request.steps,
+        sampler=request.sampler,
+        guidance_scale=request.guidance,
+        seed=request.seed,
+        **inpaint,
+    )
     progress.advance("generate", 1)
     arrays = (result.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    settings = {"text": request.text, "image": str(request.image) if request.image else None,
-                "person": str(request.person) if request.person else None,
-                "sampler": request.sampler, "steps": request.steps, "guidance": request.guidance,
-                "seed": request.seed, "unet_calls": result.num_unet_calls,
-                "checkpoint_fingerprint": meta["fingerprint"]}
+    settings = {
+        "text": request.text,
+        "image": str(request.image) if request.image else None,
+        "person": str(request.person) if request.person else None,
+        "sampler": request.sampler,
+        "steps": request.steps,
+        "guidance": request.guidance,
+        "seed": request.seed,
+        "unet_calls": result.num_unet_calls,
+        "checkpoint_fingerprint": meta["fingerprint"],
+    }
     return [Image.fromarray(a) for a in arrays], settings
 
 
 def _inpainting_inputs(request: GenerationRequest, head: Any, n: int) -> dict[str, torch.Tensor]:
     """Person image, mask (and sketch) as tensors at the generator's resolution."""
     if not getattr(head, "inpainting", False):
-        raise UserError("this checkpoint's generator was not trained for inpainting "
-                        "(model.generator.inpainting=false); --person/--mask need the paper preset.")
+        raise UserError(
+            "this checkpoint's generator was not trained for inpainting "
+            "(model.generator.inpainting=false); --person/--mask need the paper preset."
+        )
     height, width = head.default_size
     person = load_user_image(request.person)
     mask_image = load_user_image(request.mask)
     if mask_image.size != person.size:
-        raise UserError(f"--mask is {mask_image.size[0]}x{mask_image.size[1]} but --person is "
-                        f"{person.size[0]}x{person.size[1]}; give a mask of the same size.")
+        raise UserError(
+            f"--mask is {mask_image.size[0]}x{mask_image.size[1]} but --person is "
+            f"{person.size[0]}x{person.size[1]}; give a mask of the same size."
+        )
     person_pixels = _to_tensor(person, height, width) * 2 - 1
     mask = _to_tensor(mask_image, height, width)[:, :1]
     mask = (mask > 0.5).float()
     if mask.sum() == 0:
         raise UserError("--mask is empty (all black): nothing to generate.")
-    inputs = {"mask": mask.expand(n, -1, -1, -1), "masked_pixel_values": (person_pixels * (1 - mask)).expand(n, -1, -1, -1)}
+    inputs = {
+        "mask": mask.expand(n, -1, -1, -1),
+        "masked_pixel_values": (person_pixels * (1 - mask)).expand(n, -1, -1, -1),
+    }
     if request.sketch is not None:
         sketch = _to_tensor(load_user_image(request.sketch), height, width)[:, :1]
         inputs["sketch"] = sketch.expand(n, -1, -1, -1)

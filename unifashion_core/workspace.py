@@ -55,7 +55,9 @@ def resolve(kind: str, given: str | Path | None) -> Path:
         return path
     path = latest(kind)
     if path is None:
-        raise UserError(f"no {kind.replace('_', ' ')} given and none in the workspace {workspace_dir()}: {_HINTS[kind]}.")
+        raise UserError(
+            f"no {kind.replace('_', ' ')} given and none in the workspace {workspace_dir()}: {_HINTS[kind]}."
+        )
     return path
 
 

@@ -16,8 +16,14 @@ from unifashion_core.train.checkpoint import load_checkpoint
 
 @torch.no_grad()
 def generate_for_prompts(
-    model: Any, prompts: list[str], steps: int, sampler: str, guidance: float, seed: int,
-    batch_size: int = 16, progress: Progress = NullProgress(),
+    model: Any,
+    prompts: list[str],
+    steps: int,
+    sampler: str,
+    guidance: float,
+    seed: int,
+    batch_size: int = 16,
+    progress: Progress = NullProgress(),
 ) -> tuple[torch.Tensor, int]:
     """Images (N, 3, R, R) in [0, 1] for text prompts, and the number of UNet calls per image."""
     images, calls = [], 0
@@ -25,8 +31,9 @@ def generate_for_prompts(
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         queries = model.generation_queries(None, batch)
-        result = model.generator.sample(queries, num_inference_steps=steps, sampler=sampler,
-                                        guidance_scale=guidance, seed=seed + start)
+        result = model.generator.sample(
+            queries, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed + start
+        )
         images.append(result.images.clamp(0, 1).cpu())
         calls = result.num_unet_calls
         progress.advance(f"generate ({sampler}, {steps} steps)", len(batch))
@@ -61,9 +68,18 @@ def colour_accuracy(images: torch.Tensor, items: list[Item]) -> float | None:
 
 
 def bench_generation(
-    subject: str, checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test",
-    max_items: int = 0, clip: str = "", steps: int = 20, sampler: str = "dpm++", guidance: float | None = None,
-    seed: int = 0, progress: Progress = NullProgress(),
+    subject: str,
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "test",
+    max_items: int = 0,
+    clip: str = "",
+    steps: int = 20,
+    sampler: str = "dpm++",
+    guidance: float | None = None,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
 ) -> dict[str, Any]:
     """Generate one image per item caption of ``split`` and score them (FID/KID or CLIP-S)."""
     from unifashion_core.evaluation.generation_metrics import clip_score, fid_kid
@@ -73,16 +89,23 @@ def bench_generation(
     model, meta = load_checkpoint(checkpoint, heads=("generate",))
     guidance = model.recipe.model.generator.guidance_scale if guidance is None else guidance
     dataset = load_dataset(data)
-    items, real = real_images(dataset, dataset.split(split)[: max_items or None], model.recipe.model.generator.resolution)
+    items, real = real_images(
+        dataset, dataset.split(split)[: max_items or None], model.recipe.model.generator.resolution
+    )
     if not items:
         raise UserError(f"split {split!r} has no usable images to compare with.")
     prompts = [item.caption for item in items]
     fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
     report: dict[str, Any] = {
-        "bench": subject, "protocol": f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
+        "bench": subject,
+        "protocol": f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
         f"{model.recipe.model.generator.resolution}px, real images resized to the same size",
-        "split": split, "seed": seed, "manifest_sha256": dataset.manifest_hash,
-        "checkpoint_fingerprint": meta["fingerprint"], "checkpoint": str(checkpoint), "num_queries": len(items),
+        "split": split,
+        "seed": seed,
+        "manifest_sha256": dataset.manifest_hash,
+        "checkpoint_fingerprint": meta["fingerprint"],
+        "checkpoint": str(checkpoint),
+        "num_queries": len(items),
         "unet_calls_per_image": calls,
     }
     if subject in ("fid", "kid"):
@@ -92,7 +115,13 @@ def bench_generation(
     accuracy = colour_accuracy(fake, items)
     if accuracy is not None:
         report["colour_accuracy"] = accuracy
-    figures = {k: report[k] for k in ("fid", "kid_mean", "kid_std", "clip_score", "colour_accuracy", "extractor") if k in report}
-    markdown = f"# Generation ({subject})\n\n{provenance_lines(report)}\n" + "".join(f"- {k}: {v}\n" for k, v in figures.items())
+    figures = {
+        k: report[k]
+        for k in ("fid", "kid_mean", "kid_std", "clip_score", "colour_accuracy", "extractor")
+        if k in report
+    }
+    markdown = f"# Generation ({subject})\n\n{provenance_lines(report)}\n" + "".join(
+        f"- {k}: {v}\n" for k, v in figures.items()
+    )
     write_report(out, report, markdown)
     return report

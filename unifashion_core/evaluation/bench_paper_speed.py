@@ -41,18 +41,49 @@ def timed(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
 
 def _sizes(tiny: bool) -> dict[str, Any]:
     if tiny:
-        return {"batch": 4, "image": 56, "vit": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                "num_attention_heads": 4, "image_size": 56, "patch_size": 14},
-                "qformer": {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128,
-                            "num_hidden_layers": 2},
-                "llama": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                          "num_attention_heads": 4, "num_key_value_heads": 4},
-                "lora_r": 4, "unet_blocks": (32, 64, 64, 64), "vae_blocks": (32, 32, 64, 64), "gen_hw": (64, 64),
-                "queries": 4}
-    return {"batch": 32, "image": 224, "vit": {}, "qformer": {}, "llama": {
-        "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 32}, "lora_r": 128, "unet_blocks": (320, 640, 1280, 1280),
-        "vae_blocks": (128, 256, 512, 512), "gen_hw": (512, 384), "queries": 32}
+        return {
+            "batch": 4,
+            "image": 56,
+            "vit": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "image_size": 56,
+                "patch_size": 14,
+            },
+            "qformer": {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 128, "num_hidden_layers": 2},
+            "llama": {
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+            },
+            "lora_r": 4,
+            "unet_blocks": (32, 64, 64, 64),
+            "vae_blocks": (32, 32, 64, 64),
+            "gen_hw": (64, 64),
+            "queries": 4,
+        }
+    return {
+        "batch": 32,
+        "image": 224,
+        "vit": {},
+        "qformer": {},
+        "llama": {
+            "hidden_size": 4096,
+            "intermediate_size": 11008,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 32,
+        },
+        "lora_r": 128,
+        "unet_blocks": (320, 640, 1280, 1280),
+        "vae_blocks": (128, 256, 512, 512),
+        "gen_hw": (512, 384),
+        "queries": 32,
+    }
 
 
 def retrieval_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -64,8 +95,12 @@ def retrieval_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dty
     from unifashion_core.models.vision import Blip2VisionEncoder
 
     vision = Blip2VisionEncoder(Blip2VisionConfig(**sizes["vit"]), sizes["image"]).to(device, dtype).eval()
-    config = _qformer_config(vision.num_channels, sizes["qformer"].get("num_hidden_layers", 12), 2,
-                             **{k: v for k, v in sizes["qformer"].items() if k != "num_hidden_layers"})
+    config = _qformer_config(
+        vision.num_channels,
+        sizes["qformer"].get("num_hidden_layers", 12),
+        2,
+        **{k: v for k, v in sizes["qformer"].items() if k != "num_hidden_layers"},
+    )
     qformer = QFormer(config, sizes["queries"], 256, vision_norm=False).to(device)
     optimizer = torch.optim.AdamW(qformer.parameters(), lr=2e-5)
     b = sizes["batch"]
@@ -89,8 +124,12 @@ def retrieval_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dty
     vision_only = timed(lambda: vision(pixels), 1, 3) if device.type == "cuda" else float("nan")
     seconds = timed(step, 2, 5)
     params = sum(p.numel() for p in vision.parameters()) + sum(p.numel() for p in qformer.parameters())
-    return {"seconds_per_step": seconds, "pairs_per_s": b / seconds, "vision_forward_s": vision_only,
-            "parameters": params}
+    return {
+        "seconds_per_step": seconds,
+        "pairs_per_s": b / seconds,
+        "vision_forward_s": vision_only,
+        "parameters": params,
+    }
 
 
 def caption_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, float]:
@@ -100,8 +139,13 @@ def caption_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype
     from unifashion_core.models.captioner import Captioner, _add_lora, _byte_tokenizer
 
     tokenizer = _byte_tokenizer()
-    config = LlamaConfig(vocab_size=32000, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **sizes["llama"])
+    config = LlamaConfig(
+        vocab_size=32000,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes["llama"],
+    )
     with torch.device(device):
         llm = LlamaForCausalLM(config).to(dtype)
     llm = _add_lora(llm, sizes["lora_r"], 2 * sizes["lora_r"], 0.05, ("q_proj", "k_proj", "v_proj", "o_proj"))
@@ -121,9 +165,12 @@ def caption_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, 2, 5)
-    return {"seconds_per_step": seconds, "captions_per_s": b / seconds,
-            "trainable_parameters": sum(p.numel() for p in trainable),
-            "parameters": sum(p.numel() for p in captioner.parameters())}
+    return {
+        "seconds_per_step": seconds,
+        "captions_per_s": b / seconds,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "parameters": sum(p.numel() for p in captioner.parameters()),
+    }
 
 
 def _paper_generator(sizes: dict[str, Any], device: torch.device) -> Any:
@@ -133,16 +180,30 @@ def _paper_generator(sizes: dict[str, Any], device: torch.device) -> Any:
 
     blocks = sizes["unet_blocks"]
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=9, out_channels=4, block_out_channels=blocks, layers_per_block=2,
-        cross_attention_dim=768 if blocks[0] == 320 else 32, attention_head_dim=8,
+        sample_size=64,
+        in_channels=9,
+        out_channels=4,
+        block_out_channels=blocks,
+        layers_per_block=2,
+        cross_attention_dim=768 if blocks[0] == 320 else 32,
+        attention_head_dim=8,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3)
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
     vae_blocks = sizes["vae_blocks"]
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_blocks,
-                        layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215)
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=vae_blocks,
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        scaling_factor=0.18215,
+    )
+    scheduler = DDPMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+    )
     width = sizes["qformer"].get("hidden_size", 768)
     return Generator(unet, scheduler, width, sizes["queries"], vae=vae, inpainting=True).to(device), width
 
@@ -168,8 +229,11 @@ def generate_step(sizes: dict[str, Any], device: torch.device, dtype: torch.dtyp
         optimizer.zero_grad(set_to_none=True)
 
     seconds = timed(step, 2, 4)
-    return {"seconds_per_step": seconds, "images_per_s": b / seconds,
-            "unet_parameters": sum(p.numel() for p in generator.unet.parameters())}
+    return {
+        "seconds_per_step": seconds,
+        "images_per_s": b / seconds,
+        "unet_parameters": sum(p.numel() for p in generator.unet.parameters()),
+    }
 
 
 def sampling(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype) -> list[dict[str, float]]:
@@ -180,20 +244,31 @@ def sampling(sizes: dict[str, Any], device: torch.device, dtype: torch.dtype) ->
     rows = []
     for batch in (1, 8):
         queries = torch.randn(batch, sizes["queries"], width, device=device, dtype=dtype)
-        pixels = (torch.rand(batch, 3, h, w, device=device, dtype=dtype) * 2 - 1)
+        pixels = torch.rand(batch, 3, h, w, device=device, dtype=dtype) * 2 - 1
         mask = torch.zeros(batch, 1, h, w, device=device, dtype=dtype)
         mask[:, :, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1
+        inputs = {"mask": mask, "masked_pixel_values": pixels * (1 - mask)}
         for sampler, steps in (("dpm++", 20), ("plms", 50)):
-            calls = {}
+            calls: dict[str, int] = {}
 
-            def run(sampler: str = sampler, steps: int = steps) -> None:
+            def run(sampler: str = sampler, steps: int = steps, queries: torch.Tensor = queries,
+                    inputs: dict = inputs, calls: dict = calls) -> None:
                 out = generator.sample(queries, num_inference_steps=steps, sampler=sampler, guidance_scale=5.0,
-                                       seed=0, mask=mask, masked_pixel_values=pixels * (1 - mask))
+                                       seed=0, **inputs)
                 calls["n"] = out.num_unet_calls
 
             seconds = timed(run, 1, 2)
-            rows.append({"sampler": sampler, "steps": steps, "batch": batch, "unet_calls": calls["n"],
-                         "seconds_per_image": seconds / batch, "height": h, "width": w})
+            rows.append(
+                {
+                    "sampler": sampler,
+                    "steps": steps,
+                    "batch": batch,
+                    "unet_calls": calls["n"],
+                    "seconds_per_image": seconds / batch,
+                    "height": h,
+                    "width": w,
+                }
+            )
     return rows
 
 
@@ -209,9 +284,10 @@ def main() -> None:
     sizes = _sizes(args.tiny)
     report: dict[str, Any] = {
         "protocol": "random weights at the paper preset's sizes; training steps at batch 32 (bf16 autocast, AdamW);"
-                    " sampling 512x384 inpainting with classifier-free guidance 5 (VAE included); mean after warm-up",
+        " sampling 512x384 inpainting with classifier-free guidance 5 (VAE included); mean after warm-up",
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor(),
-        "torch": torch.__version__, "tiny": args.tiny,
+        "torch": torch.__version__,
+        "tiny": args.tiny,
         "paper_reference": "3.15 s/image, A100 80GB, PLMS 50 steps (paper, section 'Limitations')",
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,12 @@ def _query_latency(model: Any, checkpoint: Path, data: Path, split: str, texts: 
             started = time.perf_counter()
             index.search_images(embed_texts(model, [text]), 10)
             timings.append((time.perf_counter() - started) * 1000)
-        return {"p50_ms": float(np.percentile(timings, 50)), "p95_ms": float(np.percentile(timings, 95)),
-                "num_queries": len(texts), "gallery_size": len(index.ids)}
+        return {
+            "p50_ms": float(np.percentile(timings, 50)),
+            "p95_ms": float(np.percentile(timings, 95)),
+            "num_queries": len(texts),
+            "gallery_size": len(index.ids),
+        }
 
 
 def _generation(model: Any, dataset: Any, items: list, seed: int, progress: Progress) -> list[dict[str, Any]]:
@@ -69,14 +73,28 @@ def _generation(model: Any, dataset: Any, items: list, seed: int, progress: Prog
         fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
         seconds = (time.perf_counter() - started) / len(prompts)
         scores = fid_kid(real, fake, kid_subset_size=min(50, len(prompts)))
-        rows.append({"sampler": sampler, "steps": steps, "unet_calls": calls, "seconds_per_image": seconds,
-                     "fid": scores["fid"], "kid_mean": scores["kid_mean"], "extractor": scores["extractor"]})
+        rows.append(
+            {
+                "sampler": sampler,
+                "steps": steps,
+                "unet_calls": calls,
+                "seconds_per_image": seconds,
+                "fid": scores["fid"],
+                "kid_mean": scores["kid_mean"],
+                "extractor": scores["extractor"],
+            }
+        )
     return rows
 
 
 def bench_speed(
-    checkpoint: str | Path, data: str | Path, out: str | Path, split: str = "test", seed: int = 0,
-    max_items: int = 0, progress: Progress = NullProgress(),
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "test",
+    seed: int = 0,
+    max_items: int = 0,
+    progress: Progress = NullProgress(),
 ) -> dict[str, Any]:
     """Measure speed figures for a checkpoint; generation only when it has a trained generator."""
     meta = read_meta(checkpoint)
@@ -87,27 +105,40 @@ def bench_speed(
     if len(items) < 2:
         raise UserError(f"split {split!r} has fewer than 2 items to measure with.")
     report: dict[str, Any] = {
-        "bench": "speed", "protocol": "wall-clock on this machine, after one warm-up batch", "split": split,
-        "seed": seed, "manifest_sha256": dataset.manifest_hash, "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint), "num_queries": len(items),
+        "bench": "speed",
+        "protocol": "wall-clock on this machine, after one warm-up batch",
+        "split": split,
+        "seed": seed,
+        "manifest_sha256": dataset.manifest_hash,
+        "checkpoint_fingerprint": meta["fingerprint"],
+        "checkpoint": str(checkpoint),
+        "num_queries": len(items),
         "device": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
-                  f"cuda {torch.cuda.is_available()}",
+        f"cuda {torch.cuda.is_available()}",
         "embedding_images_per_s": _embedding_throughput(model, dataset, items),
         "query_latency": _query_latency(model, Path(checkpoint), Path(data), split, [i.caption for i in items][:50]),
     }
-    markdown = (f"# Speed\n\n{provenance_lines(report)}- device: {report['device']}\n\n"
-                f"- embedding throughput: {report['embedding_images_per_s']:.1f} images/s\n"
-                f"- text->image query latency: p50 {report['query_latency']['p50_ms']:.1f} ms, "
-                f"p95 {report['query_latency']['p95_ms']:.1f} ms (gallery {report['query_latency']['gallery_size']})\n")
+    markdown = (
+        f"# Speed\n\n{provenance_lines(report)}- device: {report['device']}\n\n"
+        f"- embedding throughput: {report['embedding_images_per_s']:.1f} images/s\n"
+        f"- text->image query latency: p50 {report['query_latency']['p50_ms']:.1f} ms, "
+        f"p95 {report['query_latency']['p95_ms']:.1f} ms (gallery {report['query_latency']['gallery_size']})\n"
+    )
     if heads:
         rows = _generation(model, dataset, items, seed, progress)
         report["generation"] = rows
-        report["dpm_vs_plms"] = {"fid_ratio": rows[0]["fid"] / rows[1]["fid"],
-                                 "unet_call_ratio": rows[1]["unet_calls"] / rows[0]["unet_calls"],
-                                 "speedup": rows[1]["seconds_per_image"] / rows[0]["seconds_per_image"]}
-        markdown += "\n## Generation\n\n" + markdown_table(rows, ["sampler", "steps", "unet_calls", "seconds_per_image", "fid", "kid_mean"])
+        report["dpm_vs_plms"] = {
+            "fid_ratio": rows[0]["fid"] / rows[1]["fid"],
+            "unet_call_ratio": rows[1]["unet_calls"] / rows[0]["unet_calls"],
+            "speedup": rows[1]["seconds_per_image"] / rows[0]["seconds_per_image"],
+        }
+        markdown += "\n## Generation\n\n" + markdown_table(
+            rows, ["sampler", "steps", "unet_calls", "seconds_per_image", "fid", "kid_mean"]
+        )
         ratio = report["dpm_vs_plms"]
-        markdown += (f"\nDPM-Solver++ FID / PLMS FID = {ratio['fid_ratio']:.3f}; "
-                     f"{ratio['unet_call_ratio']:.2f}x fewer UNet calls; {ratio['speedup']:.2f}x faster per image.\n")
+        markdown += (
+            f"\nDPM-Solver++ FID / PLMS FID = {ratio['fid_ratio']:.3f}; "
+            f"{ratio['unet_call_ratio']:.2f}x fewer UNet calls; {ratio['speedup']:.2f}x faster per image.\n"
+        )
     write_report(out, report, markdown)
     return report

@@ -6,7 +6,9 @@ import torch
 KS = (1, 5, 10)
 
 
-def recall_at_k(scores: np.ndarray | torch.Tensor, positives: list[set[int]], ks: tuple[int, ...] = KS) -> dict[int, float]:
+def recall_at_k(
+    scores: np.ndarray | torch.Tensor, positives: list[set[int]], ks: tuple[int, ...] = KS
+) -> dict[int, float]:
     """Fraction of queries with at least one positive among the top k.
 
     Args:

@@ -46,10 +46,12 @@ class UniFashion(nn.Module):
         return self.vision(pixel_values)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Texts -> (input_ids, attention_mask), truncated to ``data.max_text_length``."""
+        """Texts -> (input_ids, attention_mask) on the model's device, truncated to ``data.max_text_length``."""
         from unifashion_core.models.qformer import tokenize
 
-        return tokenize(self.tokenizer, texts, self.recipe.data.max_text_length)
+        input_ids, attention_mask = tokenize(self.tokenizer, texts, self.recipe.data.max_text_length)
+        device = self.qformer.query_tokens.device
+        return input_ids.to(device), attention_mask.to(device)
 
     def null_image_tokens(self, batch_size: int) -> torch.Tensor:
         """The "no image" input for text-only generation: one all-zero token per example."""
@@ -70,10 +72,7 @@ class UniFashion(nn.Module):
         if image_tokens is None:
             image_tokens = self.null_image_tokens(len(texts))
         input_ids, attention_mask = self.tokenize(texts)
-        device = image_tokens.device
-        return self.qformer.encode_multimodal(
-            image_tokens, input_ids.to(device), attention_mask.to(device)
-        ).query_output
+        return self.qformer.encode_multimodal(image_tokens, input_ids, attention_mask).query_output
 
     def fingerprint(self) -> str:
         """SHA-256 (16 hex) of what determines retrieval embeddings: vision + Q-Former weights."""

@@ -32,7 +32,7 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
         raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}.")
     warnings = []
     if text is not None and not text.strip():
-        raise UserError("the query text is empty; give some words, e.g. --text \"red striped shirt\".")
+        raise UserError('the query text is empty; give some words, e.g. --text "red striped shirt".')
     if text is not None and len(text) > MAX_QUERY_CHARS:
         warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
     if text is None and image is None:
@@ -41,7 +41,9 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
         mode = "cir" if text is not None and image is not None else ("t2i" if text is not None else "i2t")
     needs = {"t2i": (True, False), "i2t": (False, True), "i2i": (False, True), "cir": (True, True)}[mode]
     if needs != (text is not None, image is not None):
-        raise UserError(f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + ".")
+        raise UserError(
+            f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + "."
+        )
     return mode, warnings
 
 
@@ -62,8 +64,14 @@ def _index_checkpoint(index_path: str | Path) -> str:
 
 
 def search(
-    model: UniFashion, index: RetrievalIndex, text: str | None = None, image: str | Path | None = None,
-    k: int = 10, mode: str = "auto", caption_weight: float = 1.0, use_captions: bool = True,
+    model: UniFashion,
+    index: RetrievalIndex,
+    text: str | None = None,
+    image: str | Path | None = None,
+    k: int = 10,
+    mode: str = "auto",
+    caption_weight: float = 1.0,
+    use_captions: bool = True,
 ) -> list[SearchResult]:
     """Run one query against an index and return the top ``k`` items, best first."""
     from unifashion_core.models.vision import preprocess
@@ -108,7 +116,13 @@ def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:
     return [vars(r) for r in results]
 
 
-def contact_sheet(results: list[SearchResult], out: str | Path, query_image: str | Path | None, query_text: str | None, thumb: int = 128) -> Path:
+def contact_sheet(
+    results: list[SearchResult],
+    out: str | Path,
+    query_image: str | Path | None,
+    query_text: str | None,
+    thumb: int = 128,
+) -> Path:
     """Write a PNG: the query (image and/or text) then the top results with rank and score."""
     from PIL import Image, ImageDraw
 
@@ -141,5 +155,3 @@ def contact_sheet(results: list[SearchResult], out: str | Path, query_image: str
     sheet.save(tmp)
     tmp.replace(out)
     return out
-
-

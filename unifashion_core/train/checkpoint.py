@@ -25,7 +25,10 @@ FORMAT_VERSION = 1
 def _git_sha() -> str:
     try:
         result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
         )
         return result.stdout.strip() or "unknown"
@@ -67,13 +70,16 @@ def save_checkpoint(
         state = persistent_state(model)
         save_file(_dedupe_shared(state), str(tmp / "model.safetensors"))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        write_json(tmp / "meta.json", {
-            "format_version": FORMAT_VERSION,
-            "unifashion_version": __version__,
-            "git_sha": _git_sha(),
-            "fingerprint": model.fingerprint(),
-            **meta,
-        })
+        write_json(
+            tmp / "meta.json",
+            {
+                "format_version": FORMAT_VERSION,
+                "unifashion_version": __version__,
+                "git_sha": _git_sha(),
+                "fingerprint": model.fingerprint(),
+                **meta,
+            },
+        )
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
     return out
@@ -123,7 +129,10 @@ def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> tuple[UniF
     missing, unexpected = model.load_state_dict(wanted, strict=False)
     missing = [k for k in missing if not _is_rebuildable(k, recipe)]
     if missing or unexpected:
-        raise UserError(f"checkpoint {path} does not match its config ({len(missing)} missing, {len(unexpected)} unexpected weights).")
+        raise UserError(
+            f"checkpoint {path} does not match its config "
+            f"({len(missing)} missing, {len(unexpected)} unexpected weights)."
+        )
     model.eval()
     return model, meta
 

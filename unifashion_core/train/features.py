@@ -20,7 +20,9 @@ def vision_fingerprint(vision: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_pixels(dataset: Dataset, items: list[Item], vision: torch.nn.Module, skipped: SkipLog) -> tuple[list[Item], torch.Tensor]:
+def load_pixels(
+    dataset: Dataset, items: list[Item], vision: torch.nn.Module, skipped: SkipLog
+) -> tuple[list[Item], torch.Tensor]:
     """Open and preprocess images; unusable ones go to ``skipped`` (never silently dropped)."""
     from unifashion_core.models.vision import preprocess
 

@@ -77,8 +77,11 @@ def run_stage(
 
     def training_state() -> dict[str, Any]:
         return {
-            "stage": stage.name, "step": step, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+            "stage": stage.name,
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -102,13 +105,25 @@ def run_stage(
         last = {"loss": float(loss.detach()), **logs}
         progress.advance(f"train {stage.name}", 1, loss=last["loss"], ex_per_s=len(indices) * accum / seconds)
         if step % train_cfg.log_every == 0 or step == cfg.max_steps:
-            metrics.write({"stage": stage.name, "step": step, "lr": scheduler.get_last_lr()[0],
-                           "seconds_per_step": seconds, **last})
-        if stage.eval_fn is not None and (step == cfg.max_steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)):
+            metrics.write(
+                {
+                    "stage": stage.name,
+                    "step": step,
+                    "lr": scheduler.get_last_lr()[0],
+                    "seconds_per_step": seconds,
+                    **last,
+                }
+            )
+        if stage.eval_fn is not None and (
+            step == cfg.max_steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)
+        ):
             evaluation = stage.eval_fn()
             metrics.write({"stage": stage.name, "step": step, **evaluation})
             progress.log(f"{stage.name} step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation.items()))
             last.update(evaluation)
         if step == cfg.max_steps or (train_cfg.save_every and step % train_cfg.save_every == 0):
-            save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last}, training_state())
+            save(
+                {"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last},
+                training_state(),
+            )
     return last

@@ -50,20 +50,19 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``recipe`` and return ``{"checkpoint": path, "metrics": {...}}``."""
     if phase == 2:
-        raise UserError("phase 2 (composed retrieval training) is not built yet (issue #6).")
+        from unifashion_core.train.phase2 import run_phase2
+
+        return run_phase2(recipe, init_checkpoint, data, out, resume, overwrite, progress)
     dataset = load_dataset(workspace.resolve("data", data or recipe.data.path or None))
     out = Path(out) if out else workspace.default_output(f"runs/{recipe.name}")
-    meta, resume_state = _prepare_run_dir(out, recipe, resume, overwrite)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
     torch.manual_seed(recipe.seed)
     heads = tuple(STAGE_HEADS[s] for s in recipe.train.stages if s in STAGE_HEADS)
     model = build_model(recipe, heads)
     if meta is not None:
         state = load_file(str(out / "checkpoint" / "model.safetensors"))
         model.load_state_dict(state, strict=False)
-    accelerator = Accelerator(
-        mixed_precision=recipe.train.mixed_precision if torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not torch.cuda.is_available(),
-    )
+    accelerator = build_accelerator(recipe)
     model.to(accelerator.device)
     context = _TrainingData.load(model, dataset, recipe, progress)
     done = list(meta.get("stages_done", [])) if meta else []
@@ -89,11 +88,21 @@ def run_training(
         results.update({f"{name}/{k}": v for k, v in last.items()})
         done.append(name)
     workspace.remember("checkpoint", out / "checkpoint")
+    workspace.remember("data", dataset.root)
     return {"checkpoint": str(out / "checkpoint"), "metrics": results,
             "skipped_images": context.skipped.counts()}
 
 
-def _prepare_run_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
+def build_accelerator(recipe: Recipe) -> Accelerator:
+    """Accelerate set up from the recipe (mixed precision and a GPU only where there is one)."""
+    return Accelerator(
+        mixed_precision=recipe.train.mixed_precision if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not torch.cuda.is_available(),
+    )
+
+
+def prepare_run_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """A fresh run directory (config.yaml written), or the (meta, training state) to resume from."""
     if not resume:
         check_output_dir(out, overwrite)
         out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +113,8 @@ def _prepare_run_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -
         raise UserError(f"--resume: {out} holds no checkpoint to resume from.")
     saved = (out / "config.yaml").read_text(encoding="utf-8") if (out / "config.yaml").is_file() else ""
     if saved != dump_recipe(recipe):
-        raise UserError(f"--resume: the recipe differs from the one {out} was trained with (see {out / 'config.yaml'}).")
+        raise UserError(f"--resume: the recipe differs from the one {out} was trained with "
+                        f"(see {out / 'config.yaml'}).")
     meta = read_meta(out / "checkpoint")
     return meta, load_training_state(out / "checkpoint")
 
@@ -164,11 +174,15 @@ class _TrainingData:
 
     def pixels(self, split: str) -> torch.Tensor:
         """Training images at the generator's resolution, in [-1, 1]: (N, 3, R, R)."""
-        size = self.recipe.model.generator.resolution
-        arrays = []
-        for item in self.items[split]:
-            try:
-                arrays.append(torch.from_numpy(image_to_array(open_image(self.dataset.image_path(item)), size)))
-            except ImageError as exc:  # readable at feature time, gone now: keep shapes aligned
-                raise UserError(f"image {item.image} became unreadable during training ({exc}).") from exc
-        return torch.stack(arrays) * 2 - 1 if arrays else torch.empty(0)
+        return pixel_values(self.dataset, self.items[split], self.recipe.model.generator.resolution)
+
+
+def pixel_values(dataset: Dataset, items: list[Item], size: int) -> torch.Tensor:
+    """Images of ``items`` resized to ``size``, in [-1, 1]: (N, 3, size, size)."""
+    arrays = []
+    for item in items:
+        try:
+            arrays.append(torch.from_numpy(image_to_array(open_image(dataset.image_path(item)), size)))
+        except ImageError as exc:  # readable at feature time, gone now: keep shapes aligned
+            raise UserError(f"image {item.image} became unreadable during training ({exc}).") from exc
+    return torch.stack(arrays) * 2 - 1 if arrays else torch.empty(0)

@@ -49,12 +49,14 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def retrieval_similarity(model: UniFashion, tokens: torch.Tensor, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+def retrieval_similarity(
+    model: UniFashion, tokens: torch.Tensor, texts: list[str], batch_size: int = 64
+) -> torch.Tensor:
     """Image x text max-over-queries similarity (N, M) for evaluation."""
     qformer = model.qformer
-    image_embeds = torch.cat([
-        qformer.encode_image(tokens[i : i + batch_size].float()).embeds for i in range(0, len(tokens), batch_size)
-    ])
+    image_embeds = torch.cat(
+        [qformer.encode_image(tokens[i : i + batch_size].float()).embeds for i in range(0, len(tokens), batch_size)]
+    )
     text_embeds = []
     for i in range(0, len(texts), batch_size):
         ids, mask = model.tokenize(texts[i : i + batch_size])
@@ -63,8 +65,12 @@ def retrieval_similarity(model: UniFashion, tokens: torch.Tensor, texts: list[st
 
 
 def retrieval_stage(
-    model: UniFashion, recipe: Recipe, tokens: torch.Tensor, texts: list[str],
-    val_tokens: torch.Tensor, val_texts: list[str],
+    model: UniFashion,
+    recipe: Recipe,
+    tokens: torch.Tensor,
+    texts: list[str],
+    val_tokens: torch.Tensor,
+    val_texts: list[str],
 ) -> Stage:
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
     loss_cfg = recipe.loss
@@ -78,13 +84,16 @@ def retrieval_stage(
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes)
+        itc = itc_loss(
+            image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes
+        )
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
             with torch.no_grad():
                 sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
-            itm = itm_loss(qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T,
-                           loss_cfg.itm_negatives, generator, batch_texts)
+            itm = itm_loss(
+                qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts
+            )
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
@@ -95,8 +104,16 @@ def retrieval_stage(
         qformer.train()
         return {f"val_{k}": v for k, v in recalls.items()}
 
-    return Stage("retrieval", qformer, _trainable(qformer), recipe.train.retrieval, len(tokens),
-                 loss_fn, eval_fn if len(val_texts) > 1 else None, qformer.clamp_temperature_)
+    return Stage(
+        "retrieval",
+        qformer,
+        _trainable(qformer),
+        recipe.train.retrieval,
+        len(tokens),
+        loss_fn,
+        eval_fn if len(val_texts) > 1 else None,
+        qformer.clamp_temperature_,
+    )
 
 
 def caption_targets(items: list, style: str) -> list[str]:
@@ -107,8 +124,12 @@ def caption_targets(items: list, style: str) -> list[str]:
 
 
 def caption_stage(
-    model: UniFashion, recipe: Recipe, queries: torch.Tensor, captions: list[str],
-    val_queries: torch.Tensor, val_captions: list[str],
+    model: UniFashion,
+    recipe: Recipe,
+    queries: torch.Tensor,
+    captions: list[str],
+    val_queries: torch.Tensor,
+    val_captions: list[str],
 ) -> Stage:
     """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs."""
     captioner = model.captioner
@@ -126,13 +147,24 @@ def caption_stage(
         captioner.train()
         return {"val_itg": float(loss)}
 
-    return Stage("caption", captioner, _trainable(captioner), recipe.train.caption, len(queries),
-                 loss_fn, eval_fn if len(val_captions) else None)
+    return Stage(
+        "caption",
+        captioner,
+        _trainable(captioner),
+        recipe.train.caption,
+        len(queries),
+        loss_fn,
+        eval_fn if len(val_captions) else None,
+    )
 
 
 def generate_stage(
-    model: UniFashion, recipe: Recipe, image_queries: torch.Tensor, text_queries: torch.Tensor,
-    pixels: torch.Tensor, val: tuple[torch.Tensor, torch.Tensor] | None,
+    model: UniFashion,
+    recipe: Recipe,
+    image_queries: torch.Tensor,
+    text_queries: torch.Tensor,
+    pixels: torch.Tensor,
+    val: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> Stage:
     """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
 
@@ -154,8 +186,36 @@ def generate_stage(
         generator_head.eval()
         fixed = torch.Generator().manual_seed(0)
         loss = generator_head.loss(val[0][:64].float(), val[1][:64].float(), drop_prob=0.0, generator=fixed)
+        metrics = {"val_q2i": float(loss)}
+        if recipe.train.eval_fid_items:
+            metrics |= _validation_fid(generator_head, recipe, val[0], val[1], recipe.train.eval_fid_items)
         generator_head.train()
-        return {"val_q2i": float(loss)}
+        return metrics
 
-    return Stage("generate", generator_head, _trainable(generator_head), recipe.train.generate,
-                 len(pixels), loss_fn, eval_fn if val is not None and len(val[0]) else None)
+    return Stage(
+        "generate",
+        generator_head,
+        _trainable(generator_head),
+        recipe.train.generate,
+        len(pixels),
+        loss_fn,
+        eval_fn if val is not None and len(val[0]) else None,
+    )
+
+
+def _validation_fid(
+    generator_head: nn.Module, recipe: Recipe, queries: torch.Tensor, pixels: torch.Tensor, num_items: int
+) -> dict[str, float]:
+    """FID/KID of images generated from validation text queries against the validation images."""
+    from unifashion_core.evaluation.generation_metrics import fid_kid
+
+    g = recipe.model.generator
+    count = min(num_items, len(queries))
+    fake = torch.cat([
+        generator_head.sample(queries[i : min(i + 32, count)].float(), num_inference_steps=g.num_inference_steps,
+                              sampler=g.sampler, guidance_scale=g.guidance_scale, seed=i).images
+        for i in range(0, count, 32)
+    ])
+    real = (pixels[:count].float() + 1) / 2
+    scores = fid_kid(real, fake, kid_subset_size=min(50, count))
+    return {"val_fid": scores["fid"], "val_kid": scores["kid_mean"]}

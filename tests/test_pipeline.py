@@ -1,0 +1,208 @@
+"""End to end on the tiny recipe: prepare -> train (all phase-1 stages) -> index -> search ->
+caption -> generate -> bench, through the CLI; plus exact resume and refusal of a foreign index."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from unifashion_cli.main import app
+from unifashion_core.config import load_recipe
+from unifashion_core.data.demo import prepare_demo
+from unifashion_core.progress import NullProgress
+from unifashion_core.train.run import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "recipes" / "tiny.yaml"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A demo dataset (with one corrupt image) and a tiny model trained through all stages."""
+    home = tmp_path_factory.mktemp("ws")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("UNIFASHION_HOME", str(home))
+    data = home / "data"
+    prepare_demo(data, num_items=120, seed=0, image_size=64)
+    corrupt = next(
+        r for r in map(json.loads, (data / "manifest.jsonl").read_text().splitlines()) if r["split"] == "train"
+    )
+    (data / corrupt["image"]).write_bytes(b"not a png")
+    result = runner.invoke(app, ["train", str(TINY), "--data", str(data), "--out", str(home / "run"), "-q"])
+    assert result.exit_code == 0, result.output
+    yield home
+    mp.undo()
+
+
+def test_training_writes_a_complete_checkpoint_and_counts_the_bad_image(workspace):
+    checkpoint = workspace / "run" / "checkpoint"
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    assert meta["stages_done"] == ["retrieval", "caption", "generate"]
+    assert set(meta["heads"]) == {"caption", "generate"}
+    assert meta["skipped_images"] == {"item:unreadable": 1}
+    assert len(meta["fingerprint"]) == 16 and meta["manifest_sha256"]
+    for name in ("config.yaml", "model.safetensors", "tokenizer", "training_state.pt"):
+        assert (checkpoint / name).exists()
+    records = [json.loads(line) for line in (workspace / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["stage"] for r in records} == {"retrieval", "caption", "generate"}
+    assert load_recipe(workspace / "run" / "config.yaml").name == "tiny"
+
+
+def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
+    result = runner.invoke(app, ["index", "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["search", "--text", "red striped shirt", "--json"])
+    assert result.exit_code == 0, result.output
+    results = json.loads(result.output)["results"]
+    assert len(results) == 10 and results[0]["rank"] == 1
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    image = results[0]["image"]
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(app, ["search", "--image", image, "-k", "3", "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(sheet).size[0] > 3 * 64
+    similar = json.loads(runner.invoke(app, ["search", "--image", image, "--mode", "i2i", "--json"]).output)
+    own = next(r for r in similar["results"] if r["image"] == image)  # an indexed image finds itself
+    assert own["score"] == pytest.approx(1.0, abs=2e-3)  # max over query pairs of unit vectors (fp16 store)
+    assert own["score"] >= similar["results"][0]["score"] - 2e-3
+
+
+def test_search_refuses_an_index_built_by_another_model(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "other-ws"))  # keep the shared workspace's latest
+    other = tmp_path / "other-run"
+    result = runner.invoke(
+        app, ["train", str(TINY), "seed=1", "train.stages=[retrieval]", "--data", str(workspace / "data"),
+              "--out", str(other), "-q"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        app, ["search", "--text", "red", "--index", str(workspace / "index"), "--checkpoint", str(other / "checkpoint")]
+    )
+    assert result.exit_code == 2
+    assert "different model" in result.output
+
+
+def test_caption_one_image_a_folder_and_skips_unreadable(workspace, tmp_path):
+    records = map(json.loads, (workspace / "data" / "manifest.jsonl").read_text().splitlines())
+    images = [workspace / "data" / r["image"] for r in records if r["split"] == "test"][:3]
+    result = runner.invoke(app, ["caption", "--image", str(images[1]), "--style", "short", "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for path in images:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"")
+    out = tmp_path / "captions.jsonl"
+    result = runner.invoke(app, ["caption", "--image", str(folder), "--out", str(out), "--max-new-tokens", "8", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 3
+    assert "skipped 1" in result.output
+    bad = runner.invoke(app, ["caption", "--image", str(images[1]), "--style", "poetic"])
+    assert bad.exit_code == 2 and "short" in bad.output
+
+
+def test_generate_writes_pngs_with_their_settings(workspace, tmp_path):
+    out = tmp_path / "gen.png"
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--text",
+            "blue polka-dot dress",
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--num-images",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    first = Image.open(tmp_path / "gen-0.png")
+    assert first.size == (32, 32)
+    assert first.text["unifashion:seed"] == "7" and first.text["unifashion:sampler"] == "dpm++"
+    assert (tmp_path / "gen-1.png").exists()
+    again = tmp_path / "again.png"
+    runner.invoke(
+        app, ["generate", "--text", "blue polka-dot dress", "--out", str(again), "--steps", "3", "--seed", "7"]
+    )
+    assert list(Image.open(again).getdata()) == list(first.getdata())  # same seed, same image
+
+
+def test_bench_retrieval_report_records_its_provenance(workspace):
+    result = runner.invoke(app, ["bench", "retrieval", "--protocol", "random100", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    for key in ("protocol", "seed", "manifest_sha256", "checkpoint_fingerprint", "model", "baseline"):
+        assert key in report
+    assert 0.0 <= report["model"]["mean_R"] <= 1.0
+    bench_dir = workspace / "bench" / "retrieval"
+    assert (bench_dir / "report.md").read_text().startswith("# Cross-modal retrieval")
+    candidates = json.loads((bench_dir / "candidates.json").read_text())["ids"]
+    assert all(len(c) == len(set(c)) for c in candidates)
+
+
+class _InterruptAt(NullProgress):
+    """Raises KeyboardInterrupt when training reaches a given step (a simulated crash)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.seen = step, 0
+
+    def advance(self, task: str, n: int = 1, **fields: float | str) -> None:
+        if task.startswith("train"):
+            self.seen += n
+            if self.seen >= self.step:
+                raise KeyboardInterrupt
+
+
+def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    recipe = load_recipe(
+        TINY,
+        [
+            "train.stages=[retrieval,caption]",
+            "train.save_every=2",
+            "train.retrieval.max_steps=4",
+            "train.caption.max_steps=4",
+        ],
+    )
+    data = workspace / "data"
+    run_training(recipe, data=data, out=tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_training(recipe, data=data, out=tmp_path / "resumed", progress=_InterruptAt(7))  # caption step 3
+    meta = json.loads((tmp_path / "resumed" / "checkpoint" / "meta.json").read_text())
+    assert meta["stage"] == "caption" and meta["step"] == 2
+    run_training(recipe, data=data, out=tmp_path / "resumed", resume=True)
+    straight = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_resume_refuses_a_changed_recipe(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    recipe = load_recipe(TINY, ["train.stages=[retrieval]"])
+    run_training(recipe, data=workspace / "data", out=tmp_path / "run")
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(TINY),
+            "train.stages=[retrieval]",
+            "seed=3",
+            "--resume",
+            "--data",
+            str(workspace / "data"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert result.exit_code == 2 and "recipe differs" in result.output

@@ -1,0 +1,355 @@
+"""Phase 2: composed image retrieval training on (reference, text, target) triplets (DESIGN.md 2-3).
+
+Each micro-batch of triplets runs the Q-Former's multimodal pass on (reference image,
+modification text) and minimises::
+
+    cir_weight * CIR(e_cls, Z_T, Z_C [+ ITM])                       Eq. 10, loss.cir_variant
+  + itg_weight * ITG(fused queries -> frozen captioner -> target caption)
+  + q2i_weight * q2I(fused queries -> frozen generator -> target image)
+
+Only the Q-Former trains; the vision encoder and both heads are frozen. ITG needs the phase-1
+checkpoint's caption head and q2I its generate head: a term whose weight is 0, or whose head is
+absent, is not computed. That is how the Base / +LLM / +diffusion ablations run (ablation.py).
+The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every`` steps); Eq. 10
+sums the CIR terms unweighted.
+
+Training text: Fashion-IQ's two texts are paraphrases of one change, so each step picks one of
+"c1 and c2", "c2 and c1", c1, c2 (DESIGN.md 6); other datasets' ``texts`` are different changes
+that must all be kept, so their evaluation ``text`` is used as is. Target captions are in the
+recipe's caption style; targets without one (Fashion-IQ) are captioned once by the frozen
+captioner before training.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from unifashion_core import workspace
+from unifashion_core.config import Recipe
+from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
+from unifashion_core.errors import UserError
+from unifashion_core.evaluation.bench_cir import evaluate_cir, recalls, triplet_status
+from unifashion_core.losses import cir_loss
+from unifashion_core.models.qformer import MultimodalOutput
+from unifashion_core.models.unifashion import UniFashion, build_model
+from unifashion_core.progress import NullProgress, Progress
+from unifashion_core.retrieval.captions import caption_tokens
+from unifashion_core.train.checkpoint import persistent_state, read_meta, save_checkpoint
+from unifashion_core.train.features import image_tokens
+from unifashion_core.train.loop import MetricsLog, run_stage
+from unifashion_core.train.run import build_accelerator, cache_dir_for, checkpoint_dir, pixel_values, prepare_run_dir
+from unifashion_core.train.stages import Stage, caption_targets
+
+STAGE = "phase2"
+TERMS = ("cir", "itg", "q2i")
+
+
+@dataclass
+class TripletData:
+    """Triplets as rows into one tensor of vision tokens.
+
+    Attributes:
+        items: the items whose tokens are held, in row order.
+        tokens: ``(N, T, C)`` float16 vision tokens of ``items`` (on the model's device).
+        triplets: the usable triplets (reference and target both in ``items``).
+        references: ``(M,)`` token rows of the reference images.
+        targets: ``(M,)`` token rows of the target images.
+        texts: per triplet, the modification texts one training step chooses from.
+        captions: per triplet, the target caption ("" until :func:`target_captions` fills it).
+    """
+
+    items: list[Item]
+    tokens: torch.Tensor
+    triplets: list[Triplet]
+    references: torch.Tensor
+    targets: torch.Tensor
+    texts: list[list[str]]
+    captions: list[str]
+
+
+def training_texts(triplet: Triplet, paraphrases: bool) -> list[str]:
+    """The texts a training step may use for ``triplet``.
+
+    With ``paraphrases`` (Fashion-IQ: two descriptions of one change): "C1 and c2", "C2 and c1",
+    "C1", "C2", without duplicates or empty ones. Otherwise the evaluation text alone.
+    """
+    if not paraphrases or len(triplet.texts) != 2:
+        return [triplet.text]
+    first, second = triplet.texts
+    options = [query_text(parts) for parts in ([first, second], [second, first], [first], [second])]
+    return list(dict.fromkeys(option for option in options if option)) or [triplet.text]
+
+
+def load_triplets(
+    model: UniFashion, dataset: Dataset, split: str, items: list[Item], paraphrases: bool,
+    skipped: SkipLog, progress: Progress = NullProgress(),
+) -> TripletData:
+    """Vision tokens of ``items`` and the split's triplets whose two images are among them.
+
+    Unreadable images and triplets that cannot be used (no target, reference or target missing)
+    go to ``skipped``.
+    """
+    kept, tokens, unreadable = image_tokens(model.vision, dataset, items, cache_dir_for(dataset), progress)
+    skipped.entries += unreadable.entries
+    rows = {item.id: row for row, item in enumerate(kept)}
+    usable = []
+    for triplet in dataset.split_triplets(split):
+        status = triplet_status(triplet, rows)
+        if status == "ok":
+            usable.append(triplet)
+        else:
+            skipped.add(triplet.id, status, kind="triplet")
+    return TripletData(
+        kept, tokens.to(model.qformer.query_tokens.device), usable,
+        torch.tensor([rows[t.reference] for t in usable], dtype=torch.long),
+        torch.tensor([rows[t.target] for t in usable], dtype=torch.long),
+        [training_texts(t, paraphrases) for t in usable], [""] * len(usable),
+    )
+
+
+def target_captions(model: UniFashion, data: TripletData, style: str, progress: Progress = NullProgress()) -> list[str]:
+    """Each triplet's target caption in ``style``; targets without one are captioned by the model.
+
+    Raises:
+        UserError: targets without a caption and no caption head to caption them.
+    """
+    targets = data.targets.tolist()
+    texts = caption_targets([data.items[row] for row in targets], style)
+    missing = sorted({row for row, text in zip(targets, texts, strict=True) if not text})
+    if not missing:
+        return texts
+    if model.captioner is None:
+        raise UserError(f"{len(missing)} target images have no caption and the checkpoint has no caption head "
+                        "to caption them; train phase 1 with the caption stage.")
+    generated = dict(zip(missing, caption_tokens(model, data.tokens[missing], progress=progress), strict=True))
+    return [text or generated[row] for row, text in zip(targets, texts, strict=True)]
+
+
+def active_terms(model: UniFashion, recipe: Recipe) -> tuple[str, ...]:
+    """The loss terms that run: weight > 0 and, for ITG / q2I, the head present."""
+    loss = recipe.loss
+    on = {"cir": loss.cir_weight > 0, "itg": loss.itg_weight > 0 and model.captioner is not None,
+          "q2i": loss.q2i_weight > 0 and model.generator is not None}
+    return tuple(term for term in TERMS if on[term])
+
+
+def _choose(options: list[str], generator: torch.Generator) -> str:
+    if len(options) == 1:
+        return options[0]
+    return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+
+def cir_term(
+    model: UniFashion, recipe: Recipe, fused: MultimodalOutput, target_tokens: torch.Tensor,
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, captions: list[str], generator: torch.Generator,
+    step: int,
+) -> torch.Tensor:
+    """Eq. 10 on one batch: ``ITC(e, Z_T) + ITC(e, Z_C) [+ ITM(text, Z_T)]`` via ``losses.cir_loss``."""
+    loss_cfg, qformer = recipe.loss, model.qformer
+    target_embeds = qformer.encode_image(target_tokens).embeds  # (B, Q, D) Z_T
+    caption_embeds = qformer.encode_text(*model.tokenize(captions)).embeds  # (B, D) Z_C
+    fused_queries = None
+    if loss_cfg.cir_variant == "code":
+        fused_queries = F.normalize(qformer.vision_projection(fused.query_output), dim=-1)  # (B, Q, D)
+    use_itm = loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(captions) > 1
+    return cir_loss(
+        fused.embeds, target_embeds, caption_embeds, qformer.temperature(), variant=loss_cfg.cir_variant,
+        fused_query_embeds=fused_queries, label_smoothing=loss_cfg.label_smoothing,
+        gather=loss_cfg.gather_across_processes, itm_logits_fn=qformer.itm_logits if use_itm else None,
+        target_image_tokens=target_tokens, input_ids=input_ids, attention_mask=attention_mask,
+        strategy=loss_cfg.itm_negatives, generator=generator, texts=captions,
+    )
+
+
+def phase2_stage(
+    model: UniFashion, recipe: Recipe, dataset: Dataset, train: TripletData, val: TripletData | None = None,
+) -> Stage:
+    """The phase-2 stage: Q-Former trains on ``train`` triplets; validation is CIR R@10/50 on ``val``.
+
+    The loss is ``sum(weight * term)`` over :func:`active_terms`; the logs hold each unweighted term.
+    """
+    qformer, loss_cfg = model.qformer, recipe.loss
+    terms = active_terms(model, recipe)
+    weights = {"cir": loss_cfg.cir_weight, "itg": loss_cfg.itg_weight, "q2i": loss_cfg.q2i_weight}
+    style, size = recipe.model.captioner.style, recipe.model.generator.resolution
+    drop_prob = recipe.model.generator.cfg_drop_prob
+    device = train.tokens.device
+
+    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        rows = indices.tolist()
+        references = train.tokens[train.references[indices]].float()  # (B, T, C)
+        targets = train.targets[indices]  # (B,)
+        captions = [train.captions[i] for i in rows]
+        ids, mask = model.tokenize([_choose(train.texts[i], generator) for i in rows])  # (B, L)
+        fused = qformer.encode_multimodal(references, ids, mask)  # embeds (B, D), query_output (B, Q, H)
+        parts: dict[str, torch.Tensor] = {}
+        if "cir" in terms:
+            parts["cir"] = cir_term(model, recipe, fused, train.tokens[targets].float(), ids, mask, captions,
+                                    generator, step)
+        if "itg" in terms:
+            parts["itg"] = model.captioner.loss(fused.query_output, captions, style)
+        if "q2i" in terms:
+            pixels = pixel_values(dataset, [train.items[row] for row in targets.tolist()], size).to(device)
+            parts["q2i"] = model.generator.loss(fused.query_output, pixels, drop_prob=drop_prob, generator=generator)
+        loss = sum(weights[name] * value for name, value in parts.items())
+        return loss, {name: float(value.detach()) for name, value in parts.items()}
+
+    def eval_fn() -> dict[str, float]:
+        qformer.eval()
+        ranks, _ = evaluate_cir(model, val.items, val.tokens, val.triplets)
+        qformer.train()
+        return {f"val_cir_{name}": value for name, value in recalls(ranks["without_captions"]).items()}
+
+    params = [p for p in qformer.parameters() if p.requires_grad]
+    return Stage(STAGE, qformer, params, recipe.train.phase2, len(train.triplets), loss_fn,
+                 eval_fn if val is not None and val.triplets else None, qformer.clamp_temperature_)
+
+
+def check_init_checkpoint(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    """The phase-1 checkpoint directory phase 2 starts from, and its meta.
+
+    Raises:
+        UserError: no ``--checkpoint``, a path that does not exist, or not a phase-1 checkpoint.
+    """
+    if path is None:
+        raise UserError("phase 2 starts from a phase-1 checkpoint: pass --checkpoint PATH "
+                        "(a phase-1 run directory or its checkpoint/).")
+    if not Path(path).exists():
+        raise UserError(f"--checkpoint {path} does not exist; give a phase-1 run directory or its checkpoint/.")
+    path = checkpoint_dir(path)
+    meta = read_meta(path)
+    if meta.get("phase", 1) != 1:
+        raise UserError(f"--checkpoint {path} is a phase-{meta['phase']} checkpoint; phase 2 starts from a "
+                        f"phase-1 checkpoint (this one started from {meta.get('init_checkpoint', '?')}).")
+    return path, meta
+
+
+def load_weights(model: UniFashion, path: Path) -> None:
+    """Load a checkpoint's weights into a model built from the phase-2 recipe.
+
+    Raises:
+        UserError: the recipe's model section builds other shapes than the checkpoint holds.
+    """
+    modules = ("vision", "qformer", *(name for name in ("captioner", "generator") if getattr(model, name) is not None))
+    state = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if k.split(".")[0] in modules}
+    mismatch = UserError(f"the recipe's model section does not match checkpoint {path}; use the recipe it was "
+                         "trained with (phase 2 may change data, loss and train settings).")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:
+        raise mismatch from None
+    if unexpected or set(missing) & persistent_state(model).keys():
+        raise mismatch
+
+
+@dataclass
+class Phase2Setup:
+    """Everything a phase-2 run trains with (see :func:`setup_phase2`)."""
+
+    model: UniFashion
+    stage: Stage
+    train: TripletData
+    terms: tuple[str, ...]
+    skipped: SkipLog
+
+
+def setup_phase2(
+    recipe: Recipe, heads: tuple[str, ...], weights: Path, dataset: Dataset,
+    device: torch.device | str = "cpu", progress: Progress = NullProgress(),
+) -> Phase2Setup:
+    """Build the model with ``heads``, load ``weights``, freeze all but the Q-Former, load the data.
+
+    Raises:
+        UserError: no loss term to train, fewer than 2 usable training triplets, or targets
+            without captions and no caption head.
+    """
+    model = build_model(recipe, heads)
+    load_weights(model, weights)
+    model.to(device).eval().requires_grad_(False)
+    model.qformer.requires_grad_(True)
+    terms = active_terms(model, recipe)
+    if not terms:
+        raise UserError("phase 2 has nothing to train: loss.cir_weight is 0 and ITG / q2I are off "
+                        "(weight 0 or no such head in the checkpoint).")
+    skipped = SkipLog()
+    train = load_triplets(model, dataset, "train", _triplet_items(dataset, "train"),
+                          dataset.report.get("dataset") == "fashioniq", skipped, progress)
+    if len(train.triplets) < 2:
+        raise UserError(f"{dataset.root} has fewer than 2 usable training triplets; phase 2 needs composed-"
+                        "retrieval triplets (e.g. the demo data or Fashion-IQ).")
+    if "cir" in terms or "itg" in terms:
+        train.captions = target_captions(model, train, recipe.model.captioner.style, progress)
+    val = load_triplets(model, dataset, "val", dataset.split("val")[: recipe.train.eval_max_items], False,
+                        SkipLog(), progress)
+    return Phase2Setup(model, phase2_stage(model, recipe, dataset, train, val), train, terms, skipped)
+
+
+def run_phase2(
+    recipe: Recipe,
+    init_checkpoint: str | Path | None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress = NullProgress(),
+) -> dict[str, Any]:
+    """Train phase 2 from a phase-1 checkpoint (``unifashion train RECIPE --phase 2 --checkpoint C``).
+
+    Args:
+        recipe: the phase-2 recipe (its model section must build the checkpoint's shapes).
+        init_checkpoint: the phase-1 run directory or checkpoint directory.
+        data: prepared dataset with triplets (default: the recipe's, then the workspace's).
+        out: run directory (default: ``workspace/runs/{name}-phase2``).
+        resume: continue the run in ``out`` exactly where it stopped.
+        overwrite: replace a non-empty ``out``.
+        progress: progress events.
+
+    Returns:
+        ``{"checkpoint", "metrics", "terms", "skipped"}``; the checkpoint's meta records phase 2,
+        the phase-1 heads and the init checkpoint's path and fingerprint.
+    """
+    init, init_meta = check_init_checkpoint(init_checkpoint)
+    dataset = load_dataset(workspace.resolve("data", data or recipe.data.path or None))
+    out = Path(out) if out else workspace.default_output(f"runs/{recipe.name}-phase2")
+    if init.absolute().is_relative_to(out.absolute()):
+        raise UserError(f"--out {out} holds the checkpoint phase 2 starts from; choose another --out.")
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
+    if meta is not None and meta.get("init_checkpoint_fingerprint") != init_meta["fingerprint"]:
+        raise UserError(f"--resume: {out} was started from another checkpoint than {init}.")
+    torch.manual_seed(recipe.seed)
+    heads = tuple(init_meta.get("heads", []))
+    accelerator = build_accelerator(recipe)
+    setup = setup_phase2(recipe, heads, out / "checkpoint" if meta is not None else init, dataset,
+                         accelerator.device, progress)
+    provenance = {
+        "phase": 2, "heads": list(heads), "terms": list(setup.terms), "init_checkpoint": str(init.absolute()),
+        "init_checkpoint_fingerprint": init_meta["fingerprint"], "manifest_sha256": dataset.manifest_hash,
+        "seed": recipe.seed, "skipped": setup.skipped.counts(),
+    }
+    results = dict(meta.get("metrics", {})) if meta is not None else {}
+    if meta is None or STAGE not in meta.get("stages_done", []):
+
+        def save(stage_meta: dict[str, Any], training_state: dict[str, Any]) -> None:
+            save_checkpoint(out / "checkpoint", setup.model, {
+                **stage_meta, **provenance, "stages_done": [STAGE] if stage_meta["stage_done"] else [],
+                "metrics": {f"{STAGE}/{k}": v for k, v in stage_meta["metrics"].items()},
+            }, training_state)
+
+        last = run_stage(setup.stage, accelerator, recipe.seed, recipe.train, MetricsLog(out / "metrics.jsonl"),
+                         save, progress, resume_state)
+        results = {f"{STAGE}/{k}": v for k, v in last.items()}
+    workspace.remember("checkpoint", out / "checkpoint")
+    workspace.remember("data", dataset.root)
+    return {"checkpoint": str(out / "checkpoint"), "metrics": results, "terms": list(setup.terms),
+            "skipped": setup.skipped.counts()}
+
+
+def _triplet_items(dataset: Dataset, split: str) -> list[Item]:
+    """The items that the split's triplets refer to (references and targets), in manifest order."""
+    wanted = {item_id for t in dataset.split_triplets(split) for item_id in (t.reference, t.target)}
+    return [item for item in dataset.items if item.id in wanted]
