@@ -244,3 +244,9 @@ def test_tiny_llama_checkpoint_goes_through_the_paper_code_path(tmp_path):
                                lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
     reloaded.load_adapter(tmp_path / "adapter")
     assert reloaded.generate(queries, "professional", max_new_tokens=8) == captions
+
+
+def test_small_preset_decodes_hyphenated_words_as_written():
+    captioner = build_captioner("small", WIDTH, lora_r=0, llm_layers=1)
+    ids = captioner.tokenizer("red short-sleeve t-shirt, the cloth's collar", add_special_tokens=False)["input_ids"]
+    assert captioner._decode(ids) == "red short-sleeve t-shirt, the cloth's collar"

@@ -224,3 +224,20 @@ def test_paper_preset_loads_model_dirs_and_adds_sketch_channel(sd_pipeline_dir: 
     assert torch.count_nonzero(weight[:, 9]) == 0
     output = generator.sample(_queries(1), 1, sketch=torch.rand(1, 1, SIZE, SIZE))
     assert output.images.shape == (1, 3, SIZE, SIZE)
+
+
+def test_v_prediction_loss_targets_the_velocity():
+    generator = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="v_prediction")
+    pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    queries = _queries()
+    loss = generator.loss(queries, pixels, drop_prob=0.0, generator=torch.Generator().manual_seed(3))
+    draw = torch.Generator().manual_seed(3)  # replay the loss's draws: noise, then timesteps
+    noise = torch.randn(pixels.shape, generator=draw)
+    timesteps = torch.randint(0, 1000, (2,), generator=draw)
+    noisy = generator.noise_scheduler.add_noise(pixels, noise, timesteps)
+    prediction = generator.unet(noisy, timesteps, encoder_hidden_states=generator.context(queries)).sample
+    velocity = generator.noise_scheduler.get_velocity(pixels, noise, timesteps)
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, velocity).item(), rel=1e-5)
+    assert generator._sampler("dpm++").config.prediction_type == "v_prediction"
+    with pytest.raises(UserError, match="prediction type"):
+        build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="x0")

@@ -22,7 +22,7 @@ def _ok(args: list[str]) -> str:
 
 
 @pytest.mark.slow
-def test_small_preset_beats_the_ridge_baseline_on_fashion_product_1k(shared_data, tmp_path, monkeypatch):
+def test_small_preset_on_fashion_product_1k_against_same_run_baselines(shared_data, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path))
     data = tmp_path / "data"
     _ok(["prepare", "fashion-product", "--root", str(shared_data / "fashion-product-1k"), "--out", str(data), "-q"])
@@ -30,6 +30,8 @@ def test_small_preset_beats_the_ridge_baseline_on_fashion_product_1k(shared_data
     report = json.loads(_ok(["bench", "retrieval", "--protocol", "random100", "--json", "-q"]))
     assert report["num_queries"] == 200
     assert report["model"]["mean_R"] > report["baseline"]["mean_R"]
+    captions = json.loads(_ok(["bench", "caption", "--json", "-q"]))
+    assert {"CIDEr", "BLEU-4"} <= captions["model"].keys() and "CIDEr" in captions["baseline"]
 
 
 @pytest.mark.slow

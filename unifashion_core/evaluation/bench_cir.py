@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from unifashion_core.config import Recipe
 from unifashion_core.data.manifest import Item, Triplet, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
@@ -289,56 +288,3 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 # --- the demo's composed-retrieval stage ------------------------------------------------------
-
-
-def demo_composed(recipe: Recipe, paths: dict[str, Path], progress: Progress = NullProgress()) -> dict[str, Any]:
-    """Phase 2 from the demo's phase-1 run, a captioned index, one composed query, and bench cir.
-
-    The captioned index becomes the workspace's latest index (and the phase-2 checkpoint its
-    latest checkpoint), so ``unifashion search --image ref.png --text "..."`` works afterwards
-    with no other flags.
-
-    Args:
-        recipe: the demo recipe (``train.phase2`` sets the phase-2 run).
-        paths: the demo's ``data``, ``run`` (phase 1), ``index``, ``bench`` and ``demo`` directories.
-        progress: progress events.
-
-    Returns:
-        The phase-2 checkpoint and metrics, the composed query and its results, the contact
-        sheet's file name and the bench's category-averaged recalls per caption setting.
-    """
-    from unifashion_core import workspace
-    from unifashion_core.retrieval.build import build_index
-    from unifashion_core.retrieval.search import contact_sheet, load_searcher, search
-    from unifashion_core.train.run import run_training
-
-    run = paths["run"].with_name(f"{paths['run'].name}-phase2")
-    trained = run_training(recipe, phase=2, data=paths["data"], init_checkpoint=paths["run"], out=run,
-                           overwrite=True, progress=progress)
-    index_dir = paths["index"].with_name(f"{paths['index'].name}-captions")
-    build_index(trained["checkpoint"], paths["data"], index_dir, captions=True, progress=progress)
-    for kind in ("index", "captioned_index"):
-        workspace.remember(kind, index_dir)
-    dataset = load_dataset(paths["data"])
-    triplet = next(t for t in dataset.split_triplets("test") if t.target)
-    image = dataset.image_path(dataset.by_id()[triplet.reference])
-    model, index = load_searcher(index_dir, None)
-    results = search(model, index, text=triplet.text, image=image, k=5)
-    sheet = contact_sheet(results, paths["demo"] / "search-composed.png", image, triplet.text)
-    report = bench_cir(trained["checkpoint"], paths["data"], paths["bench"] / "cir", progress=progress)
-    return {
-        "checkpoint": trained["checkpoint"], "metrics": trained["metrics"], "index": str(index_dir),
-        "query": {"reference": triplet.reference, "text": triplet.text, "target": triplet.target,
-                  "top": [(r.id, r.caption, round(r.score, 4)) for r in results]},
-        "sheet": sheet.name, "figures": {name: summary["average"] for name, summary in report["settings"].items()},
-    }
-
-
-def render_demo_composed(stage: dict[str, Any]) -> list[str]:
-    """Markdown lines for the demo report's composed-retrieval section."""
-    query = stage["query"]
-    rows = [{"captions": name, **values} for name, values in stage["figures"].items()]
-    return ["## Composed retrieval", "",
-            f"**{query['reference']} + \"{query['text']}\"** (target {query['target']}): "
-            + "; ".join(f"{item_id} ({score})" for item_id, _, score in query["top"]),
-            "", f"![]({stage['sheet']})", "", markdown_table(rows, ["captions", "R@10", "R@50", "mean"])]

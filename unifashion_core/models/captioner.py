@@ -11,6 +11,7 @@ directory / hub id (the ``paper`` preset: Vicuna-7B / LLaVA-1.5), optionally wra
 """
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -23,6 +24,8 @@ from torch import Tensor, nn
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    BertTokenizer,
+    BertTokenizerFast,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -33,6 +36,8 @@ from transformers import (
 
 from unifashion_core.errors import UserError
 from unifashion_core.models.weights import MINILM, hub_error, resolve_local_file, resolve_weights
+
+_INNER_PUNCTUATION = re.compile(r" ?([-'/]) ?")
 
 # Instructions of the paper's Table 7, one per caption style (Fashion200K, FashionGen,
 # Fashion-IQ-cap). The paper's typeset apostrophe and ellipsis are written in ASCII here.
@@ -238,7 +243,12 @@ class Captioner(nn.Module):
     def _decode(self, ids: list[int]) -> str:
         eos = self.tokenizer.eos_token_id
         ids = ids[: ids.index(eos)] if eos in ids else ids
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if isinstance(self.tokenizer, BertTokenizerFast | BertTokenizer):
+            # WordPiece splits on punctuation and decodes "t-shirt" as "t - shirt": rejoin the
+            # characters that sit inside words in captions.
+            text = _INNER_PUNCTUATION.sub(r"\1", text)
+        return text
 
     def save_adapter(self, path: str | Path) -> None:
         """Write the trained parts, without the frozen base LLM.

@@ -127,5 +127,5 @@ def _build_generator(recipe: Recipe, qformer: nn.Module) -> nn.Module:
     return build_generator(
         g.preset, query_width=qformer.hidden_size, num_queries=qformer.num_query_tokens,
         unet=g.unet, vae=g.vae, resolution=g.resolution, inpainting=g.inpainting,
-        use_sketch=g.use_sketch,
+        use_sketch=g.use_sketch, prediction_type=g.prediction_type,
     )
