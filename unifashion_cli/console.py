@@ -72,7 +72,10 @@ class RichProgress:
         self._bars.stop()
 
     def start(self, task: str, total: int | None) -> None:
-        self._tasks[task] = self._bars.add_task(task, total=total, info="")
+        if task in self._tasks:  # the same step again (e.g. features of another split): reuse its bar
+            self._bars.reset(self._tasks[task], total=total, info="")
+        else:
+            self._tasks[task] = self._bars.add_task(task, total=total, info="")
 
     def advance(self, task: str, n: int = 1, **fields: float | str) -> None:
         if task not in self._tasks:

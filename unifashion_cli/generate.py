@@ -15,9 +15,15 @@ def generate(
     person: Path | None = typer.Option(None, "--person", help="Try-on / design: the person image."),
     mask: Path | None = typer.Option(None, "--mask", help="Try-on / design: agnostic mask (white = generate)."),
     sketch: Path | None = typer.Option(None, "--sketch", help="Try-on / design: garment sketch."),
-    steps: int = typer.Option(20, "--steps", help="Sampling steps (paper: 50 with plms)."),
-    sampler: str = typer.Option("dpm++", "--sampler", help="dpm++ (DPM-Solver++), plms (PNDM) or ddim."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale."),
+    steps: int | None = typer.Option(
+        None, "--steps", help="Sampling steps (default: the recipe's, 20; paper: 50 plms)."
+    ),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help="dpm++ (DPM-Solver++), plms (PNDM) or ddim (default: recipe's)."
+    ),
+    guidance: float | None = typer.Option(
+        None, "--guidance", help="Classifier-free guidance scale (default: recipe's)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed (stored in the PNG metadata)."),
     num_images: int = typer.Option(1, "--num-images", help="How many images."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: workspace latest)."),

@@ -49,7 +49,7 @@ def run_demo(quick: bool = False, num_items: int | None = None, progress: Progre
         ("index", lambda: _index(paths, progress)),
         ("search", lambda: _search(paths)),
         ("caption", lambda: _caption(paths, progress)),
-        ("generate", lambda: _generate(paths, recipe, progress)),
+        ("generate", lambda: _generate(paths, progress)),
         ("bench", lambda: _bench(paths, quick, progress)),
         ("composed", lambda: _composed(recipe, paths, progress)),
     ]
@@ -138,14 +138,14 @@ def _caption(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
     }
 
 
-def _generate(paths: dict[str, Path], recipe: Any, progress: Progress) -> dict[str, Any]:
+def _generate(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
     from unifashion_core.inference import GenerationRequest, generate_images, save_png
 
     made = []
     for number, prompt in enumerate(GENERATION_PROMPTS):
         images, settings = generate_images(
             paths["run"] / "checkpoint",
-            GenerationRequest(text=prompt, seed=number, steps=recipe.model.generator.num_inference_steps),
+            GenerationRequest(text=prompt, seed=number),
             progress,
         )
         made.append(

@@ -1,6 +1,6 @@
 """Captioning and generation entry points: check inputs first, then run numbered steps."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,9 @@ class GenerationRequest:
     person: str | Path | None = None
     mask: str | Path | None = None
     sketch: str | Path | None = None
-    steps: int = 20
-    sampler: str = "dpm++"
-    guidance: float = 5.0
+    steps: int | None = None  # None: the checkpoint recipe's model.generator settings
+    sampler: str | None = None
+    guidance: float | None = None
     seed: int = 0
     num_images: int = 1
 
@@ -106,11 +106,11 @@ def check_request(request: GenerationRequest) -> None:
         raise UserError("give --text, --image, or --person with --mask (try-on / design).")
     if request.text is not None and not request.text.strip():
         raise UserError("--text is empty.")
-    if request.sampler not in SAMPLERS:
+    if request.sampler is not None and request.sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {request.sampler!r}; choose one of {', '.join(SAMPLERS)}.")
-    if not 1 <= request.steps <= 1000:
+    if request.steps is not None and not 1 <= request.steps <= 1000:
         raise UserError("--steps must be between 1 and 1000.")
-    if not 0.0 <= request.guidance <= 50.0:
+    if request.guidance is not None and not 0.0 <= request.guidance <= 50.0:
         raise UserError("--guidance must be between 0 and 50.")
     if not 1 <= request.num_images <= 64:
         raise UserError("--num-images must be between 1 and 64.")
@@ -130,9 +130,16 @@ def generate_images(
 
     # 1. check inputs (cheap, before loading anything)
     check_request(request)
-    # 2. load the model with its generator head
+    # 2. load the model with its generator head; unset sampling options come from its recipe
     model, meta = load_checkpoint(checkpoint, heads=("generate",))
     head = model.generator
+    g = model.recipe.model.generator
+    request = replace(
+        request,
+        steps=request.steps or g.num_inference_steps,
+        sampler=request.sampler or g.sampler,
+        guidance=g.guidance_scale if request.guidance is None else request.guidance,
+    )
     n = request.num_images
     # 3. condition: text only, image (+ text), or the inpainting inputs
     tokens = None
