@@ -30,3 +30,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_phase1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demo data (150 items) and a tiny phase-1 checkpoint with both heads, in a private workspace."""
+    from unifashion_core.config import load_recipe
+    from unifashion_core.data.demo import prepare_demo
+    from unifashion_core.train.run import run_training
+
+    root = tmp_path_factory.mktemp("tiny-phase1")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIFASHION_HOME", str(root / "ws"))
+        prepare_demo(root / "data", num_items=150, image_size=32)
+        run_training(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"),
+                     data=root / "data", out=root / "phase1")
+    return root

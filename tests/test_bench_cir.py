@@ -12,14 +12,12 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 from unifashion_core import workspace
 from unifashion_core.config import load_recipe
-from unifashion_core.data.demo import prepare_demo
 from unifashion_core.data.manifest import load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.ablation import run_ablation
 from unifashion_core.evaluation.bench_cir import bench_cir, composed_scores
 from unifashion_core.retrieval.index import IndexWriter
 from unifashion_core.train.checkpoint import read_meta
-from unifashion_core.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -27,15 +25,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Demo data (150 items) and a tiny phase-1 checkpoint with both heads, in a private workspace."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("cir")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("UNIFASHION_HOME", str(root / "ws"))
-        prepare_demo(root / "data", num_items=150, image_size=32)
-        run_training(load_recipe(TINY), data=root / "data", out=root / "phase1")
-        yield root
+def workdir(tiny_phase1: Path) -> Path:
+    """The shared tiny phase-1 run (tests/conftest.py)."""
+    return tiny_phase1
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from unifashion_cli.main import app
 from unifashion_core.config import load_recipe
-from unifashion_core.data.demo import prepare_demo
 from unifashion_core.data.images import load_user_image
 from unifashion_core.data.manifest import Triplet, load_dataset
 from unifashion_core.errors import UserError
@@ -32,15 +31,9 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Demo data (150 items) and a tiny phase-1 checkpoint with both heads, in a private workspace."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("phase2")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("UNIFASHION_HOME", str(root / "ws"))
-        prepare_demo(root / "data", num_items=150, image_size=32)
-        run_training(load_recipe(TINY), data=root / "data", out=root / "phase1")
-        yield root
+def workdir(tiny_phase1: Path) -> Path:
+    """The shared tiny phase-1 run (tests/conftest.py)."""
+    return tiny_phase1
 
 
 @pytest.fixture(scope="module")

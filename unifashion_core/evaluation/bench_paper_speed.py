@@ -13,6 +13,7 @@ Run: python -m unifashion_core.evaluation.bench_paper_speed --out DIR [--tiny]
 import argparse
 import json
 import platform
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -304,7 +305,8 @@ def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         (args.out / "paper_speed.json").write_text(json.dumps(report, indent=2))
-        print(json.dumps({name: report[name]}, indent=2), flush=True)
+        sys.stdout.write(json.dumps({name: report[name]}, indent=2) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
