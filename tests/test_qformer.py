@@ -243,3 +243,15 @@ def test_blip2_init_needs_the_qformer_text_input(tmp_path) -> None:
     config.save_pretrained(tmp_path)
     with pytest.raises(UserError, match="use_qformer_text_input"):
         build_qformer("blip2", str(tmp_path))
+
+
+def test_mean_text_pooling_projects_the_masked_mean_of_token_states():
+    model, tokenizer = build_qformer("random", vision_width=16, num_query_tokens=4, hidden_size=32,
+                                     num_attention_heads=4, intermediate_size=64, embed_dim=8, text_pooling="mean")
+    ids, mask = tokenize(tokenizer, ["a red shirt", "a long blue dress with dots"], 16)
+    out = model.encode_text(ids, mask)
+    expected = torch.stack([out.last_hidden_state[i, : int(mask[i].sum())].mean(0) for i in range(2)])
+    expected = torch.nn.functional.normalize(model.text_projection(expected), dim=-1)
+    assert torch.allclose(out.embeds, expected, atol=1e-6)
+    model.text_pooling = "cls"
+    assert not torch.allclose(model.encode_text(ids, mask).embeds, expected, atol=1e-3)

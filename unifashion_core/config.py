@@ -59,9 +59,11 @@ class QFormerConfig:
     hidden_size: int = 384
     num_attention_heads: int = 12
     intermediate_size: int = 1536
+    text_pooling: str = "cls"  # cls (BLIP-2) | mean (masked mean of token states; MiniLM's own pooling)
 
     def __post_init__(self) -> None:
         _check_choice("model.qformer.init", self.init, ("random", "minilm", "blip2"))
+        _check_choice("model.qformer.text_pooling", self.text_pooling, ("cls", "mean"))
         if self.num_query_tokens < 1:
             raise UserError("model.qformer.num_query_tokens must be at least 1.")
 

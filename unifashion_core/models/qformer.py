@@ -71,7 +71,7 @@ class TextOutput:
 
     last_hidden_state: Tensor  # (B, L, H)
     cls: Tensor  # (B, H) hidden state of [CLS]
-    embeds: Tensor  # (B, D) L2-normalised text_projection(cls)
+    embeds: Tensor  # (B, D) L2-normalised text_projection(cls), or of the mean token state
 
 
 @dataclass
@@ -90,7 +90,11 @@ class QFormer(nn.Module):
         num_query_tokens: number of learned queries Q.
         hidden_size: width H of the Q-Former.
         embed_dim: width D of the retrieval embeddings.
+        text_pooling: how text mode summarises a text: ``cls`` (BLIP-2) or ``mean`` (the masked
+            mean of the token states, which all-MiniLM-L6-v2 was trained for).
     """
+
+    text_pooling: str = "cls"
 
     def __init__(
         self,
@@ -154,7 +158,12 @@ class QFormer(nn.Module):
             query_embeds=text, query_length=0, attention_mask=attention_mask
         ).last_hidden_state  # (B, L, H)
         cls = hidden[:, 0]  # (B, H)
-        embeds = F.normalize(self.text_projection(cls), dim=-1)  # (B, D)
+        if self.text_pooling == "mean":  # masked mean of the token states, as all-MiniLM-L6-v2 was trained
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
+        else:
+            pooled = cls
+        embeds = F.normalize(self.text_projection(pooled), dim=-1)  # (B, D)
         return TextOutput(last_hidden_state=hidden, cls=cls, embeds=embeds)
 
     def encode_multimodal(
@@ -354,6 +363,7 @@ def build_qformer(
     num_attention_heads: int = 12,
     intermediate_size: int = 1536,
     max_text_length: int = 64,
+    text_pooling: str = "cls",
 ) -> tuple[QFormer, PreTrainedTokenizerBase]:
     """Build the Q-Former and its tokenizer.
 
@@ -374,6 +384,7 @@ def build_qformer(
         num_attention_heads: attention heads (``random``).
         intermediate_size: feed-forward width (``random``).
         max_text_length: the tokenizer's ``model_max_length``.
+        text_pooling: ``cls`` or ``mean`` (see ``QFormer``).
 
     Returns:
         The Q-Former (train mode, as built) and its tokenizer.
@@ -416,4 +427,5 @@ def build_qformer(
             )
             model = QFormer(config, num_query_tokens, embed_dim, vision_norm=True)
     tokenizer.model_max_length = max_text_length
+    model.text_pooling = text_pooling
     return model, tokenizer

@@ -103,6 +103,7 @@ def build_model(recipe: Recipe, heads: tuple[str, ...] = HEADS) -> UniFashion:
         num_attention_heads=m.qformer.num_attention_heads,
         intermediate_size=m.qformer.intermediate_size,
         max_text_length=recipe.data.max_text_length,
+        text_pooling=m.qformer.text_pooling,
     )
     captioner = _build_captioner(recipe, qformer.hidden_size) if "caption" in heads else None
     generator = _build_generator(recipe, qformer) if "generate" in heads else None
