@@ -7,7 +7,7 @@ import torch
 
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
+from unifashion_core.evaluation.reports import markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.fileio import write_jsonl
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train.checkpoint import load_checkpoint
@@ -88,15 +88,9 @@ def bench_caption(
             for i in items
         ],
     )
+    protocol = f"COCO caption metrics (pycocoevalcap, PTB tokenizer), style {style}, all references per item"
     report = {
-        "bench": "caption",
-        "protocol": f"COCO caption metrics (pycocoevalcap, PTB tokenizer), style {style}, all references per item",
-        "split": split,
-        "seed": model.recipe.seed,
-        "manifest_sha256": dataset.manifest_hash,
-        "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint),
-        "num_queries": len(items),
+        **provenance("caption", protocol, split, model.recipe.seed, dataset, meta, checkpoint, len(items)),
         "skipped_images": skipped.counts(),
         "model": model_scores,
         "baseline": {"name": "caption of the nearest training image (phase-1 embeddings)", **base_scores},

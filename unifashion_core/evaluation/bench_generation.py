@@ -9,7 +9,7 @@ import torch
 from unifashion_core.data.images import ImageError, image_to_array, open_image
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import provenance_lines, write_report
+from unifashion_core.evaluation.reports import provenance, provenance_lines, write_report
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train.checkpoint import load_checkpoint
 
@@ -97,15 +97,12 @@ def bench_generation(
     prompts = [item.caption for item in items]
     fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
     report: dict[str, Any] = {
-        "bench": subject,
-        "protocol": f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
-        f"{model.recipe.model.generator.resolution}px, real images resized to the same size",
-        "split": split,
-        "seed": seed,
-        "manifest_sha256": dataset.manifest_hash,
-        "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint),
-        "num_queries": len(items),
+        **provenance(
+            subject,
+            f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
+            f"{model.recipe.model.generator.resolution}px, real images resized to the same size",
+            split, seed, dataset, meta, checkpoint, len(items),
+        ),
         "unet_calls_per_image": calls,
     }
     if subject in ("fid", "kid"):

@@ -9,7 +9,7 @@ import torch
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.baseline import baseline_similarity
-from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
+from unifashion_core.evaluation.reports import markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.evaluation.retrieval_metrics import KS, recall_at_k
 from unifashion_core.fileio import write_json
 from unifashion_core.losses import max_sim
@@ -89,9 +89,8 @@ def bench_retrieval(
         write_json(out / "candidates.json", {"seed": seed, "ids": [[items[j].id for j in c] for c in candidates]})
     model_metrics, base_metrics = _recalls(sim_model, texts, candidates), _recalls(sim_base, texts, candidates)
     report = {
-        "bench": "retrieval", "protocol": protocol, "split": split, "seed": seed,
-        "manifest_sha256": dataset.manifest_hash, "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint), "num_queries": len(items), "text_field": field,
+        **provenance("retrieval", protocol, split, seed, dataset, meta, checkpoint, len(items)),
+        "text_field": field,
         "skipped_images": skipped.counts(),
         "positives": "a query's own pair, plus any item with an identical text",
         "model": model_metrics,

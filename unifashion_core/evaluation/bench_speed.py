@@ -14,7 +14,7 @@ import torch
 
 from unifashion_core.data.manifest import load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
+from unifashion_core.evaluation.reports import markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.embed import embed_texts
 from unifashion_core.train.checkpoint import load_checkpoint, read_meta
@@ -105,14 +105,8 @@ def bench_speed(
     if len(items) < 2:
         raise UserError(f"split {split!r} has fewer than 2 items to measure with.")
     report: dict[str, Any] = {
-        "bench": "speed",
-        "protocol": "wall-clock on this machine, after one warm-up batch",
-        "split": split,
-        "seed": seed,
-        "manifest_sha256": dataset.manifest_hash,
-        "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint),
-        "num_queries": len(items),
+        **provenance("speed", "wall-clock on this machine, after one warm-up batch", split, seed, dataset, meta,
+                     checkpoint, len(items)),
         "device": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
         f"cuda {torch.cuda.is_available()}",
         "embedding_images_per_s": _embedding_throughput(model, dataset, items),

@@ -16,6 +16,18 @@ def write_report(out: str | Path, report: dict[str, Any], markdown: str) -> Path
     return out
 
 
+def provenance(
+    bench: str, protocol: str, split: str, seed: int, dataset: Any, meta: dict[str, Any], checkpoint: Any,
+    num_queries: int,
+) -> dict[str, Any]:
+    """The fields every report starts with, so two numbers can be compared honestly."""
+    return {
+        "bench": bench, "protocol": protocol, "split": split, "seed": seed,
+        "manifest_sha256": dataset.manifest_hash, "checkpoint_fingerprint": meta["fingerprint"],
+        "checkpoint": str(checkpoint), "num_queries": num_queries,
+    }
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """A GitHub-flavoured Markdown table; floats with 4 decimals."""
     def cell(value: Any) -> str:
