@@ -241,3 +241,34 @@ def test_v_prediction_loss_targets_the_velocity():
     assert generator._sampler("dpm++").config.prediction_type == "v_prediction"
     with pytest.raises(UserError, match="prediction type"):
         build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="x0")
+
+
+def test_sample_prediction_targets_the_image_and_every_sampler_follows_it(monkeypatch):
+    generator = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="sample")
+    pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
+    queries = _queries()
+    loss = generator.loss(queries, pixels, drop_prob=0.0, generator=torch.Generator().manual_seed(3))
+    draw = torch.Generator().manual_seed(3)
+    noise = torch.randn(pixels.shape, generator=draw)
+    timesteps = torch.randint(0, 1000, (2,), generator=draw)
+    noisy = generator.noise_scheduler.add_noise(pixels, noise, timesteps)
+    prediction = generator.unet(noisy, timesteps, encoder_hidden_states=generator.context(queries)).sample
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, pixels).item(), rel=1e-5)
+    # A UNet that always predicts the same clean image: every sampler must end on that image,
+    # PLMS included (it has no x0 mode and gets the implied epsilon instead).
+    target = torch.full((1, 3, SIZE, SIZE), 0.5)  # 0.75 after mapping [-1, 1] -> [0, 1]
+
+    class Constant(torch.nn.Module):
+        def forward(self, sample, timestep, encoder_hidden_states):
+            return type("Out", (), {"sample": target.expand(sample.shape[0], -1, -1, -1)})()
+
+    monkeypatch.setattr(generator, "unet", Constant())
+    monkeypatch.setattr(Constant, "device", torch.device("cpu"), raising=False)
+    monkeypatch.setattr(Constant, "dtype", torch.float32, raising=False)
+    unet_config = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE).unet.config
+    monkeypatch.setattr(Constant, "config", unet_config, raising=False)
+    assert generator._sampler("plms").config.prediction_type == "epsilon"
+    for sampler, steps in (("dpm++", 10), ("plms", 20), ("ddim", 10)):
+        images = generator.sample(_queries(1), steps, sampler=sampler, guidance_scale=1.0).images
+        # PLMS stops at alpha_bar_0 = 1 - beta_0, which leaves noise of std sqrt(beta_0) = 0.01.
+        assert (images - 0.75).abs().max() < 0.04 and (images - 0.75).abs().mean() < 0.01, sampler

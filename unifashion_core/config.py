@@ -90,7 +90,7 @@ class GeneratorConfig:
     resolution: int = 64
     inpainting: bool = False
     use_sketch: bool = False
-    prediction_type: str = "epsilon"  # epsilon (the paper's q2I) | v_prediction (much faster from scratch)
+    prediction_type: str = "epsilon"  # epsilon (the paper's q2I) | v_prediction | sample (x0; fastest from scratch)
     cfg_drop_prob: float = 0.1  # context -> learned null embedding, for classifier-free guidance
     num_inference_steps: int = 20
     sampler: str = "dpm++"
@@ -99,7 +99,7 @@ class GeneratorConfig:
     def __post_init__(self) -> None:
         _check_choice("model.generator.preset", self.preset, PRESETS)
         _check_choice("model.generator.sampler", self.sampler, ("dpm++", "plms", "ddim"))
-        _check_choice("model.generator.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+        _check_choice("model.generator.prediction_type", self.prediction_type, ("epsilon", "v_prediction", "sample"))
 
 
 @dataclass(frozen=True)
