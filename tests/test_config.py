@@ -55,6 +55,15 @@ def test_numbers_given_as_strings_convert_and_bad_types_are_refused():
         recipe_from_dict({"model": {"vision": {"name": "resnet"}}})
 
 
+def test_out_of_range_generator_and_ema_settings_are_refused():
+    with pytest.raises(UserError, match="query_mix weights must be >= 0 with a positive sum"):
+        recipe_from_dict({"model": {"generator": {"query_mix": {"text": 0, "image": 0, "multimodal": 0}}}})
+    with pytest.raises(UserError, match="query_mix weights"):
+        recipe_from_dict({"model": {"generator": {"query_mix": {"text": -1}}}})
+    with pytest.raises(UserError, match=r"ema_decay must be in \[0, 1\)"):
+        recipe_from_dict({"train": {"generate": {"ema_decay": 1.0}}})
+
+
 def test_overrides_nested_keys_lists_and_syntax_errors(tmp_path):
     base = RECIPES[0]
     recipe = load_recipe(base, ["train.retrieval.lr=3e-4", "train.stages=[retrieval]", "loss.itm_weight=0"])

@@ -46,6 +46,55 @@ def test_loss_is_finite_and_reaches_adapter_and_unet() -> None:
     assert generator.unet.conv_in.weight.grad.abs().sum() > 0
 
 
+def test_pooled_conditioning_feeds_the_mean_context_to_the_timestep_embedding() -> None:
+    torch.manual_seed(0)
+    generator = _tiny(pooled_conditioning=True)
+    seen = []
+    generator.unet.class_embedding.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    queries = _queries()
+    loss = generator.loss(queries, _images(), drop_prob=0.0)
+    loss.backward()
+    assert torch.allclose(seen[0], generator.adapter(queries).mean(dim=1))
+    assert generator.unet.class_embedding.linear_1.weight.grad.abs().sum() > 0
+    generator.sample(queries, 2, guidance_scale=2.0)
+    assert torch.allclose(seen[-1][:2], generator.null_context.mean(dim=1).expand(2, -1))  # the unconditional half
+    with pytest.raises(UserError, match="pooled_conditioning"):
+        build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet="some/model", pooled_conditioning=True)
+
+
+def test_query_statistics_standardise_each_source() -> None:
+    torch.manual_seed(0)
+    generator = _tiny()
+    text = 5.0 + 0.1 * torch.randn(64, NUM_QUERIES, QUERY_WIDTH)  # a large shared part, small differences
+    image = torch.randn(64, NUM_QUERIES, QUERY_WIDTH)
+    generator.set_query_statistics("text", text)
+    generator.set_query_statistics("image", image)
+    standard = (text - text.mean(0)) / text.std(0).clamp_min(0.01 * text.pow(2).mean().sqrt())
+    assert torch.allclose(generator.context(text, source="text"), generator.adapter(standard), atol=1e-4)
+    # a batch mixing sources standardises each row with its own statistics
+    mixed = torch.stack([text[0], image[0]])
+    sources = torch.tensor([0, 1])
+    rows = generator.context(mixed, source=sources)
+    assert torch.allclose(rows[0], generator.context(text[:1], source="text")[0], atol=1e-5)
+    assert torch.allclose(rows[1], generator.context(image[:1], source="image")[0], atol=1e-5)
+    # multimodal keeps identity statistics until set
+    assert torch.allclose(generator.context(image, source="multimodal"), generator.adapter(image))
+    with pytest.raises(ValueError, match="unknown query source"):
+        generator.context(image, source="sketch")
+
+
+def test_statistics_travel_with_the_state_dict_and_old_state_dicts_still_load() -> None:
+    generator = _tiny()
+    generator.set_query_statistics("text", torch.randn(8, NUM_QUERIES, QUERY_WIDTH) + 3)
+    clone = _tiny()
+    clone.load_state_dict(generator.state_dict())
+    assert torch.equal(clone.query_mean, generator.query_mean) and torch.equal(clone.query_std, generator.query_std)
+    old = {k: v for k, v in generator.state_dict().items() if not k.startswith("query_")}
+    fresh = _tiny()
+    fresh.load_state_dict(old)  # a generator saved before the statistics existed: identity
+    assert torch.equal(fresh.query_mean, torch.zeros_like(fresh.query_mean))
+
+
 def test_full_drop_gives_null_context() -> None:
     generator = _tiny()
     queries = _queries(3)

@@ -97,7 +97,8 @@ def test_loss_is_the_weighted_sum_of_hand_computed_terms(workdir):
         dataset = load_dataset(workdir / "data")
         pixels = pixel_values(dataset, [train.items[r] for r in train.targets[batch].tolist()], 32)
         same_draws = torch.Generator().manual_seed(0)  # the loss drew only q2I's noise from its generator
-        q2i = model.generator.loss(fused.query_output, pixels, drop_prob=0.1, generator=same_draws)
+        q2i = model.generator.loss(fused.query_output, pixels, drop_prob=0.1, generator=same_draws,
+                                   source="multimodal")
     assert logs["cir"] == pytest.approx(cir.item(), rel=1e-4)
     assert logs["itg"] == pytest.approx(itg.item(), rel=1e-4)
     assert logs["q2i"] == pytest.approx(q2i.item(), rel=1e-4)
@@ -129,8 +130,11 @@ def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, t
     assert meta["heads"] == init_meta["heads"] == ["caption", "generate"]
     assert meta["init_checkpoint_fingerprint"] == init_meta["fingerprint"] != meta["fingerprint"]
     before, after = load_file(init / "model.safetensors"), load_file(checkpoint / "model.safetensors")
-    frozen = [k for k in before if not k.startswith("qformer.")]
+    statistics = ("generator.query_mean", "generator.query_std")
+    frozen = [k for k in before if not k.startswith("qformer.") and k not in statistics]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    for key in statistics:  # text and image statistics retaken from the trained Q-Former, multimodal kept
+        assert not torch.equal(before[key][:2], after[key][:2]) and torch.equal(before[key][2], after[key][2])
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("qformer."))
     records = [json.loads(line) for line in (workdir / "phase2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2]

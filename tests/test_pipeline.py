@@ -14,6 +14,7 @@ from unifashion_cli.main import app
 from unifashion_core.config import load_recipe
 from unifashion_core.data.demo import prepare_demo
 from unifashion_core.progress import NullProgress
+from unifashion_core.train.checkpoint import load_checkpoint
 from unifashion_core.train.run import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,15 @@ def test_training_writes_a_complete_checkpoint_and_counts_the_bad_image(workspac
     records = [json.loads(line) for line in (workspace / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in records} == {"retrieval", "caption", "generate"}
     assert load_recipe(workspace / "run" / "config.yaml").name == "tiny"
+    # the tiny recipe standardises the generator's queries and keeps an EMA of the generate stage
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    assert not torch.equal(weights["generator.query_std"], torch.ones_like(weights["generator.query_std"]))
+    state = torch.load(checkpoint / "training_state.pt", weights_only=True)
+    model, _ = load_checkpoint(checkpoint, heads=("generate",))
+    trained = [p for p in model.generator.parameters() if p.requires_grad]
+    assert len(trained) == len(state["ema"]["shadow_params"]) == len(state["ema_raw_params"])
+    assert all(torch.equal(p, s) for p, s in zip(trained, state["ema"]["shadow_params"], strict=True))
+    assert not all(torch.equal(p, r) for p, r in zip(trained, state["ema_raw_params"], strict=True))
 
 
 def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
@@ -58,7 +68,7 @@ def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["search", "--text", "red striped shirt", "--json"])
     assert result.exit_code == 0, result.output
-    results = json.loads(result.output)["results"]
+    results = json.loads(result.stdout)["results"]
     assert len(results) == 10 and results[0]["rank"] == 1
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
     image = results[0]["image"]
@@ -131,15 +141,16 @@ def test_generate_writes_pngs_with_their_settings(workspace, tmp_path):
     assert (tmp_path / "gen-1.png").exists()
     again = tmp_path / "again.png"
     runner.invoke(
-        app, ["generate", "--text", "blue polka-dot dress", "--out", str(again), "--steps", "3", "--seed", "7"]
+        app, ["generate", "--text", "blue polka-dot dress", "--out", str(again), "--steps", "3", "--seed", "7",
+              "--num-images", "2"]
     )
-    assert list(Image.open(again).getdata()) == list(first.getdata())  # same seed, same image
+    assert list(Image.open(tmp_path / "again-0.png").getdata()) == list(first.getdata())  # same seed, same image
 
 
 def test_bench_retrieval_report_records_its_provenance(workspace):
     result = runner.invoke(app, ["bench", "retrieval", "--protocol", "random100", "--json", "-q"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     for key in ("protocol", "seed", "manifest_sha256", "checkpoint_fingerprint", "model", "baseline"):
         assert key in report
     assert 0.0 <= report["model"]["mean_R"] <= 1.0
@@ -162,7 +173,8 @@ class _InterruptAt(NullProgress):
                 raise KeyboardInterrupt
 
 
-def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [[], ["train.caption.ema_decay=0.9"]], ids=["raw", "ema"])
+def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, ema):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
     recipe = load_recipe(
         TINY,
@@ -171,6 +183,7 @@ def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, mon
             "train.save_every=2",
             "train.retrieval.max_steps=4",
             "train.caption.max_steps=4",
+            *ema,
         ],
     )
     data = workspace / "data"

@@ -83,6 +83,20 @@ class CaptionerConfig:
 
 
 @dataclass(frozen=True)
+class QueryMixConfig:
+    """Phase 1b: relative weights of the query sources that condition the training examples."""
+
+    text: float = 0.5  # text-only queries (multimodal mode over a null image)
+    image: float = 0.5  # image-mode queries
+    multimodal: float = 0.0  # image + its caption, what phase 2 and `generate --image --text` feed
+
+    def __post_init__(self) -> None:
+        weights = (self.text, self.image, self.multimodal)
+        if min(weights) < 0 or sum(weights) <= 0:
+            raise UserError(f"model.generator.query_mix weights must be >= 0 with a positive sum, got {weights}.")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     preset: str = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)
     unet: str = ""  # paper: a local directory or hub id
@@ -91,6 +105,9 @@ class GeneratorConfig:
     inpainting: bool = False
     use_sketch: bool = False
     prediction_type: str = "epsilon"  # epsilon (the paper's q2I) | v_prediction | sample (x0; fastest from scratch)
+    pooled_conditioning: bool = False  # tiny/small: mean context added to the timestep embedding too
+    standardize_queries: bool = False  # per-source mean/std of the frozen Q-Former's outputs, set in phase 1b
+    query_mix: QueryMixConfig = field(default_factory=QueryMixConfig)
     cfg_drop_prob: float = 0.1  # context -> learned null embedding, for classifier-free guidance
     num_inference_steps: int = 20
     sampler: str = "dpm++"
@@ -140,11 +157,14 @@ class OptimConfig:
     weight_decay: float = 0.05
     schedule: str = "cosine"  # constant | linear | cosine | onecycle
     warmup_ratio: float = 0.03
+    ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
 
     def __post_init__(self) -> None:
         _check_choice("schedule", self.schedule, SCHEDULES)
         if self.max_steps < 0 or self.batch_size < 1:
             raise UserError("max_steps must be >= 0 and batch_size >= 1.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
 
 
 @dataclass(frozen=True)

@@ -146,8 +146,9 @@ def generate_images(
     if request.image is not None:
         pixels = preprocess([load_user_image(request.image)], model.vision)
         tokens = model.image_tokens(pixels).expand(n, -1, -1)
+    texts = [request.text] * n if request.text else None
     with torch.no_grad():
-        queries = model.generation_queries(tokens, [request.text] * n if request.text else None)
+        queries = model.generation_queries(tokens, texts)
     inpaint = _inpainting_inputs(request, head, n) if request.person is not None else {}
     # 4. sample
     progress.start("generate", None)
@@ -157,6 +158,7 @@ def generate_images(
         sampler=request.sampler,
         guidance_scale=request.guidance,
         seed=request.seed,
+        source=model.query_source(tokens, texts),
         **inpaint,
     )
     progress.advance("generate", 1)

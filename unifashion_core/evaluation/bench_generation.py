@@ -32,7 +32,8 @@ def generate_for_prompts(
         batch = prompts[start : start + batch_size]
         queries = model.generation_queries(None, batch)
         result = model.generator.sample(
-            queries, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed + start
+            queries, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed + start,
+            source="text",
         )
         images.append(result.images.clamp(0, 1).cpu())
         calls = result.num_unet_calls

@@ -74,6 +74,13 @@ class UniFashion(nn.Module):
         input_ids, attention_mask = self.tokenize(texts)
         return self.qformer.encode_multimodal(image_tokens, input_ids, attention_mask).query_output
 
+    @staticmethod
+    def query_source(image_tokens: torch.Tensor | None, texts: list[str] | None) -> str:
+        """Which of the generator's ``QUERY_SOURCES`` :meth:`generation_queries` makes from these inputs."""
+        if texts is None:
+            return "image"
+        return "text" if image_tokens is None else "multimodal"
+
     def fingerprint(self) -> str:
         """SHA-256 (16 hex) of what determines retrieval embeddings: vision + Q-Former weights."""
         digest = hashlib.sha256()
@@ -128,5 +135,5 @@ def _build_generator(recipe: Recipe, qformer: nn.Module) -> nn.Module:
     return build_generator(
         g.preset, query_width=qformer.hidden_size, num_queries=qformer.num_query_tokens,
         unet=g.unet, vae=g.vae, resolution=g.resolution, inpainting=g.inpainting,
-        use_sketch=g.use_sketch, prediction_type=g.prediction_type,
+        use_sketch=g.use_sketch, prediction_type=g.prediction_type, pooled_conditioning=g.pooled_conditioning,
     )

@@ -2,12 +2,14 @@
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from diffusers.training_utils import EMAModel
 
 from unifashion_core.progress import Progress
 from unifashion_core.train.optim import build_optimizer, build_scheduler
@@ -56,6 +58,9 @@ def run_stage(
     Checkpoints go through ``save(meta, training_state)`` every ``save_every`` steps and at the
     end; ``resume_state`` (from a checkpoint of this stage) restores optimiser, scheduler, RNG
     and step, so the continued run equals an uninterrupted one.
+
+    With ``ema_decay`` > 0, evaluations and checkpoints use the moving average of the weights
+    (diffusers' ``EMAModel``); the training state keeps the raw weights and the average.
     """
     cfg = stage.optim
     optimizer = build_optimizer(stage.params, cfg)
@@ -69,6 +74,14 @@ def run_stage(
         torch.set_rng_state(resume_state["torch_rng"])
         step = int(resume_state["step"])
     module, optimizer, scheduler = accelerator.prepare(stage.module, optimizer, scheduler)
+    ema = EMAModel(stage.params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    if ema is not None and resume_state is not None:
+        # the checkpoint's weights are the average; training continues from the raw ones
+        ema.load_state_dict(resume_state["ema"])
+        ema.to(accelerator.device)
+        with torch.no_grad():
+            for param, raw in zip(stage.params, resume_state["ema_raw_params"], strict=True):
+                param.copy_(raw)
     module.train()
     accum = train_cfg.grad_accum_steps
     last: dict[str, float] = {}
@@ -76,7 +89,7 @@ def run_stage(
     progress.advance(f"train {stage.name}", step)
 
     def training_state() -> dict[str, Any]:
-        return {
+        state = {
             "stage": stage.name,
             "step": step,
             "optimizer": optimizer.state_dict(),
@@ -84,6 +97,22 @@ def run_stage(
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+            state["ema_raw_params"] = [param.detach().clone() for param in stage.params]
+        return state
+
+    @contextmanager
+    def averaged_weights() -> Iterator[None]:
+        """The EMA weights in place of the raw ones for the duration of the block."""
+        ema.store(stage.params)
+        ema.copy_to(stage.params)
+        try:
+            yield
+        finally:
+            ema.restore(stage.params)
+
+    swap = averaged_weights if ema is not None else nullcontext
 
     while step < cfg.max_steps:
         started = time.perf_counter()
@@ -98,6 +127,8 @@ def run_stage(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if ema is not None and accelerator.sync_gradients:
+                    ema.step(stage.params)
         if stage.after_step is not None:
             stage.after_step()
         step += 1
@@ -117,13 +148,15 @@ def run_stage(
         if stage.eval_fn is not None and (
             step == cfg.max_steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)
         ):
-            evaluation = stage.eval_fn()
+            with swap():
+                evaluation = stage.eval_fn()
             metrics.write({"stage": stage.name, "step": step, **evaluation})
             progress.log(f"{stage.name} step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation.items()))
             last.update(evaluation)
         if step == cfg.max_steps or (train_cfg.save_every and step % train_cfg.save_every == 0):
-            save(
-                {"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last},
-                training_state(),
-            )
+            state = training_state()
+            with swap():
+                save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last}, state)
+    if ema is not None:
+        ema.copy_to(stage.params)  # later stages and the caller see the averaged weights
     return last

@@ -10,6 +10,9 @@ modification text) and minimises::
 Only the Q-Former trains; the vision encoder and both heads are frozen. ITG needs the phase-1
 checkpoint's caption head and q2I its generate head: a term whose weight is 0, or whose head is
 absent, is not computed. That is how the Base / +LLM / +diffusion ablations run (ablation.py).
+The Q-Former is shared, so phase 2 also moves its text-only and image-mode outputs; with
+``model.generator.standardize_queries`` the final checkpoint's generator gets their statistics
+retaken from the trained Q-Former (:func:`retake_query_statistics`).
 The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every`` steps); Eq. 10
 sums the CIR terms unweighted.
 
@@ -195,7 +198,8 @@ def phase2_stage(
             parts["itg"] = model.captioner.loss(fused.query_output, captions, style)
         if "q2i" in terms:
             pixels = pixel_values(dataset, [train.items[row] for row in targets.tolist()], size).to(device)
-            parts["q2i"] = model.generator.loss(fused.query_output, pixels, drop_prob=drop_prob, generator=generator)
+            parts["q2i"] = model.generator.loss(fused.query_output, pixels, drop_prob=drop_prob, generator=generator,
+                                                source="multimodal")
         loss = sum(weights[name] * value for name, value in parts.items())
         return loss, {name: float(value.detach()) for name, value in parts.items()}
 
@@ -289,6 +293,30 @@ def setup_phase2(
     return Phase2Setup(model, phase2_stage(model, recipe, dataset, train, val), train, terms, skipped)
 
 
+@torch.no_grad()
+def retake_query_statistics(model: UniFashion, recipe: Recipe, data: TripletData, batch_size: int = 64) -> None:
+    """Give the frozen generator the text-only and image query statistics of the trained Q-Former.
+
+    Phase 2 moves the Q-Former's text-only and image-mode outputs (demo: a mean shift of about 4
+    standard deviations), and the generator standardises them with phase-1 statistics; retaken
+    from the items of the training triplets, text-to-image colour accuracy after phase 2 went from
+    0.31 to 0.78 on the demo (0.90 after phase 1). The multimodal statistics stay: phase 2's q2I
+    term trained the fused queries against them.
+    """
+    field = recipe.data.caption_field
+    texts = [getattr(item, field) or item.caption for item in data.items]
+    was_training = model.qformer.training
+    model.qformer.eval()
+    for source in ("text", "image"):
+        outputs = [
+            model.generation_queries(None if source == "text" else data.tokens[i : i + batch_size].float(),
+                                     texts[i : i + batch_size] if source == "text" else None)
+            for i in range(0, len(texts), batch_size)
+        ]
+        model.generator.set_query_statistics(source, torch.cat(outputs))
+    model.qformer.train(was_training)
+
+
 def run_phase2(
     recipe: Recipe,
     init_checkpoint: str | Path | None,
@@ -335,6 +363,9 @@ def run_phase2(
     if meta is None or STAGE not in meta.get("stages_done", []):
 
         def save(stage_meta: dict[str, Any], training_state: dict[str, Any]) -> None:
+            if stage_meta["stage_done"] and setup.model.generator is not None and \
+                    recipe.model.generator.standardize_queries:
+                retake_query_statistics(setup.model, recipe, setup.train)
             save_checkpoint(out / "checkpoint", setup.model, {
                 **stage_meta, **provenance, "stages_done": [STAGE] if stage_meta["stage_done"] else [],
                 "metrics": {f"{STAGE}/{k}": v for k, v in stage_meta["metrics"].items()},

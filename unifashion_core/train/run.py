@@ -17,6 +17,7 @@ from unifashion_core.data.images import ImageError, image_to_array, open_image
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import check_output_dir, write_text_atomic
+from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
@@ -152,22 +153,25 @@ class _TrainingData:
         if name == "caption":
             style = recipe.model.captioner.style
             return stage_lib.caption_stage(
-                model, recipe, self.queries("train", text=False),
-                stage_lib.caption_targets(self.items["train"], style), self.queries("val", text=False),
+                model, recipe, self.queries("train", "image"),
+                stage_lib.caption_targets(self.items["train"], style), self.queries("val", "image"),
                 stage_lib.caption_targets(self.items["val"], style))
         pixels, val_pixels = self.pixels("train"), self.pixels("val")
+        g = recipe.model.generator
+        queries = {source: self.queries("train", source) for source in QUERY_SOURCES
+                   if g.standardize_queries or getattr(g.query_mix, source) > 0}
         return stage_lib.generate_stage(
-            model, recipe, self.queries("train", text=False), self.queries("train", text=True), pixels,
-            (self.queries("val", text=True), val_pixels) if len(val_pixels) else None)
+            model, recipe, queries, pixels, (self.queries("val", "text"), val_pixels) if len(val_pixels) else None)
 
     @torch.no_grad()
-    def queries(self, split: str, text: bool, batch_size: int = 64) -> torch.Tensor:
-        """Frozen Q-Former query outputs (N, Q, H): image mode, or text-only multimodal mode."""
+    def queries(self, split: str, source: str, batch_size: int = 64) -> torch.Tensor:
+        """Frozen Q-Former query outputs (N, Q, H) of a split's images and/or captions: ``source``
+        is "image" (image mode), "text" (text only) or "multimodal" (image + caption)."""
         self.model.qformer.eval()
         tokens, texts = self.tokens[split], self.texts(split)
         outputs = [
-            self.model.generation_queries(None if text else tokens[i : i + batch_size].float(),
-                                          texts[i : i + batch_size] if text else None)
+            self.model.generation_queries(None if source == "text" else tokens[i : i + batch_size].float(),
+                                          None if source == "image" else texts[i : i + batch_size])
             for i in range(0, len(texts), batch_size)
         ]
         return torch.cat(outputs) if outputs else torch.empty(0)

@@ -14,6 +14,7 @@ from torch import nn
 from unifashion_core.config import OptimConfig, Recipe
 from unifashion_core.evaluation.retrieval_metrics import cross_modal_recalls
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
+from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
@@ -161,31 +162,43 @@ def caption_stage(
 def generate_stage(
     model: UniFashion,
     recipe: Recipe,
-    image_queries: torch.Tensor,
-    text_queries: torch.Tensor,
+    queries: dict[str, torch.Tensor],
     pixels: torch.Tensor,
     val: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> Stage:
     """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
 
-    Each example is conditioned on its text-only queries or on its image queries, half and half,
-    so the head learns both text-to-image and image(+text) generation.
+    Each example is conditioned on the query outputs of one source (``QUERY_SOURCES``: its
+    caption alone, its image, or both), drawn with the weights of ``model.generator.query_mix``.
+    With ``standardize_queries`` the head first takes each source's statistics over the training
+    set, so ``queries`` must then hold all three (N, Q, H) tensors; otherwise those with weight.
     """
     generator_head = model.generator
     model.qformer.requires_grad_(False)
-    drop = recipe.model.generator.cfg_drop_prob
+    g = recipe.model.generator
+    if g.standardize_queries:
+        for source in QUERY_SOURCES:
+            generator_head.set_query_statistics(source, queries[source])
+    weights = torch.tensor([getattr(g.query_mix, source) for source in QUERY_SOURCES], dtype=torch.float)
+    some = next(iter(queries.values()))
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        use_text = torch.rand(len(indices), generator=generator) < 0.5  # (B,)
-        queries = torch.where(use_text[:, None, None], text_queries[indices], image_queries[indices])
-        loss = generator_head.loss(queries.float(), pixels[indices].float(), drop_prob=drop, generator=generator)
+        sources = torch.multinomial(weights, len(indices), replacement=True, generator=generator)  # (B,)
+        batch_queries = some.new_empty(len(indices), *some.shape[1:])  # (B, Q, H)
+        for k, source in enumerate(QUERY_SOURCES):
+            rows = sources == k
+            if rows.any():
+                batch_queries[rows] = queries[source][indices[rows]]
+        loss = generator_head.loss(batch_queries.float(), pixels[indices].float(), drop_prob=g.cfg_drop_prob,
+                                   generator=generator, source=sources)
         return loss, {"q2i": float(loss.detach())}
 
     @torch.no_grad()
     def eval_fn() -> dict[str, float]:
         generator_head.eval()
         fixed = torch.Generator().manual_seed(0)
-        loss = generator_head.loss(val[0][:64].float(), val[1][:64].float(), drop_prob=0.0, generator=fixed)
+        loss = generator_head.loss(val[0][:64].float(), val[1][:64].float(), drop_prob=0.0, generator=fixed,
+                                   source="text")
         metrics = {"val_q2i": float(loss)}
         if recipe.train.eval_fid_items:
             metrics |= _validation_fid(generator_head, recipe, val[0], val[1], recipe.train.eval_fid_items)
@@ -213,7 +226,7 @@ def _validation_fid(
     count = min(num_items, len(queries))
     fake = torch.cat([
         generator_head.sample(queries[i : min(i + 32, count)].float(), num_inference_steps=g.num_inference_steps,
-                              sampler=g.sampler, guidance_scale=g.guidance_scale, seed=i).images
+                              sampler=g.sampler, guidance_scale=g.guidance_scale, seed=i, source="text").images
         for i in range(0, count, 32)
     ])
     real = (pixels[:count].float() + 1) / 2
