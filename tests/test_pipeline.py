@@ -56,7 +56,7 @@ def test_training_writes_a_complete_checkpoint_and_counts_the_bad_image(workspac
     weights = load_file(str(checkpoint / "model.safetensors"))
     assert not torch.equal(weights["generator.query_std"], torch.ones_like(weights["generator.query_std"]))
     state = torch.load(checkpoint / "training_state.pt", weights_only=True)
-    model, _ = load_checkpoint(checkpoint, heads=("generate",))
+    model, _ = load_checkpoint(workspace / "run", heads=("generate",))  # a run directory is accepted too
     trained = [p for p in model.generator.parameters() if p.requires_grad]
     assert len(trained) == len(state["ema"]["shadow_params"]) == len(state["ema_raw_params"])
     assert all(torch.equal(p, s) for p, s in zip(trained, state["ema"]["shadow_params"], strict=True))

@@ -96,9 +96,16 @@ def _dedupe_shared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return result
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The checkpoint's meta.json; a clear error when ``path`` is not a checkpoint."""
+def checkpoint_dir(path: str | Path) -> Path:
+    """Accept a run directory (holding checkpoint/) or a checkpoint directory."""
     path = Path(path)
+    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's meta.json (``path``: a checkpoint or run directory); a clear error when
+    it is not a checkpoint."""
+    path = checkpoint_dir(path)
     if not (path / "meta.json").is_file() or not (path / "model.safetensors").is_file():
         raise UserError(f"{path} is not a unifashion checkpoint (no meta.json/model.safetensors).")
     meta = read_json(path / "meta.json")
@@ -111,10 +118,10 @@ def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> tuple[UniF
     """Rebuild the model from ``config.yaml`` and load its weights.
 
     Args:
-        path: checkpoint directory.
+        path: checkpoint directory, or a run directory holding ``checkpoint/``.
         heads: heads to build ("caption", "generate"); each must have been trained.
     """
-    path = Path(path)
+    path = checkpoint_dir(path)
     meta = read_meta(path)
     for head in heads:
         if head not in meta.get("heads", []):

@@ -21,7 +21,7 @@ from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
-from unifashion_core.train.checkpoint import load_training_state, read_meta, save_checkpoint
+from unifashion_core.train.checkpoint import checkpoint_dir, load_training_state, read_meta, save_checkpoint
 from unifashion_core.train.features import image_tokens
 from unifashion_core.train.loop import MetricsLog, run_stage
 
@@ -31,12 +31,6 @@ STAGE_HEADS = {"caption": "caption", "generate": "generate"}
 def cache_dir_for(dataset: Dataset) -> Path:
     """Where frozen-feature caches for a dataset live (inside the workspace)."""
     return workspace.workspace_dir() / "cache" / dataset.manifest_hash[:16]
-
-
-def checkpoint_dir(path: str | Path) -> Path:
-    """Accept a run directory (holding checkpoint/) or a checkpoint directory."""
-    path = Path(path)
-    return path / "checkpoint" if (path / "checkpoint").is_dir() else path
 
 
 def run_training(
