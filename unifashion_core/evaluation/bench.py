@@ -44,7 +44,7 @@ def run_bench(
     if subject == "ablation":
         from unifashion_core.config import load_recipe
         from unifashion_core.evaluation.ablation import run_ablation
-        from unifashion_core.train.run import checkpoint_dir
+        from unifashion_core.train.checkpoint import checkpoint_dir
 
         resolved = load_recipe(recipe or checkpoint_dir(checkpoint) / "config.yaml")
         return run_ablation(resolved, checkpoint, data, out, split=split, seed=seed,

@@ -30,9 +30,9 @@ from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.captions import caption_gallery
 from unifashion_core.retrieval.embed import embed_composed, embed_image_tokens
-from unifashion_core.train.checkpoint import load_checkpoint, read_meta
+from unifashion_core.train.checkpoint import checkpoint_dir, load_checkpoint, read_meta
 from unifashion_core.train.features import image_tokens
-from unifashion_core.train.run import cache_dir_for, checkpoint_dir
+from unifashion_core.train.run import cache_dir_for
 
 KS = (10, 50)
 GALLERIES = ("auto", "split", "category")

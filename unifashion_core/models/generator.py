@@ -530,7 +530,9 @@ def build_generator(
         raise UserError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
     if preset == "paper":
         if pooled_conditioning:
-            raise UserError("pooled_conditioning applies to the tiny and small generators; the paper UNet has no class embedding.")
+            raise UserError(
+                "pooled_conditioning applies to the tiny and small generators; the paper UNet has no class embedding."
+            )
         return _build_paper(query_width, num_queries, unet, vae, use_sketch, prediction_type)
     if preset not in PRESETS:
         raise UserError(f"unknown generator preset {preset!r}; choose one of {', '.join(PRESETS)}.")

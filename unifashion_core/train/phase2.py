@@ -42,10 +42,10 @@ from unifashion_core.models.qformer import MultimodalOutput
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.captions import caption_tokens
-from unifashion_core.train.checkpoint import persistent_state, read_meta, save_checkpoint
+from unifashion_core.train.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
 from unifashion_core.train.features import image_tokens
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.run import build_accelerator, cache_dir_for, checkpoint_dir, pixel_values, prepare_run_dir
+from unifashion_core.train.run import build_accelerator, cache_dir_for, pixel_values, prepare_run_dir
 from unifashion_core.train.stages import Stage, caption_targets
 
 STAGE = "phase2"

@@ -21,7 +21,7 @@ from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
-from unifashion_core.train.checkpoint import checkpoint_dir, load_training_state, read_meta, save_checkpoint
+from unifashion_core.train.checkpoint import load_training_state, read_meta, save_checkpoint
 from unifashion_core.train.features import image_tokens
 from unifashion_core.train.loop import MetricsLog, run_stage
 
