@@ -180,11 +180,11 @@ def generate_stage(
         for source in QUERY_SOURCES:
             generator_head.set_query_statistics(source, queries[source])
     weights = torch.tensor([getattr(g.query_mix, source) for source in QUERY_SOURCES], dtype=torch.float)
-    some = next(iter(queries.values()))
+    template = next(iter(queries.values()))  # (N, Q, H): shape and dtype of a batch
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         sources = torch.multinomial(weights, len(indices), replacement=True, generator=generator)  # (B,)
-        batch_queries = some.new_empty(len(indices), *some.shape[1:])  # (B, Q, H)
+        batch_queries = template.new_empty(len(indices), *template.shape[1:])  # (B, Q, H)
         for k, source in enumerate(QUERY_SOURCES):
             rows = sources == k
             if rows.any():
