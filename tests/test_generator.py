@@ -321,3 +321,24 @@ def test_sample_prediction_targets_the_image_and_every_sampler_follows_it(monkey
         images = generator.sample(_queries(1), steps, sampler=sampler, guidance_scale=1.0).images
         # PLMS stops at alpha_bar_0 = 1 - beta_0, which leaves noise of std sqrt(beta_0) = 0.01.
         assert (images - 0.75).abs().max() < 0.04 and (images - 0.75).abs().mean() < 0.01, sampler
+
+
+def test_generate_stage_conditions_each_row_on_its_drawn_source(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from unifashion_core.config import QUERY_SOURCES, load_recipe
+    from unifashion_core.train.stages import generate_stage
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml",
+                         ["model.generator.query_mix={text: 1, image: 1, multimodal: 1}"])
+    generator = _tiny()
+    model = SimpleNamespace(generator=generator, qformer=torch.nn.Linear(1, 1))
+    queries = {source: torch.randn(10, NUM_QUERIES, QUERY_WIDTH) for source in QUERY_SOURCES}
+    seen = {}
+    monkeypatch.setattr(generator, "loss", lambda q, pixels, **kw: seen.update(q=q, source=kw["source"]) or q.sum())
+    stage = generate_stage(model, recipe, queries, _images(10), None)
+    indices = torch.tensor([7, 2, 9, 2, 0, 5, 3, 8])
+    stage.loss_fn(indices, torch.Generator().manual_seed(0), 0)
+    assert set(seen["source"].tolist()) == {0, 1, 2}  # all three drawn in this batch
+    for row, (index, source) in enumerate(zip(indices.tolist(), seen["source"].tolist(), strict=True)):
+        assert torch.equal(seen["q"][row], queries[QUERY_SOURCES[source]][index])

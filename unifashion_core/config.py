@@ -96,6 +96,11 @@ class QueryMixConfig:
             raise UserError(f"model.generator.query_mix weights must be >= 0 with a positive sum, got {weights}.")
 
 
+# Where the generator's query outputs come from: text only, image only, or image + text (also
+# phase 2's fused queries). One name per QueryMixConfig field, in the generator's buffer order.
+QUERY_SOURCES = tuple(f.name for f in dataclasses.fields(QueryMixConfig))
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     preset: str = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)

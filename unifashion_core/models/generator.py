@@ -43,14 +43,13 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
+from unifashion_core.config import QUERY_SOURCES
 from unifashion_core.errors import UserError
 from unifashion_core.models.weights import hub_error, resolve_weights
 
 SAMPLERS = ("dpm++", "plms", "ddim")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 PRESETS = ("tiny", "small", "paper")
-# Where query outputs come from: text only, image only, or image + text (also phase 2's fused queries).
-QUERY_SOURCES = ("text", "image", "multimodal")
 SKETCH_CHANNELS = 1  # a grey-scale sketch, values in [0, 1]
 PIXEL_CHANNELS = 3
 MAX_INFERENCE_STEPS = 1000

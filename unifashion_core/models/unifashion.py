@@ -74,6 +74,24 @@ class UniFashion(nn.Module):
         input_ids, attention_mask = self.tokenize(texts)
         return self.qformer.encode_multimodal(image_tokens, input_ids, attention_mask).query_output
 
+    @torch.no_grad()
+    def source_queries(
+        self, source: str, image_tokens: torch.Tensor, texts: list[str], batch_size: int = 64
+    ) -> torch.Tensor:
+        """:meth:`generation_queries` of one source for N items, in batches: (N, Q, H).
+
+        Args:
+            source: "text" (``texts`` alone), "image" (``image_tokens`` alone) or "multimodal".
+            image_tokens: (N, T, C) vision tokens of the items.
+            texts: their N texts.
+        """
+        outputs = [
+            self.generation_queries(None if source == "text" else image_tokens[i : i + batch_size].float(),
+                                    None if source == "image" else texts[i : i + batch_size])
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(outputs) if outputs else torch.empty(0)
+
     @staticmethod
     def query_source(image_tokens: torch.Tensor | None, texts: list[str] | None) -> str:
         """Which of the generator's ``QUERY_SOURCES`` :meth:`generation_queries` makes from these inputs."""

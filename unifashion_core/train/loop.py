@@ -9,7 +9,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers.training_utils import EMAModel
 
 from unifashion_core.progress import Progress
 from unifashion_core.train.optim import build_optimizer, build_scheduler
@@ -74,7 +73,11 @@ def run_stage(
         torch.set_rng_state(resume_state["torch_rng"])
         step = int(resume_state["step"])
     module, optimizer, scheduler = accelerator.prepare(stage.module, optimizer, scheduler)
-    ema = EMAModel(stage.params, decay=cfg.ema_decay) if cfg.ema_decay else None
+    ema = None
+    if cfg.ema_decay:
+        from diffusers.training_utils import EMAModel  # diffusers is slow to import; only when used
+
+        ema = EMAModel(stage.params, decay=cfg.ema_decay)
     if ema is not None and resume_state is not None:
         # the checkpoint's weights are the average; training continues from the raw ones
         ema.load_state_dict(resume_state["ema"])

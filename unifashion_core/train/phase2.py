@@ -308,12 +308,7 @@ def retake_query_statistics(model: UniFashion, recipe: Recipe, data: TripletData
     was_training = model.qformer.training
     model.qformer.eval()
     for source in ("text", "image"):
-        outputs = [
-            model.generation_queries(None if source == "text" else data.tokens[i : i + batch_size].float(),
-                                     texts[i : i + batch_size] if source == "text" else None)
-            for i in range(0, len(texts), batch_size)
-        ]
-        model.generator.set_query_statistics(source, torch.cat(outputs))
+        model.generator.set_query_statistics(source, model.source_queries(source, data.tokens, texts, batch_size))
     model.qformer.train(was_training)
 
 

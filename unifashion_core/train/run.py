@@ -12,12 +12,11 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from unifashion_core import workspace
-from unifashion_core.config import Recipe, dump_recipe
+from unifashion_core.config import QUERY_SOURCES, Recipe, dump_recipe
 from unifashion_core.data.images import ImageError, image_to_array, open_image
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import check_output_dir, write_text_atomic
-from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
@@ -162,13 +161,7 @@ class _TrainingData:
         """Frozen Q-Former query outputs (N, Q, H) of a split's images and/or captions: ``source``
         is "image" (image mode), "text" (text only) or "multimodal" (image + caption)."""
         self.model.qformer.eval()
-        tokens, texts = self.tokens[split], self.texts(split)
-        outputs = [
-            self.model.generation_queries(None if source == "text" else tokens[i : i + batch_size].float(),
-                                          None if source == "image" else texts[i : i + batch_size])
-            for i in range(0, len(texts), batch_size)
-        ]
-        return torch.cat(outputs) if outputs else torch.empty(0)
+        return self.model.source_queries(source, self.tokens[split], self.texts(split), batch_size)
 
     def pixels(self, split: str) -> torch.Tensor:
         """Training images at the generator's resolution, in [-1, 1]: (N, 3, R, R)."""

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from unifashion_core.config import OptimConfig, Recipe
+from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
 from unifashion_core.evaluation.retrieval_metrics import cross_modal_recalls
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
-from unifashion_core.models.generator import QUERY_SOURCES
 from unifashion_core.models.unifashion import UniFashion
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
