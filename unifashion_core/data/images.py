@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unifashion_core.errors import UserError
@@ -83,3 +84,19 @@ def image_to_array(image: Image.Image, size: int) -> np.ndarray:
     """Pad to aspect <= 1.25, resize bicubic to (size, size), return float32 (3, H, W) in [0, 1]."""
     image = pad_to_aspect(image).resize((size, size), Image.Resampling.BICUBIC)
     return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+
+
+def pixel_values(paths: list[Path], size: int) -> torch.Tensor:
+    """Images at ``paths`` padded and resized to ``size``, in [-1, 1]: (N, 3, size, size).
+
+    Raises:
+        UserError: an image that cannot be read (callers pass images already known to be readable,
+            e.g. those kept by the feature pass).
+    """
+    arrays = []
+    for path in paths:
+        try:
+            arrays.append(torch.from_numpy(image_to_array(open_image(path), size)))
+        except ImageError as exc:
+            raise UserError(f"image {path} became unreadable during the run ({exc}).") from exc
+    return torch.stack(arrays) * 2 - 1 if arrays else torch.empty(0, 3, size, size)

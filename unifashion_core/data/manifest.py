@@ -51,6 +51,15 @@ class Item:
         """The caption followed by the extra references (the reference set for caption bench)."""
         return [self.caption, *self.references]
 
+    def text(self, field: str = "caption") -> str:
+        """The item's text in ``field`` (``caption`` or ``description``), falling back to the caption."""
+        return getattr(self, field) or self.caption
+
+    def caption_target(self, style: str) -> str:
+        """The reference text a captioner learns in ``style``: the caption for ``short``, else the
+        description (or the caption when there is none)."""
+        return self.caption if style == "short" else self.description or self.caption
+
 
 @dataclass(frozen=True)
 class Triplet:
