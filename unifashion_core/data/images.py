@@ -1,12 +1,15 @@
 """Safe image loading: every mode becomes RGB, huge or broken files are refused with a reason."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unifashion_core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_PIXELS = 64_000_000  # refuse anything larger instead of exhausting memory
 
@@ -86,13 +89,15 @@ def image_to_array(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def pixel_values(paths: list[Path], size: int) -> torch.Tensor:
+def pixel_values(paths: list[Path], size: int) -> "torch.Tensor":
     """Images at ``paths`` padded and resized to ``size``, in [-1, 1]: (N, 3, size, size).
 
     Raises:
         UserError: an image that cannot be read (callers pass images already known to be readable,
             e.g. those kept by the feature pass).
     """
+    import torch  # the adapters use this module too, and they need no torch
+
     arrays = []
     for path in paths:
         try:
