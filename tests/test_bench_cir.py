@@ -10,14 +10,14 @@ import torch
 from typer.testing import CliRunner
 
 from unifashion_cli.main import app
-from unifashion_core import workspace
+from unifashion_core.checkpoint import read_meta
 from unifashion_core.config import load_recipe
 from unifashion_core.data.manifest import load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.ablation import run_ablation
-from unifashion_core.evaluation.bench_cir import bench_cir, composed_scores
+from unifashion_core.evaluation.bench_cir import bench_cir
+from unifashion_core.metrics.cir import composed_scores
 from unifashion_core.retrieval.index import IndexWriter
-from unifashion_core.train.checkpoint import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -32,9 +32,7 @@ def workdir(tiny_phase1: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def report(workdir: Path) -> dict:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
-        return bench_cir(workdir / "phase1" / "checkpoint", workdir / "data", workdir / "bench", split="test")
+    return bench_cir(workdir / "phase1" / "checkpoint", workdir / "data", workdir / "bench", split="test").data
 
 
 def read_queries(out: Path) -> list[dict]:
@@ -142,9 +140,7 @@ def test_gallery_captions_need_a_caption_head(workdir, tmp_path):
         run_ablation(load_recipe(TINY), headless, workdir / "data", tmp_path / "ablation")
 
 
-def test_ablation_three_variants_with_and_without_captions(workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
-    before = workspace.latest("checkpoint")
+def test_ablation_three_variants_with_and_without_captions(workdir, tmp_path):
     recipe = load_recipe(TINY, ["train.phase2.max_steps=1", "train.phase2.batch_size=8"])
     result = run_ablation(recipe, workdir / "phase1", workdir / "data", tmp_path)
     variants = result["variants"]
@@ -157,4 +153,3 @@ def test_ablation_three_variants_with_and_without_captions(workdir, tmp_path, mo
              line.startswith("| Base")]
     assert len(table) == 6
     assert json.loads((tmp_path / "report.json").read_text())["variants"].keys() == variants.keys()
-    assert workspace.latest("checkpoint") == before  # the ablation leaves the workspace's checkpoint alone

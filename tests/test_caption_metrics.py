@@ -7,8 +7,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation import caption_metrics
-from unifashion_core.evaluation.caption_metrics import caption_scores, ptb_tokenize
+from unifashion_core.metrics import caption as caption_metrics
+from unifashion_core.metrics.caption import caption_scores, ptb_tokenize
 
 CAPTIONS = [
     "A red cotton dress with long sleeves.",

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from unifashion_core.config import CaptionerConfig
 from unifashion_core.errors import UserError
 from unifashion_core.models.captioner import (
     IGNORE_INDEX,
@@ -29,7 +30,7 @@ CAPTIONS = ["red dress", "blue coat"]
 
 def _tiny(seed: int = 0, **kwargs) -> Captioner:
     torch.manual_seed(seed)
-    return build_captioner("tiny", WIDTH, **kwargs)
+    return build_captioner(CaptionerConfig(llm="tiny", **kwargs), WIDTH)
 
 
 def _train(captioner: Captioner, queries: torch.Tensor, captions: list[str], steps: int,
@@ -131,7 +132,7 @@ def test_save_and_load_adapter_round_trip(trained, tmp_path):
     fresh.load_adapter(tmp_path / "adapter")
     assert fresh.generate(queries, "short") == captioner.generate(queries, "short")
     with pytest.raises(UserError, match="different captioner"):
-        build_captioner("tiny", WIDTH + 1).load_adapter(tmp_path / "adapter")
+        build_captioner(CaptionerConfig(llm="tiny"), WIDTH + 1).load_adapter(tmp_path / "adapter")
     with pytest.raises(UserError, match="save_adapter"):
         fresh.load_adapter(tmp_path / "nothing")
 
@@ -176,14 +177,14 @@ def test_generation_length_is_capped():
 
 def test_bad_lora_targets_and_missing_weights_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="lora_target_modules"):
-        build_captioner("tiny", WIDTH, lora_target_modules=("no_such_proj",))
+        build_captioner(CaptionerConfig(llm="tiny", lora_target_modules=("no_such_proj",)), WIDTH)
     with pytest.raises(UserError, match="could not load"):
-        build_captioner(str(tmp_path), WIDTH)  # an empty directory
+        build_captioner(CaptionerConfig(llm=str(tmp_path)), WIDTH)  # an empty directory
 
 
 def test_small_preset_uses_minilm_tokens_and_embeddings():
     torch.manual_seed(0)
-    captioner = build_captioner("small", WIDTH, lora_r=0, llm_layers=1)
+    captioner = build_captioner(CaptionerConfig(llm="small", lora_r=0, llm_layers=1), WIDTH)
     tok = captioner.tokenizer
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("[CLS]", "[SEP]", "[PAD]")
     config = captioner.llm.config
@@ -228,8 +229,8 @@ def _save_tiny_llama(directory: Path) -> None:
 def test_tiny_llama_checkpoint_goes_through_the_paper_code_path(tmp_path):
     _save_tiny_llama(tmp_path / "llm")
     torch.manual_seed(0)
-    captioner = build_captioner(str(tmp_path / "llm"), WIDTH, lora_r=4, lora_alpha=8,
-                                lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+    captioner = build_captioner(CaptionerConfig(llm=str(tmp_path / "llm"), lora_r=4, lora_alpha=8,
+                                lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj")), WIDTH)
     assert captioner.has_lora and captioner.tokenizer.pad_token == "<unk>"
     lora_before = {n: p.clone() for n, p in captioner.named_parameters() if "lora_B" in n}
     queries = torch.randn(2, 4, WIDTH)
@@ -240,13 +241,13 @@ def test_tiny_llama_checkpoint_goes_through_the_paper_code_path(tmp_path):
     captions = captioner.generate(queries, "professional", max_new_tokens=8)
     assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
     torch.manual_seed(1)  # a different random LoRA/adapter init, replaced by the saved one
-    reloaded = build_captioner(str(tmp_path / "llm"), WIDTH, lora_r=4, lora_alpha=8,
-                               lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+    reloaded = build_captioner(CaptionerConfig(llm=str(tmp_path / "llm"), lora_r=4, lora_alpha=8,
+                               lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj")), WIDTH)
     reloaded.load_adapter(tmp_path / "adapter")
     assert reloaded.generate(queries, "professional", max_new_tokens=8) == captions
 
 
 def test_small_preset_decodes_hyphenated_words_as_written():
-    captioner = build_captioner("small", WIDTH, lora_r=0, llm_layers=1)
+    captioner = build_captioner(CaptionerConfig(llm="small", lora_r=0, llm_layers=1), WIDTH)
     ids = captioner.tokenizer("red short-sleeve t-shirt, the cloth's collar", add_special_tokens=False)["input_ids"]
     assert captioner._decode(ids) == "red short-sleeve t-shirt, the cloth's collar"

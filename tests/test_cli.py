@@ -1,4 +1,4 @@
-"""The CLI contract: eight commands, fast help without torch, one-line user errors with exit 2."""
+"""The CLI contract: the commands, fast help without torch, one-line user errors with exit 2, sub-apps."""
 
 import os
 import subprocess
@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("prepare", "train", "index", "search", "caption", "generate", "bench", "demo")
+COMMANDS = ("prepare", "train", "index", "search", "caption", "generate", "bench", "demo", "recipes")
+BENCH_SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "ablation", "speed", "paper-speed")
 runner = CliRunner()
 
 
@@ -23,7 +24,7 @@ def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def test_help_lists_the_eight_commands_quickly_and_without_torch():
+def test_help_lists_the_commands_quickly_and_without_torch():
     code = (
         "import sys, time; t = time.perf_counter(); from unifashion_cli.main import app; "
         "from typer.testing import CliRunner; r = CliRunner().invoke(app, ['--help']); "
@@ -55,7 +56,7 @@ def test_phase_option_may_come_before_the_recipe():
     (["train", "recipes/tiny.yaml", "train.lr"], "key=value"),
     (["train", "recipes/tiny.yaml", "--phase", "3"], ""),
     (["prepare", "nosuch", "--out", "x", "--root", "."], "unknown dataset"),
-    (["bench", "nosuch"], "unknown bench subject"),
+    (["bench", "nosuch"], "No such command"),
     (["search"], "give --text, --image"),
     (["search", "--text", "  "], "empty"),
     (["generate", "--out", "x.png", "--text", "red", "--steps", "0"], "--steps"),
@@ -102,3 +103,26 @@ def test_help_is_fast_end_to_end():
     result = _run("--help")
     assert result.returncode == 0
     assert time.perf_counter() - started < 5.0  # includes interpreter start-up
+
+
+def test_bench_lists_its_subjects_each_with_only_its_own_options():
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for subject in BENCH_SUBJECTS:
+        assert subject in result.output
+    options = {subject: runner.invoke(app, ["bench", subject, "--help"]).output for subject in BENCH_SUBJECTS}
+    assert "--protocol" in options["retrieval"] and "--protocol" not in options["cir"]
+    assert "--caption-weight" in options["cir"] and "--caption-weight" not in options["retrieval"]
+    assert "--clip" in options["clip-score"] and "--clip" not in options["fid"]
+    assert "--spice" in options["caption"] and "--spice" not in options["speed"]
+
+
+def test_recipes_list_and_show_the_packaged_recipes():
+    listed = runner.invoke(app, ["recipes", "list"])
+    assert listed.exit_code == 0
+    for name in ("demo", "tiny", "fashioniq", "fashion-product"):
+        assert name in listed.output
+    shown = runner.invoke(app, ["recipes", "show", "demo"])
+    assert shown.exit_code == 0 and "preset: small" in shown.output
+    missing = runner.invoke(app, ["recipes", "show", "nope"])
+    assert missing.exit_code == 2 and "packaged recipe" in missing.output

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation import generation_metrics
-from unifashion_core.evaluation.generation_metrics import (
+from unifashion_core.metrics import generation as generation_metrics
+from unifashion_core.metrics.generation import (
     INCEPTION_NAME,
     clip_score,
     fid_kid,

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
+from unifashion_core.config import GeneratorConfig
 from unifashion_core.errors import UserError
 from unifashion_core.models.generator import SAMPLERS, Generator, build_generator
 
@@ -13,8 +14,12 @@ QUERY_WIDTH, NUM_QUERIES, SIZE = 8, 4, 16
 
 
 
-def _tiny(**kwargs: bool) -> Generator:
-    return build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, **kwargs)
+def _build(**kwargs: object) -> Generator:
+    return build_generator(GeneratorConfig(**kwargs), QUERY_WIDTH, NUM_QUERIES)
+
+
+def _tiny(**kwargs: object) -> Generator:
+    return _build(preset="tiny", resolution=SIZE, **kwargs)
 
 
 def _queries(batch: int = 2) -> torch.Tensor:
@@ -59,7 +64,7 @@ def test_pooled_conditioning_feeds_the_mean_context_to_the_timestep_embedding() 
     generator.sample(queries, 2, guidance_scale=2.0)
     assert torch.allclose(seen[-1][:2], generator.null_context.mean(dim=1).expand(2, -1))  # the unconditional half
     with pytest.raises(UserError, match="pooled_conditioning"):
-        build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet="some/model", pooled_conditioning=True)
+        _build(preset="paper", unet="some/model", pooled_conditioning=True)
 
 
 def test_query_statistics_standardise_each_source() -> None:
@@ -201,20 +206,20 @@ def test_mask_refused_without_inpainting() -> None:
 
 
 def test_build_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="unknown generator preset"):
-        build_generator("huge", QUERY_WIDTH, NUM_QUERIES)
+    with pytest.raises(UserError, match="model.generator.preset is 'huge'"):
+        _build(preset="huge")
     with pytest.raises(UserError, match="paper preset only"):
-        build_generator("small", QUERY_WIDTH, NUM_QUERIES, unet="some/model")
+        _build(preset="small", unet="some/model")
     with pytest.raises(UserError, match="needs `unet`"):
-        build_generator("paper", QUERY_WIDTH, NUM_QUERIES)
+        _build(preset="paper")
     with pytest.raises(UserError, match="could not load weights"):
-        build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet=str(tmp_path))
+        _build(preset="paper", unet=str(tmp_path))
     with pytest.raises(UserError, match="multiple of"):
-        build_generator("small", QUERY_WIDTH, NUM_QUERIES, resolution=30)
+        _build(preset="small", resolution=30)
 
 
 def test_small_preset_layout() -> None:
-    generator = build_generator("small", 384, 32, inpainting=True, use_sketch=True)
+    generator = build_generator(GeneratorConfig(preset="small", inpainting=True, use_sketch=True), 384, 32)
     assert generator.vae is None and generator.default_size == (64, 64)
     assert generator.unet.config.in_channels == 3 + 3 + 1 + 1
     assert generator.null_context.shape == (1, 32, 256)
@@ -247,7 +252,7 @@ def sd_pipeline_dir(tmp_path: Path) -> Path:
 
 
 def test_paper_preset_loads_pipeline_and_inpaints(sd_pipeline_dir: Path) -> None:
-    generator = build_generator("paper", QUERY_WIDTH, NUM_QUERIES, unet=str(sd_pipeline_dir))
+    generator = _build(preset="paper", unet=str(sd_pipeline_dir))
     assert generator.inpainting and generator.vae is not None and generator.vae_scale_factor == 2
     assert generator.default_size == (16, 16)
     image = _images(1)
@@ -260,14 +265,8 @@ def test_paper_preset_loads_pipeline_and_inpaints(sd_pipeline_dir: Path) -> None
 
 
 def test_paper_preset_loads_model_dirs_and_adds_sketch_channel(sd_pipeline_dir: Path) -> None:
-    generator = build_generator(
-        "paper",
-        QUERY_WIDTH,
-        NUM_QUERIES,
-        unet=str(sd_pipeline_dir / "unet"),
-        vae=str(sd_pipeline_dir / "vae"),
-        use_sketch=True,
-    )
+    generator = _build(preset="paper", unet=str(sd_pipeline_dir / "unet"), vae=str(sd_pipeline_dir / "vae"),
+                       use_sketch=True)
     weight = generator.unet.conv_in.weight  # (out, 10, 3, 3): the sketch channel starts at zero
     assert weight.shape[1] == 10 and generator.unet.config.in_channels == 10
     assert torch.count_nonzero(weight[:, 9]) == 0
@@ -276,7 +275,7 @@ def test_paper_preset_loads_model_dirs_and_adds_sketch_channel(sd_pipeline_dir: 
 
 
 def test_v_prediction_loss_targets_the_velocity():
-    generator = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="v_prediction")
+    generator = _tiny(prediction_type="v_prediction")
     pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     queries = _queries()
     loss = generator.loss(queries, pixels, drop_prob=0.0, generator=torch.Generator().manual_seed(3))
@@ -288,12 +287,12 @@ def test_v_prediction_loss_targets_the_velocity():
     velocity = generator.noise_scheduler.get_velocity(pixels, noise, timesteps)
     assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(prediction, velocity).item(), rel=1e-5)
     assert generator._sampler("dpm++").config.prediction_type == "v_prediction"
-    with pytest.raises(UserError, match="prediction type"):
-        build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="x0")
+    with pytest.raises(UserError, match="prediction_type is 'x0'"):
+        _tiny(prediction_type="x0")
 
 
 def test_sample_prediction_targets_the_image_and_every_sampler_follows_it(monkeypatch):
-    generator = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE, prediction_type="sample")
+    generator = _tiny(prediction_type="sample")
     pixels = torch.rand(2, 3, SIZE, SIZE) * 2 - 1
     queries = _queries()
     loss = generator.loss(queries, pixels, drop_prob=0.0, generator=torch.Generator().manual_seed(3))
@@ -314,7 +313,7 @@ def test_sample_prediction_targets_the_image_and_every_sampler_follows_it(monkey
     monkeypatch.setattr(generator, "unet", Constant())
     monkeypatch.setattr(Constant, "device", torch.device("cpu"), raising=False)
     monkeypatch.setattr(Constant, "dtype", torch.float32, raising=False)
-    unet_config = build_generator("tiny", QUERY_WIDTH, NUM_QUERIES, resolution=SIZE).unet.config
+    unet_config = _tiny().unet.config
     monkeypatch.setattr(Constant, "config", unet_config, raising=False)
     assert generator._sampler("plms").config.prediction_type == "epsilon"
     for sampler, steps in (("dpm++", 10), ("plms", 20), ("ddim", 10)):

@@ -10,19 +10,20 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from unifashion_cli import workspace
 from unifashion_cli.main import app
+from unifashion_core.checkpoint import read_meta
 from unifashion_core.config import load_recipe
-from unifashion_core.data.images import load_user_image
+from unifashion_core.data.images import load_user_image, pixel_values
 from unifashion_core.data.manifest import Triplet, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.models.vision import preprocess
 from unifashion_core.retrieval.build import build_index
-from unifashion_core.retrieval.embed import embed_composed, embed_pixels
 from unifashion_core.retrieval.index import RetrievalIndex
 from unifashion_core.retrieval.search import load_searcher, search
 from unifashion_core.train import phase2
-from unifashion_core.train.checkpoint import read_meta
-from unifashion_core.train.run import pixel_values, run_training
+from unifashion_core.train.phase2 import run_phase2
+from unifashion_core.train.setup import TrainResult
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -37,12 +38,9 @@ def workdir(tiny_phase1: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def phase2_run(workdir: Path) -> dict:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
-        recipe = load_recipe(TINY, [*PHASE2, "train.eval_every=1"])
-        return run_training(recipe, phase=2, data=workdir / "data", init_checkpoint=workdir / "phase1",
-                            out=workdir / "phase2")
+def phase2_run(workdir: Path) -> TrainResult:
+    recipe = load_recipe(TINY, [*PHASE2, "train.eval_every=1"])
+    return run_phase2(recipe, workdir / "phase1", workdir / "data", workdir / "phase2")
 
 
 def setup(workdir: Path, overrides: list[str]) -> phase2.Phase2Setup:
@@ -54,16 +52,31 @@ def setup(workdir: Path, overrides: list[str]) -> phase2.Phase2Setup:
     return result
 
 
-def test_phase2_without_a_checkpoint_names_the_option(workdir, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
+def test_phase2_without_a_phase1_checkpoint_names_the_options(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "empty-ws"))
     recipe = load_recipe(TINY, PHASE2)
-    with pytest.raises(UserError, match="--checkpoint"):
-        run_training(recipe, phase=2, data=workdir / "data", out=tmp_path / "a")
     with pytest.raises(UserError, match="does not exist"):
-        run_training(recipe, phase=2, data=workdir / "data", init_checkpoint=tmp_path / "nowhere", out=tmp_path / "b")
-    result = runner.invoke(app, ["train", str(TINY), "--phase", "2", "--data", str(workdir / "data")])
-    assert result.exit_code == 2 and "--checkpoint" in result.output
+        run_phase2(recipe, tmp_path / "nowhere", workdir / "data", tmp_path / "b")
+    result = runner.invoke(app, ["train", str(TINY), "--phase", "2", "--data", str(workdir / "data"),
+                                 "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--checkpoint" in result.output and "init_checkpoint" in result.output
     assert not (tmp_path / "a").exists()
+
+
+def test_phase2_starts_from_the_recipe_or_the_workspace_phase1_run(workdir, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    phase1 = (workdir / "phase1" / "checkpoint").absolute()
+    workspace.remember("phase1", phase1)  # what `unifashion train --phase 1` leaves behind
+    args = ["train", "tiny", "--phase", "2", *PHASE2, "--data", str(workdir / "data"), "-q"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "from-workspace")])
+    assert result.exit_code == 0, result.output
+    assert read_meta(tmp_path / "from-workspace")["init_checkpoint"] == str(phase1)
+    assert workspace.latest("checkpoint") == tmp_path / "from-workspace" / "checkpoint"
+    assert workspace.latest("phase1") == phase1  # a phase-2 run is not a starting point for phase 2
+    result = runner.invoke(app, [*args, f"train.init_checkpoint={workdir / 'phase1'}",
+                                 "--out", str(tmp_path / "from-recipe")])
+    assert result.exit_code == 0, result.output
+    assert read_meta(tmp_path / "from-recipe")["init_checkpoint"] == str(phase1)
 
 
 def test_training_texts_vary_fashioniq_paraphrases_and_keep_other_texts_whole():
@@ -95,7 +108,7 @@ def test_loss_is_the_weighted_sum_of_hand_computed_terms(workdir):
         cir = two_way((z_target @ fused.embeds.T).amax(dim=1)) + two_way(z_caption @ fused.embeds.T)
         itg = model.captioner.loss(fused.query_output, train.captions[:6], "short")
         dataset = load_dataset(workdir / "data")
-        pixels = pixel_values(dataset, [train.items[r] for r in train.targets[batch].tolist()], 32)
+        pixels = pixel_values([dataset.image_path(train.items[r]) for r in train.targets[batch].tolist()], 32)
         same_draws = torch.Generator().manual_seed(0)  # the loss drew only q2I's noise from its generator
         q2i = model.generator.loss(fused.query_output, pixels, drop_prob=0.1, generator=same_draws,
                                    source="multimodal")
@@ -122,9 +135,8 @@ def test_zero_weights_switch_terms_off_and_only_the_qformer_gets_gradients(workd
         setup(workdir, ["loss.cir_weight=0", "loss.itg_weight=0", "loss.q2i_weight=0"])
 
 
-def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
-    checkpoint, init = Path(phase2_run["checkpoint"]), workdir / "phase1" / "checkpoint"
+def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, tmp_path):
+    checkpoint, init = phase2_run.checkpoint, workdir / "phase1" / "checkpoint"
     meta, init_meta = read_meta(checkpoint), read_meta(init)
     assert meta["phase"] == 2 and meta["stages_done"] == ["phase2"]
     assert meta["heads"] == init_meta["heads"] == ["caption", "generate"]
@@ -140,16 +152,15 @@ def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, t
     assert [r["step"] for r in records if "loss" in r] == [1, 2]
     assert all(0 <= r["val_cir_R@10"] <= r["val_cir_R@50"] <= 1 for r in records if "val_cir_R@10" in r)
     recipe = load_recipe(TINY, [*PHASE2, "train.eval_every=1"])
-    resumed = run_training(recipe, phase=2, data=workdir / "data", init_checkpoint=workdir / "phase1",
-                           out=workdir / "phase2", resume=True)
-    assert resumed["metrics"] == phase2_run["metrics"]  # finished: nothing retrained
+    resumed = run_phase2(recipe, workdir / "phase1", workdir / "data", workdir / "phase2", resume=True)
+    assert resumed.metrics == phase2_run.metrics  # finished: nothing retrained
     with pytest.raises(UserError, match="phase-1"):
-        run_training(recipe, phase=2, data=workdir / "data", init_checkpoint=checkpoint, out=tmp_path / "x")
+        run_phase2(recipe, checkpoint, workdir / "data", tmp_path / "x")
 
 
 def test_captioned_index_and_composed_search(workdir, phase2_run, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(workdir / "ws"))
-    result = runner.invoke(app, ["index", "--checkpoint", phase2_run["checkpoint"], "--data", str(workdir / "data"),
+    result = runner.invoke(app, ["index", "--checkpoint", str(phase2_run.checkpoint), "--data", str(workdir / "data"),
                                  "--captions", "--out", str(tmp_path / "index"), "-q"])
     assert result.exit_code == 0, result.output
     index = RetrievalIndex.load(tmp_path / "index")
@@ -161,8 +172,8 @@ def test_captioned_index_and_composed_search(workdir, phase2_run, tmp_path, monk
     model, index = load_searcher(tmp_path / "index", None)
     with_captions = search(model, index, triplet.text, image, k=index.num_items, caption_weight=0.5)
     without = {r.id: r.score for r in search(model, index, triplet.text, image, k=index.num_items, use_captions=False)}
-    tokens, _ = embed_pixels(model, preprocess([load_user_image(image)], model.vision))
-    fused = embed_composed(model, tokens, [triplet.text])[0]  # (D,)
+    tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision))
+    fused = model.embed_composed(tokens, [triplet.text])[0].numpy()  # (D,)
     rows = {item_id: row for row, item_id in enumerate(index.ids)}
     for r in with_captions:  # score = image term + w <e, c>, exactly the index's caption vectors
         caption_term = 0.5 * float(index.caption_vectors[rows[r.id]].astype("float32") @ fused)
@@ -176,7 +187,7 @@ def test_captioned_index_and_composed_search(workdir, phase2_run, tmp_path, monk
 
 def test_captions_need_a_caption_head(workdir, phase2_run, tmp_path):
     headless = tmp_path / "headless"
-    shutil.copytree(phase2_run["checkpoint"], headless)
+    shutil.copytree(phase2_run.checkpoint, headless)
     meta = json.loads((headless / "meta.json").read_text())
     (headless / "meta.json").write_text(json.dumps({**meta, "heads": []}))
     with pytest.raises(UserError, match="caption head"):

@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from unifashion_cli.main import app
+from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.config import load_recipe
 from unifashion_core.data.demo import prepare_demo
 from unifashion_core.progress import NullProgress
-from unifashion_core.train.checkpoint import load_checkpoint
-from unifashion_core.train.run import run_training
+from unifashion_core.train.phase1 import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -56,7 +56,7 @@ def test_training_writes_a_complete_checkpoint_and_counts_the_bad_image(workspac
     weights = load_file(str(checkpoint / "model.safetensors"))
     assert not torch.equal(weights["generator.query_std"], torch.ones_like(weights["generator.query_std"]))
     state = torch.load(checkpoint / "training_state.pt", weights_only=True)
-    model, _ = load_checkpoint(workspace / "run", heads=("generate",))  # a run directory is accepted too
+    model = load_checkpoint(workspace / "run", heads=("generate",)).model  # a run directory is accepted too
     trained = [p for p in model.generator.parameters() if p.requires_grad]
     assert len(trained) == len(state["ema"]["shadow_params"]) == len(state["ema_raw_params"])
     assert all(torch.equal(p, s) for p, s in zip(trained, state["ema"]["shadow_params"], strict=True))

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval
 
+from unifashion_core.config import QFormerConfig, VisionConfig
 from unifashion_core.errors import UserError
 from unifashion_core.models.qformer import QFormer, build_qformer, tokenize
 from unifashion_core.models.vision import build_vision_encoder
@@ -16,17 +17,9 @@ VISION_WIDTH = 24
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    model, tokenizer = build_qformer(
-        "random",
-        vision_width=VISION_WIDTH,
-        num_query_tokens=4,
-        num_hidden_layers=2,
-        embed_dim=16,
-        hidden_size=32,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_text_length=16,
-    )
+    config = QFormerConfig(init="random", num_query_tokens=4, num_hidden_layers=2, embed_dim=16, hidden_size=32,
+                           num_attention_heads=4, intermediate_size=64)
+    model, tokenizer = build_qformer(config, vision_width=VISION_WIDTH, max_text_length=16)
     return model.eval(), tokenizer
 
 
@@ -145,11 +138,11 @@ def test_tokenize_truncates_to_max_length(tiny) -> None:
 
 def test_unknown_init_lists_valid_names() -> None:
     with pytest.raises(UserError, match="random, minilm, blip2"):
-        build_qformer("bert", vision_width=8)
+        QFormerConfig(init="bert")
 
 
 def test_minilm_init_reproduces_minilm_text_hidden_states() -> None:
-    model, tokenizer = build_qformer("minilm", vision_width=VISION_WIDTH, num_query_tokens=8)
+    model, tokenizer = build_qformer(QFormerConfig(init="minilm", num_query_tokens=8), VISION_WIDTH)
     bert = AutoModel.from_pretrained(str(resolve_weights(MINILM))).eval()
     input_ids, attention_mask = _inputs(tokenizer, max_length=64)
     with torch.no_grad():
@@ -168,13 +161,13 @@ def test_minilm_init_reproduces_minilm_text_hidden_states() -> None:
 
 def test_minilm_init_has_at_most_six_layers() -> None:
     with pytest.raises(UserError, match="1 to 6 layers"):
-        build_qformer("minilm", vision_width=VISION_WIDTH, num_hidden_layers=7)
+        build_qformer(QFormerConfig(init="minilm", num_hidden_layers=7), VISION_WIDTH)
 
 
 def test_blip2_init_matches_transformers(blip2_dir) -> None:
     path, reference = blip2_dir
-    encoder = build_vision_encoder("blip2", str(path), image_size=30)
-    model, tokenizer = build_qformer("blip2", str(path), vision_width=encoder.num_channels)
+    encoder = build_vision_encoder(VisionConfig(name="blip2", weights=str(path), image_size=30))
+    model, tokenizer = build_qformer(QFormerConfig(init="blip2", weights=str(path)), encoder.num_channels)
     model.eval()
     input_ids, attention_mask = _inputs(tokenizer)
     pixel_values = torch.randn(2, 3, 30, 30)
@@ -204,21 +197,21 @@ def test_blip2_init_reads_sharded_checkpoints(blip2_dir, tmp_path) -> None:
     reference.save_pretrained(tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").is_file()
     AutoTokenizer.from_pretrained(str(path)).save_pretrained(tmp_path)
-    model, _ = build_qformer("blip2", str(path))
-    sharded, _ = build_qformer("blip2", str(tmp_path))
+    model, _ = build_qformer(QFormerConfig(init="blip2", weights=str(path)))
+    sharded, _ = build_qformer(QFormerConfig(init="blip2", weights=str(tmp_path)))
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(sharded.state_dict()[name], tensor, atol=0, rtol=0)
 
 
 def test_blip2_init_refuses_other_models() -> None:
     with pytest.raises(UserError, match="'bert' model, not a BLIP-2 one"):
-        build_qformer("blip2", MINILM)
+        build_qformer(QFormerConfig(init="blip2", weights=MINILM))
 
 
 def test_blip2_init_checks_the_vision_width(blip2_dir) -> None:
     path, _ = blip2_dir
     with pytest.raises(UserError, match="32-wide image tokens"):
-        build_qformer("blip2", str(path), vision_width=1280)
+        build_qformer(QFormerConfig(init="blip2", weights=str(path)), vision_width=1280)
 
 
 def test_blip2_init_needs_the_qformer_text_input(tmp_path) -> None:
@@ -242,12 +235,13 @@ def test_blip2_init_needs_the_qformer_text_input(tmp_path) -> None:
     )
     config.save_pretrained(tmp_path)
     with pytest.raises(UserError, match="use_qformer_text_input"):
-        build_qformer("blip2", str(tmp_path))
+        build_qformer(QFormerConfig(init="blip2", weights=str(tmp_path)))
 
 
 def test_mean_text_pooling_projects_the_masked_mean_of_token_states():
-    model, tokenizer = build_qformer("random", vision_width=16, num_query_tokens=4, hidden_size=32,
-                                     num_attention_heads=4, intermediate_size=64, embed_dim=8, text_pooling="mean")
+    config = QFormerConfig(init="random", num_query_tokens=4, num_hidden_layers=2, hidden_size=32,
+                           num_attention_heads=4, intermediate_size=64, embed_dim=8, text_pooling="mean")
+    model, tokenizer = build_qformer(config, vision_width=16)
     ids, mask = tokenize(tokenizer, ["a red shirt", "a long blue dress with dots"], 16)
     out = model.encode_text(ids, mask)
     expected = torch.stack([out.last_hidden_state[i, : int(mask[i].sum())].mean(0) for i in range(2)])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from unifashion_core.config import VisionConfig
 from unifashion_core.errors import UserError
 from unifashion_core.models import weights
 from unifashion_core.models.vision import (
@@ -28,14 +29,14 @@ def _pattern_image(seed: int, size: tuple[int, int] = (60, 80)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def lite0() -> EfficientNetLite0:
-    return build_vision_encoder("efficientnet_lite0", image_size=224)
+    return build_vision_encoder(VisionConfig(name="efficientnet_lite0", image_size=224))
 
 
 def test_tiny_encoder_shape_and_seeded_init() -> None:
     torch.manual_seed(3)
-    first = build_vision_encoder("tiny", image_size=64)
+    first = build_vision_encoder(VisionConfig(name="tiny", image_size=64))
     torch.manual_seed(3)
-    second = build_vision_encoder("tiny", image_size=64)
+    second = build_vision_encoder(VisionConfig(name="tiny", image_size=64))
     pixels = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         tokens = first(pixels)
@@ -47,11 +48,11 @@ def test_tiny_encoder_shape_and_seeded_init() -> None:
 
 def test_unknown_encoder_lists_valid_names() -> None:
     with pytest.raises(UserError, match="tiny, efficientnet_lite0, blip2"):
-        build_vision_encoder("resnet50")
+        VisionConfig(name="resnet50")
 
 
 def test_preprocess_pads_resizes_and_normalises() -> None:
-    encoder = build_vision_encoder("tiny", image_size=32)
+    encoder = build_vision_encoder(VisionConfig(name="tiny", image_size=32))
     encoder.mean, encoder.std = CLIP_MEAN, CLIP_STD
     white = Image.new("RGB", (40, 100), (255, 255, 255))  # aspect 2.5: padded with white
     grey = Image.new("L", (50, 50), 0)  # greyscale is converted to RGB
@@ -95,14 +96,14 @@ def test_efficientnet_handles_odd_sizes(lite0: EfficientNetLite0) -> None:
 def test_efficientnet_refuses_a_file_with_the_wrong_digest(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(weights.PINNED_SHA256, LITE0_FILE, "0" * 64)
     with pytest.raises(UserError, match="pinned SHA-256"):
-        build_vision_encoder("efficientnet_lite0")
+        build_vision_encoder(VisionConfig(name="efficientnet_lite0"))
 
 
 def test_efficientnet_refuses_a_file_that_is_not_its_state_dict(tmp_path) -> None:
     bogus = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, bogus)
     with pytest.raises(UserError, match="not an EfficientNet-Lite0 state dict"):
-        build_vision_encoder("efficientnet_lite0", weights=str(bogus))
+        build_vision_encoder(VisionConfig(name="efficientnet_lite0", weights=str(bogus)))
 
 
 def test_efficientnet_recognises_real_garments(lite0: EfficientNetLite0, shared_data) -> None:
@@ -124,9 +125,9 @@ def test_efficientnet_recognises_real_garments(lite0: EfficientNetLite0, shared_
 
 def test_blip2_encoder_needs_weights() -> None:
     with pytest.raises(UserError, match="needs weights"):
-        build_vision_encoder("blip2")
+        build_vision_encoder(VisionConfig(name="blip2"))
 
 
 def test_blip2_encoder_offline_hub_id_is_a_clear_error() -> None:
     with pytest.raises(UserError, match="could not load weights"):
-        build_vision_encoder("blip2", "nobody-here/not-a-model")
+        build_vision_encoder(VisionConfig(name="blip2", weights="nobody-here/not-a-model"))

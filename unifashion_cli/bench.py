@@ -1,57 +1,208 @@
-"""`unifashion bench SUBJECT`: measured reports (JSON + Markdown) with their provenance."""
+"""`unifashion bench SUBJECT`: measured reports (JSON + Markdown) with their provenance.
 
+One subcommand per subject, each with only its own options, each calling its own core function.
+"""
+
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from unifashion_cli.console import RichProgress, handle_errors, out, print_json
 
-SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "ablation", "speed")
+app = typer.Typer(
+    name="bench", help="Benchmark a checkpoint; each subject writes report.json and report.md.",
+    no_args_is_help=True,
+)
+
+CHECKPOINT = typer.Option(None, "--checkpoint", help="Checkpoint or run directory (default: workspace latest).")
+DATA = typer.Option(None, "--data", help="Prepared dataset (default: workspace latest).")
+SPLIT = typer.Option("test", "--split", help="Evaluation split.")
+SEED = typer.Option(0, "--seed", help="Seed of sampled protocols and of generation.")
+OUT = typer.Option(None, "--out", help="Report directory (default: workspace/bench/SUBJECT).")
+JSON = typer.Option(False, "--json", help="Print the report as JSON.")
+QUIET = typer.Option(False, "-q", "--quiet", help="No progress output.")
+MAX_ITEMS = typer.Option(0, "--max-items", help="Evaluate at most this many items (0 = all).")
+STEPS = typer.Option(20, "--steps", help="Sampling steps.")
+SAMPLER = typer.Option("dpm++", "--sampler", help="dpm++, plms or ddim.")
+GUIDANCE = typer.Option(None, "--guidance", help="Classifier-free guidance (default: the recipe's).")
+EXCLUDE_REFERENCE = typer.Option(False, "--exclude-reference",
+                                 help="Remove each query's reference image from its gallery.")
+NO_CAPTIONS = typer.Option(False, "--no-captions", help="Score without gallery captions only.")
+CAPTION_WEIGHT = typer.Option(1.0, "--caption-weight", help="Weight w of the gallery-caption term.")
 
 
-@handle_errors
-def bench(
-    subject: str = typer.Argument(..., help=f"What to measure: {', '.join(SUBJECTS)}."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: workspace latest)."),
-    data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: workspace latest)."),
-    split: str = typer.Option("test", "--split", help="Evaluation split."),
-    protocol: str = typer.Option("full", "--protocol", help="retrieval: full or random100."),
-    seed: int = typer.Option(0, "--seed", help="Seed for sampled protocols and generation."),
-    max_items: int = typer.Option(0, "--max-items", help="Evaluate at most this many items (0 = all)."),
-    clip: str = typer.Option("", "--clip", help="clip-score: CLIP model directory or hub id."),
-    spice: bool = typer.Option(False, "--spice", help="caption: also SPICE (needs Stanford CoreNLP jars)."),
-    steps: int = typer.Option(20, "--steps", help="fid/kid/clip-score: sampling steps."),
-    sampler: str = typer.Option("dpm++", "--sampler", help="fid/kid/clip-score: sampler."),
-    exclude_reference: bool = typer.Option(
-        False, "--exclude-reference", help="cir/ablation: remove each query's reference image from its gallery."),
-    no_captions: bool = typer.Option(False, "--no-captions", help="cir/ablation: score without gallery captions only."),
-    caption_weight: float = typer.Option(1.0, "--caption-weight", help="cir/ablation: weight w of the caption term."),
-    recipe: Path | None = typer.Option(None, "--recipe", help="ablation: phase-2 recipe (default: the checkpoint's)."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Report directory (default: workspace/bench/SUBJECT)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
-) -> None:
-    """Benchmark a checkpoint; writes report.json and report.md.
+def _run(subject: str, out_dir: Path | None, json_output: bool, quiet: bool,
+         bench: Callable[..., Any], **paths: Path | None) -> None:
+    """Resolve the workspace defaults, run ``bench(**paths, out=..., cache_dir=..., progress=...)``
+    and print its report."""
+    from unifashion_cli import workspace
 
-    `ablation` trains phase 2 three times from a phase-1 --checkpoint (Base, +LLM, +LLM+diffusion)
-    and compares them with `cir`, with and without gallery captions.
-    """
-    from unifashion_core import workspace
-    from unifashion_core.errors import UserError
-    from unifashion_core.evaluation.bench import run_bench
-
-    if subject not in SUBJECTS:
-        raise UserError(f"unknown bench subject {subject!r}; choose one of {', '.join(SUBJECTS)}.")
+    resolved = {name: workspace.resolve(name, value) for name, value in paths.items()}
     target = out_dir or workspace.default_output(f"bench/{subject}")
     with RichProgress(quiet) as progress:
-        report = run_bench(
-            subject, checkpoint=workspace.resolve("checkpoint", checkpoint), data=workspace.resolve("data", data),
-            out=target, split=split, protocol=protocol, seed=seed, max_items=max_items, clip=clip,
-            spice=spice, steps=steps, sampler=sampler, exclude_reference=exclude_reference,
-            use_captions=not no_captions, caption_weight=caption_weight, recipe=recipe, progress=progress,
-        )
+        report = bench(**resolved, out=target, progress=progress)
     if json_output:
-        print_json(report)
+        print_json(report.data)
     else:
-        out.print((target / "report.md").read_text(encoding="utf-8"))
-        out.print(f"report: {target / 'report.json'}")
+        out.print(report.markdown)
+        out.print(f"report: {report.out / 'report.json'}")
+
+
+def _cached(bench: Callable[..., Any]) -> Callable[..., Any]:
+    """``bench`` with the workspace's feature cache."""
+    from unifashion_cli import workspace
+
+    return lambda **kwargs: bench(**kwargs, cache_dir=workspace.cache_dir())
+
+
+@app.command()
+@handle_errors
+def retrieval(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT,
+    protocol: str = typer.Option("full", "--protocol", help="full (the whole split) or random100."),
+    seed: int = SEED, out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Recall@1/5/10 image->text and text->image, with a same-run ridge baseline."""
+    from unifashion_core.evaluation.bench_retrieval import bench_retrieval
+
+    bench = _cached(lambda **kw: bench_retrieval(**kw, split=split, protocol=protocol, seed=seed))
+    _run("retrieval", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def caption(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT,
+    max_items: int = MAX_ITEMS,
+    style: str | None = typer.Option(None, "--style", help="short, professional or detailed (default: recipe's)."),
+    spice: bool = typer.Option(False, "--spice", help="Also SPICE (needs Stanford CoreNLP jars)."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """BLEU-4, METEOR, ROUGE-L, CIDEr (pycocoevalcap), with a nearest-neighbour baseline."""
+    from unifashion_core.evaluation.bench_caption import bench_caption
+
+    bench = _cached(lambda **kw: bench_caption(**kw, split=split, max_items=max_items, spice=spice, style=style))
+    _run("caption", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+def _generation(subject: str, checkpoint: Path | None, data: Path | None, split: str, max_items: int, steps: int,
+                sampler: str, guidance: float | None, seed: int, clip: str, out_dir: Path | None,
+                json_output: bool, quiet: bool) -> None:
+    from unifashion_core.evaluation.bench_generation import bench_generation
+
+    def bench(**kw: Any) -> Any:
+        return bench_generation(subject, **kw, split=split, max_items=max_items, clip=clip, steps=steps,
+                                sampler=sampler, guidance=guidance, seed=seed)
+
+    _run(subject, out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def fid(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, max_items: int = MAX_ITEMS,
+    steps: int = STEPS, sampler: str = SAMPLER, guidance: float | None = GUIDANCE, seed: int = SEED,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """FID and KID of images generated from the split's captions (Inception-v3 features)."""
+    _generation("fid", checkpoint, data, split, max_items, steps, sampler, guidance, seed, "", out_dir,
+                json_output, quiet)
+
+
+@app.command()
+@handle_errors
+def kid(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, max_items: int = MAX_ITEMS,
+    steps: int = STEPS, sampler: str = SAMPLER, guidance: float | None = GUIDANCE, seed: int = SEED,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """KID (and FID) of images generated from the split's captions (Inception-v3 features)."""
+    _generation("kid", checkpoint, data, split, max_items, steps, sampler, guidance, seed, "", out_dir,
+                json_output, quiet)
+
+
+@app.command(name="clip-score")
+@handle_errors
+def clip_score(
+    clip: str = typer.Option(..., "--clip", help="CLIP model directory or hub id."),
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, max_items: int = MAX_ITEMS,
+    steps: int = STEPS, sampler: str = SAMPLER, guidance: float | None = GUIDANCE, seed: int = SEED,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """CLIP-S of images generated from the split's captions."""
+    _generation("clip-score", checkpoint, data, split, max_items, steps, sampler, guidance, seed, clip, out_dir,
+                json_output, quiet)
+
+
+@app.command()
+@handle_errors
+def cir(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
+    exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,
+    caption_weight: float = CAPTION_WEIGHT,
+    gallery: str = typer.Option("auto", "--gallery", help="split, category, or auto (category for Fashion-IQ)."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Composed retrieval: Recall@10/50 per category and averaged, with and without gallery captions."""
+    from unifashion_core.evaluation.bench_cir import bench_cir
+
+    bench = _cached(lambda **kw: bench_cir(**kw, split=split, seed=seed, exclude_reference=exclude_reference,
+                                           use_captions=not no_captions, caption_weight=caption_weight,
+                                           gallery=gallery))
+    _run("cir", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def ablation(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
+    recipe: str | None = typer.Option(None, "--recipe", help="Phase-2 recipe (default: the checkpoint's)."),
+    exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,
+    caption_weight: float = CAPTION_WEIGHT,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Phase 2 three times from one phase-1 --checkpoint (Base, +LLM, +LLM+diffusion), compared by cir."""
+    from unifashion_core.checkpoint import checkpoint_dir
+    from unifashion_core.config import load_recipe
+    from unifashion_core.evaluation.ablation import run_ablation
+
+    def bench(checkpoint: Path, **kw: Any) -> Any:
+        resolved = load_recipe(recipe or checkpoint_dir(checkpoint) / "config.yaml")
+        return run_ablation(resolved, checkpoint, **kw, split=split, seed=seed, exclude_reference=exclude_reference,
+                            use_captions=not no_captions, caption_weight=caption_weight)
+
+    _run("ablation", out_dir, json_output, quiet, _cached(bench), checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def speed(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
+    max_items: int = MAX_ITEMS, out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Embedding throughput, query latency, and 20-step DPM-Solver++ against 50-step PLMS."""
+    from unifashion_core.evaluation.bench_speed import bench_speed
+
+    bench = lambda **kw: bench_speed(**kw, split=split, seed=seed, max_items=max_items)  # noqa: E731
+    _run("speed", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command(name="paper-speed")
+@handle_errors
+def paper_speed(
+    recipe: str = typer.Option("vitonhd", "--recipe", help="A paper-preset recipe (file or packaged name)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe."),
+    only: str = typer.Option("retrieval,caption,generate,sampling", "--only",
+                             help="Which measurements, comma-separated."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Training-step batch (the paper's: 32)."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """The paper preset at its real sizes with random weights: training-step and sampling seconds (GPU)."""
+    from unifashion_core.evaluation.paper_speed import bench_paper_speed
+
+    def bench(**kw: Any) -> Any:
+        return bench_paper_speed(recipe, overrides or [], only=tuple(only.split(",")), batch_size=batch_size, **kw)
+
+    _run("paper-speed", out_dir, json_output, quiet, bench)

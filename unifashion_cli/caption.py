@@ -20,7 +20,7 @@ def caption(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Caption one image, or many (batched); many are written as JSON Lines with --out."""
-    from unifashion_core import workspace
+    from unifashion_cli import workspace
     from unifashion_core.fileio import write_jsonl
     from unifashion_core.inference import caption_images
 

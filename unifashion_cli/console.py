@@ -35,12 +35,6 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def not_built(what: str, issue: int) -> None:
-    """Say plainly that a command is not built yet (exit 2) instead of pretending."""
-    err.print(f"[bold red]error:[/] `unifashion {what}` is not built yet (tracked in issue #{issue}).")
-    raise typer.Exit(2)
-
-
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout, nothing else mixed in."""
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")

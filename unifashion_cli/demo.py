@@ -13,14 +13,19 @@ def demo(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Prepare, train, index, search, caption, generate and bench; writes demo/report.md."""
-    from unifashion_core import workspace
-    from unifashion_core.demo import run_demo
+    from unifashion_cli import workspace
+    from unifashion_core.walkthrough import run_demo
 
     with RichProgress(quiet) as progress:
-        report = run_demo(quick=quick, num_items=num_items, progress=progress)
+        result = run_demo(workspace.workspace_dir(), quick=quick, num_items=num_items, progress=progress)
+    workspace.remember("data", result.data)
+    workspace.remember("phase1", result.phase1)
+    workspace.remember("checkpoint", result.checkpoint)
+    workspace.remember("index", result.index)
+    workspace.remember("captioned_index", result.index)
     if json_output:
-        print_json(report)
+        print_json(result.report)
         return
-    for name, info in report["stages"].items():
+    for name, info in result.report["stages"].items():
         out.print(f"{name:>9}: {info['seconds']:.0f} s")
-    out.print(f"report: {workspace.workspace_dir() / 'demo' / 'report.md'}")
+    out.print(f"report: {result.report_path}")

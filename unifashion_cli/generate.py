@@ -31,7 +31,7 @@ def generate(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Generate images; PNGs carry the seed and settings in their metadata."""
-    from unifashion_core import workspace
+    from unifashion_cli import workspace
     from unifashion_core.inference import GenerationRequest, check_request, generate_images, save_png
 
     request = GenerationRequest(text, image, person, mask, sketch, steps, sampler, guidance, seed, num_images)

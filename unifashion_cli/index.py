@@ -20,7 +20,7 @@ def index(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Build an index of a split's images and texts; an interrupted build resumes when re-run."""
-    from unifashion_core import workspace
+    from unifashion_cli import workspace
     from unifashion_core.errors import UserError
     from unifashion_core.retrieval.build import build_index
 
@@ -38,8 +38,11 @@ def index(
     if captions:
         workspace.remember("captioned_index", target)
     if json_output:
-        print_json(summary)
+        print_json({"index": str(summary.index), "split": summary.split, "kind": summary.kind,
+                    "num_items": summary.num_items, "num_skipped": len(summary.skipped),
+                    "skipped": list(summary.skipped), "fingerprint": summary.fingerprint,
+                    "captions": summary.captions})
     else:
         with_captions = ", with gallery captions" if captions else ""
-        out.print(f"indexed {summary['num_items']} items of split {split!r} into {target}{with_captions} "
-                  f"({summary['num_skipped']} skipped, see skipped.json)")
+        out.print(f"indexed {summary.num_items} items of split {split!r} into {target}{with_captions} "
+                  f"({len(summary.skipped)} skipped, see skipped.json)")

@@ -4,7 +4,7 @@ import os
 
 import typer
 
-from unifashion_cli import bench, caption, demo, generate, index, prepare, search, train
+from unifashion_cli import bench, caption, demo, generate, index, prepare, recipes, search, train
 
 # Our own rich progress reports the work; the libraries' download/loading bars would only add noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -23,8 +23,9 @@ app.command(name="index")(index.index)
 app.command(name="search")(search.search)
 app.command(name="caption")(caption.caption)
 app.command(name="generate")(generate.generate)
-app.command(name="bench")(bench.bench)
+app.add_typer(bench.app, name="bench")
 app.command(name="demo")(demo.demo)
+app.add_typer(recipes.app, name="recipes")
 
 if __name__ == "__main__":
     app()

@@ -23,7 +23,7 @@ def prepare(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Prepare a dataset: manifest.jsonl, triplets.jsonl, report.json and images/ in --out."""
-    from unifashion_core import workspace
+    from unifashion_cli import workspace
     from unifashion_core.data.pipeline import run_prepare
     from unifashion_core.errors import UserError
     from unifashion_core.fileio import check_output_dir

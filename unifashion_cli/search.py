@@ -23,7 +23,7 @@ def search(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No warnings."),
 ) -> None:
     """Search the index; prints rank, id, score and caption of the top-k items."""
-    from unifashion_core import workspace
+    from unifashion_cli import workspace
     from unifashion_core.retrieval.search import (
         check_query,
         contact_sheet,

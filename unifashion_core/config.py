@@ -7,50 +7,85 @@ string); cross-field rules live in ``__post_init__``.
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from unifashion_core.errors import UserError
 
-PRESETS = ("tiny", "small", "paper")
-SCHEDULES = ("constant", "linear", "cosine", "onecycle")
-PHASE1_STAGES = ("retrieval", "caption", "generate")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+Preset = Literal["tiny", "small", "paper"]
+Schedule = Literal["constant", "linear", "cosine", "onecycle"]
+Phase1Stage = Literal["retrieval", "caption", "generate"]
+PHASE1_STAGES: tuple[Phase1Stage, ...] = typing.get_args(Phase1Stage)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise UserError(f"{name} is {value!r}; choose one of {', '.join(choices)}.")
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, name: str) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal`` field (or of the items of a ``tuple[Literal, ...]``)."""
+    hint = _hints(cls)[name]
+    if typing.get_origin(hint) is tuple:
+        hint = typing.get_args(hint)[0]
+    return typing.get_args(hint)
+
+
+def _check_literal(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{where} is {value!r}; choose one of {', '.join(map(str, allowed))}.")
+
+
+class _Section:
+    """Base of every recipe section: ``Literal`` fields are checked whoever builds the section.
+
+    ``_key`` is the section's dotted recipe key, used in error messages.
+    """
+
+    _key = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            hint = _hints(type(self))[f.name]
+            value = getattr(self, f.name)
+            where = f"{self._key}.{f.name}".lstrip(".")
+            if typing.get_origin(hint) is Literal:
+                _check_literal(where, value, typing.get_args(hint))
+            elif typing.get_origin(hint) is tuple and typing.get_origin(typing.get_args(hint)[0]) is Literal:
+                for entry in value:
+                    _check_literal(f"{where} entry", entry, typing.get_args(typing.get_args(hint)[0]))
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field rules of the section (none by default)."""
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
+    _key = "data"
     path: str = ""  # prepared dataset directory; "" = the workspace's latest `prepare`
-    caption_field: str = "caption"  # which text trains retrieval: caption | description
+    caption_field: Literal["caption", "description"] = "caption"  # which text trains retrieval
     max_text_length: int = 32  # tokens; longer texts are truncated
 
-    def __post_init__(self) -> None:
-        _check_choice("data.caption_field", self.caption_field, ("caption", "description"))
-
 
 @dataclass(frozen=True)
-class VisionConfig:
-    name: str = "tiny"  # tiny | efficientnet_lite0 | blip2
-    weights: str = ""  # path, hub id or package:NAME; "" = the packaged default
+class VisionConfig(_Section):
+    _key = "model.vision"
+    name: Literal["tiny", "efficientnet_lite0", "blip2"] = "tiny"
+    weights: str = ""  # path, hub id or package:NAME; "" = the packaged default; random = architecture only
     image_size: int = 224
 
-    def __post_init__(self) -> None:
-        _check_choice("model.vision.name", self.name, ("tiny", "efficientnet_lite0", "blip2"))
-
 
 @dataclass(frozen=True)
-class QFormerConfig:
-    init: str = "random"  # random | minilm | blip2
+class QFormerConfig(_Section):
+    _key = "model.qformer"
+    init: Literal["random", "minilm", "blip2"] = "random"
     weights: str = ""
     num_query_tokens: int = 32
     num_hidden_layers: int = 6
@@ -59,17 +94,16 @@ class QFormerConfig:
     hidden_size: int = 384
     num_attention_heads: int = 12
     intermediate_size: int = 1536
-    text_pooling: str = "cls"  # cls (BLIP-2) | mean (masked mean of token states; MiniLM's own pooling)
+    text_pooling: Literal["cls", "mean"] = "cls"  # cls (BLIP-2) | mean (masked mean of token states; MiniLM's)
 
-    def __post_init__(self) -> None:
-        _check_choice("model.qformer.init", self.init, ("random", "minilm", "blip2"))
-        _check_choice("model.qformer.text_pooling", self.text_pooling, ("cls", "mean"))
+    def check(self) -> None:
         if self.num_query_tokens < 1:
             raise UserError("model.qformer.num_query_tokens must be at least 1.")
 
 
 @dataclass(frozen=True)
-class CaptionerConfig:
+class CaptionerConfig(_Section):
+    _key = "model.captioner"
     llm: str = "tiny"  # tiny | small | a local directory or hub id (paper: Vicuna-7B)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -77,20 +111,21 @@ class CaptionerConfig:
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
     llm_hidden_size: int = 0  # built-from-config LMs only; 0 = the preset's default (tiny 64, small 384)
     llm_layers: int = 0  # built-from-config LMs only; 0 = the preset's default (tiny 2, small 4)
-    style: str = "short"  # short | professional | detailed (paper Table 7)
+    style: Literal["short", "professional", "detailed"] = "short"  # paper Table 7
     max_caption_length: int = 64
     max_new_tokens: int = 40
 
 
 @dataclass(frozen=True)
-class QueryMixConfig:
+class QueryMixConfig(_Section):
     """Phase 1b: relative weights of the query sources that condition the training examples."""
 
+    _key = "model.generator.query_mix"
     text: float = 0.5  # text-only queries (multimodal mode over a null image)
     image: float = 0.5  # image-mode queries
     multimodal: float = 0.0  # image + its caption, what phase 2 and `generate --image --text` feed
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         weights = (self.text, self.image, self.multimodal)
         if min(weights) < 0 or sum(weights) <= 0:
             raise UserError(f"model.generator.query_mix weights must be >= 0 with a positive sum, got {weights}.")
@@ -102,30 +137,28 @@ QUERY_SOURCES = tuple(f.name for f in dataclasses.fields(QueryMixConfig))
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
-    preset: str = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)
+class GeneratorConfig(_Section):
+    _key = "model.generator"
+    preset: Preset = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)
     unet: str = ""  # paper: a local directory or hub id
     vae: str = ""
     resolution: int = 64
     inpainting: bool = False
     use_sketch: bool = False
-    prediction_type: str = "epsilon"  # epsilon (the paper's q2I) | v_prediction | sample (x0; fastest from scratch)
+    # epsilon (the paper's q2I) | v_prediction | sample (x0; fastest from scratch)
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     pooled_conditioning: bool = False  # tiny/small: mean context added to the timestep embedding too
     standardize_queries: bool = False  # per-source mean/std of the frozen Q-Former's outputs, set in phase 1b
     query_mix: QueryMixConfig = field(default_factory=QueryMixConfig)
     cfg_drop_prob: float = 0.1  # context -> learned null embedding, for classifier-free guidance
     num_inference_steps: int = 20
-    sampler: str = "dpm++"
+    sampler: Literal["dpm++", "plms", "ddim"] = "dpm++"
     guidance_scale: float = 5.0
-
-    def __post_init__(self) -> None:
-        _check_choice("model.generator.preset", self.preset, PRESETS)
-        _check_choice("model.generator.sampler", self.sampler, ("dpm++", "plms", "ddim"))
-        _check_choice("model.generator.prediction_type", self.prediction_type, ("epsilon", "v_prediction", "sample"))
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    _key = "model"
     vision: VisionConfig = field(default_factory=VisionConfig)
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
@@ -133,39 +166,38 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(_Section):
+    _key = "loss"
     itc_weight: float = 1.0
     itm_weight: float = 1.0
     itm_every: int = 1  # compute ITM on every n-th step only (a CPU budget knob)
     label_smoothing: float = 0.0  # BLIP-2 reference 0.1, UniFashion code 0
-    itm_negatives: str = "hardest"  # sample (BLIP-2) | hardest (UniFashion code)
+    itm_negatives: Literal["sample", "hardest"] = "hardest"  # sample (BLIP-2) | hardest (UniFashion code)
     gather_across_processes: bool = True  # only has an effect with world size > 1
     cir_weight: float = 1.0  # phase 2
     itg_weight: float = 1.0  # phase 2: fused queries -> frozen LLM -> target caption
     q2i_weight: float = 1.0  # phase 2: fused queries -> frozen UNet -> target image
-    cir_variant: str = "paper"  # paper (e_cls, both directions) | code (released code)
+    cir_variant: Literal["paper", "code"] = "paper"  # paper (e_cls, both directions) | code (released code)
 
-    def __post_init__(self) -> None:
-        _check_choice("loss.itm_negatives", self.itm_negatives, ("sample", "hardest"))
-        _check_choice("loss.cir_variant", self.cir_variant, ("paper", "code"))
+    def check(self) -> None:
         if self.itm_every < 1:
             raise UserError("loss.itm_every must be at least 1.")
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(_Section):
+    _key = "train.<stage>"
     max_steps: int = 100
     batch_size: int = 32
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
     weight_decay: float = 0.05
-    schedule: str = "cosine"  # constant | linear | cosine | onecycle
+    schedule: Schedule = "cosine"
     warmup_ratio: float = 0.03
     ema_decay: float = 0.0  # > 0: evaluate and save an exponential moving average of the weights
 
-    def __post_init__(self) -> None:
-        _check_choice("schedule", self.schedule, SCHEDULES)
+    def check(self) -> None:
         if self.max_steps < 0 or self.batch_size < 1:
             raise UserError("max_steps must be >= 0 and batch_size >= 1.")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -173,10 +205,12 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    stages: tuple[str, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
+class TrainConfig(_Section):
+    _key = "train"
+    stages: tuple[Phase1Stage, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
+    init_checkpoint: str = ""  # phase 2: the phase-1 checkpoint to start from ("" = --checkpoint or the latest)
     grad_accum_steps: int = 1
-    mixed_precision: str = "no"  # no | fp16 | bf16 (used only where the device supports it)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # used only where the device supports it
     eval_every: int = 100  # steps between validation passes (0 = only at the end)
     save_every: int = 200  # steps between checkpoints (0 = only at the end)
     log_every: int = 10
@@ -187,24 +221,16 @@ class TrainConfig:
     generate: OptimConfig = field(default_factory=OptimConfig)
     phase2: OptimConfig = field(default_factory=OptimConfig)
 
-    def __post_init__(self) -> None:
-        for stage in self.stages:
-            _check_choice("train.stages entry", stage, PHASE1_STAGES)
-        _check_choice("train.mixed_precision", self.mixed_precision, MIXED_PRECISION)
-
 
 @dataclass(frozen=True)
-class Recipe:
+class Recipe(_Section):
     name: str = "unnamed"
-    preset: str = "tiny"  # tiny | small | paper (documentation; the model section is explicit)
+    preset: Preset = "tiny"  # documentation; the model section is explicit
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        _check_choice("preset", self.preset, PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -234,6 +260,9 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
         return tuple(_convert(v, t, where) for v, t in zip(items, item_types, strict=True))
     if origin in (typing.Union, types.UnionType):
         return value
+    if origin is Literal:
+        _check_literal(where, value, typing.get_args(kind))
+        return value
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -261,7 +290,7 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
@@ -290,7 +319,7 @@ def _check_key(path: list[str]) -> None:
     for depth, part in enumerate(path):
         if not dataclasses.is_dataclass(cls):
             raise UserError(f"unknown recipe key {'.'.join(path)!r}: {'.'.join(path[:depth])!r} is a value.")
-        hints = typing.get_type_hints(cls)
+        hints = {f.name: _hints(cls)[f.name] for f in dataclasses.fields(cls)}
         if part not in hints:
             prefix = ".".join(path[:depth] + [""])
             names = [prefix + name for name in hints]
@@ -312,13 +341,40 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Load a YAML recipe, apply ``key=value`` overrides, and return a frozen Recipe.
+def packaged_recipes() -> dict[str, Path]:
+    """The recipes shipped inside the package, by name (``demo``, ``tiny``, ``fashioniq``...)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("unifashion_core") / "recipes"))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path, else a packaged recipe's name (``demo`` or ``demo.yaml``).
 
     Raises:
-        UserError: unreadable file, bad YAML, unknown key (with the closest valid one), bad type.
+        UserError: neither a file nor a packaged recipe (the message lists the packaged ones).
     """
-    path = Path(path)
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    name = path.name.removesuffix(".yaml")
+    if len(path.parts) == 1 and name in packaged:
+        return packaged[name]
+    raise UserError(f"recipe {name_or_path} does not exist; give a YAML file or a packaged recipe "
+                    f"({', '.join(packaged)}).")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load a YAML recipe (a file or a packaged recipe's name), apply ``key=value`` overrides, and
+    return a frozen Recipe.
+
+    Raises:
+        UserError: no such recipe, unreadable file, bad YAML, unknown key (with the closest valid
+            one), bad type.
+    """
+    path = recipe_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

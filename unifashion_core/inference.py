@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 
+from unifashion_core.batching import batch_slices
+from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import ImageError, load_user_image, open_image
 from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.train.checkpoint import load_checkpoint
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_NEW_TOKENS = 256
@@ -61,26 +62,25 @@ def caption_images(
         raise UserError("--num-beams must be between 1 and 16.")
     paths = collect_images(source, split)
     # 2. load the model with its captioner head
-    model, _ = load_checkpoint(checkpoint, heads=("caption",))
-    style = style or model.recipe.model.captioner.style
+    model = load_checkpoint(checkpoint, heads=("caption",)).model
+    style = style or model.config.captioner.style
     instruction_for(style)
-    # 3. caption in batches
+    # 3. decode and caption in batches
     results, skipped = [], SkipLog()
     progress.start("caption", len(paths))
-    for start in range(0, len(paths), batch_size):
+    for rows in batch_slices(len(paths), batch_size):
         batch, images = [], []
-        for path in paths[start : start + batch_size]:
+        for path in paths[rows]:
             try:
                 images.append(open_image(path))
                 batch.append(path)
             except ImageError as exc:
                 skipped.add(path.name, exc.reason, str(path))
         if images:
-            with torch.no_grad():
-                queries = model.generation_queries(model.image_tokens(preprocess(images, model.vision)), None)
-                texts = model.captioner.generate(queries, style, max_new_tokens=max_new_tokens, num_beams=num_beams)
+            tokens = model.image_tokens(preprocess(images, model.vision).to(model.device))
+            texts = model.caption_images(tokens, style, max_new_tokens, num_beams, batch_size=batch_size)
             results += [Caption(str(p), t) for p, t in zip(batch, texts, strict=True)]
-        progress.advance("caption", len(paths[start : start + batch_size]))
+        progress.advance("caption", rows.stop - rows.start)
     return results, skipped
 
 
@@ -131,9 +131,9 @@ def generate_images(
     # 1. check inputs (cheap, before loading anything)
     check_request(request)
     # 2. load the model with its generator head; unset sampling options come from its recipe
-    model, meta = load_checkpoint(checkpoint, heads=("generate",))
-    head = model.generator
-    g = model.recipe.model.generator
+    loaded = load_checkpoint(checkpoint, heads=("generate",))
+    model, head = loaded.model, loaded.model.generator
+    g = model.config.generator
     request = replace(
         request,
         steps=request.steps or g.num_inference_steps,
@@ -172,7 +172,7 @@ def generate_images(
         "guidance": request.guidance,
         "seed": request.seed,
         "unet_calls": result.num_unet_calls,
-        "checkpoint_fingerprint": meta["fingerprint"],
+        "checkpoint_fingerprint": loaded.fingerprint,
     }
     return [Image.fromarray(a) for a in arrays], settings
 

@@ -1,4 +1,4 @@
-"""Training losses of UniFashion: ITC, ITM and CIR (DESIGN.md section 2).
+"""Training losses of UniFashion: ITC (paper Eq. 3), ITM (Eq. 4) and CIR (Eq. 10); docs/design.md section 2.
 
 Pure tensor functions. The model enters only through callables (``itm_logits_fn``), so every loss
 can be checked against a hand-computed reference in the tests.

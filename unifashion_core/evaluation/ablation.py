@@ -12,16 +12,13 @@ them. The numbers are reported as measured: the paper's ordering is a hypothesis
 """
 
 from pathlib import Path
-from typing import Any
 
-from unifashion_core import workspace
 from unifashion_core.config import Recipe, replace
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_cir import bench_cir
-from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
+from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance_lines, write_report
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.train.phase2 import check_init_checkpoint
-from unifashion_core.train.run import run_training
+from unifashion_core.train.phase2 import check_init_checkpoint, run_phase2
 
 VARIANTS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Base", "base", ("loss.itg_weight=0", "loss.q2i_weight=0")),
@@ -50,8 +47,9 @@ def run_ablation(
     exclude_reference: bool = False,
     use_captions: bool = True,
     caption_weight: float = 1.0,
+    cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
+) -> BenchReport:
     """Train and evaluate Base, +LLM and +LLM+diffusion; write the comparison to ``out``.
 
     Args:
@@ -64,30 +62,28 @@ def run_ablation(
         exclude_reference: remove each query's reference from its gallery.
         use_captions: also evaluate with gallery captions.
         caption_weight: ``w`` of the caption term.
+        cache_dir: where frozen vision features are cached (None: not on disk).
         progress: progress events.
 
     Returns:
-        The comparison report (also ``out/report.json`` and ``out/report.md``). The workspace's
-        latest checkpoint is left as it was.
+        The comparison report (also ``out/report.json`` and ``out/report.md``).
     """
     init, init_meta = check_init_checkpoint(checkpoint)
     _check(recipe, init_meta.get("heads", []), init)
     out = Path(out)
-    previous = workspace.latest("checkpoint")
     rows, variants = [], {}
     for label, slug, overrides in VARIANTS:
         progress.log(f"[ablation] {label}: phase 2 with {' '.join(overrides) or 'the recipe as it is'}")
-        trained = run_training(replace(recipe, list(overrides)), phase=2, data=data, init_checkpoint=init,
-                               out=out / "runs" / slug, overwrite=True, progress=progress)
-        bench = bench_cir(trained["checkpoint"], data, out / "bench" / slug, split=split, seed=seed,
+        trained = run_phase2(replace(recipe, list(overrides)), init, data, out / "runs" / slug, overwrite=True,
+                             cache_dir=cache_dir, progress=progress)
+        bench = bench_cir(trained.checkpoint, data, out / "bench" / slug, split=split, seed=seed,
                           exclude_reference=exclude_reference, use_captions=use_captions,
-                          caption_weight=caption_weight, progress=progress)
-        variants[label] = {"overrides": list(overrides), "terms": trained["terms"], "checkpoint": trained["checkpoint"],
+                          caption_weight=caption_weight, cache_dir=cache_dir, progress=progress)
+        variants[label] = {"overrides": list(overrides), "terms": list(trained.terms),
+                           "checkpoint": str(trained.checkpoint),
                            "checkpoint_fingerprint": bench["checkpoint_fingerprint"], "settings": bench["settings"]}
         rows += [{"variant": label, "captions": name, **summary["average"]}
                  for name, summary in bench["settings"].items()]
-    if previous is not None:
-        workspace.remember("checkpoint", previous)
     report = {
         "bench": "ablation", "protocol": bench["protocol"], "split": split, "seed": seed,
         "training_seed": recipe.seed, "recipe": recipe.name, "manifest_sha256": bench["manifest_sha256"],
@@ -97,5 +93,4 @@ def run_ablation(
     markdown = (f"# Ablation: Base, +LLM, +LLM+diffusion (phase 2 from one phase-1 checkpoint)\n\n"
                 f"{provenance_lines(report)}\n{markdown_table(rows, ['variant', 'captions', 'R@10', 'R@50', 'mean'])}\n"
                 "Average over categories of the CIR recalls on the evaluation split, as measured.\n")
-    write_report(out, report, markdown)
-    return report
+    return write_report("ablation", out, report, markdown)

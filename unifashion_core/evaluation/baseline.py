@@ -8,6 +8,7 @@ the text space. The trained model must beat this floor.
 import numpy as np
 import torch
 
+from unifashion_core.batching import batch_slices
 from unifashion_core.models.weights import MINILM, resolve_weights
 
 
@@ -20,8 +21,8 @@ def minilm_sentence_embeddings(texts: list[str], batch_size: int = 64) -> np.nda
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).eval()
     chunks = []
-    for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
+    for rows in batch_slices(len(texts), batch_size):
+        batch = tokenizer(texts[rows], padding=True, truncation=True,
                           max_length=64, return_tensors="pt")
         hidden = model(**batch).last_hidden_state  # (B, L, 384)
         mask = batch["attention_mask"].unsqueeze(-1).float()

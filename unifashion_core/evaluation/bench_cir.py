@@ -1,4 +1,4 @@
-"""`unifashion bench cir`: composed image retrieval, Recall@10/50 per category (DESIGN.md 7).
+"""`unifashion bench cir`: composed image retrieval, Recall@10/50 per category (docs/design.md section 7).
 
 Protocol (Fashion-IQ style): each labelled triplet of the split is one query, the fused
 (reference image, modification ``text``) embedding ranks the gallery, and R@K is the fraction
@@ -11,122 +11,27 @@ of queries whose target is among the top K. Per-category recalls are averaged ov
 - No dropped queries: a triplet whose reference or target image is missing or unreadable counts
   as a miss and is listed in the report. Triplets without a target (Fashion-IQ test) cannot be
   scored and are counted as unlabelled.
-- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (DESIGN.md 5).
+- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4).
 """
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 import torch
 
+from unifashion_core.checkpoint import checkpoint_dir, load_checkpoint, read_meta
 from unifashion_core.data.manifest import Item, Triplet, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import markdown_table, provenance_lines, write_report
+from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance_lines, write_report
+from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.fileio import write_jsonl
-from unifashion_core.losses import max_sim
+from unifashion_core.metrics import cir
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.captions import caption_gallery
-from unifashion_core.retrieval.embed import embed_composed, embed_image_tokens
-from unifashion_core.train.checkpoint import checkpoint_dir, load_checkpoint, read_meta
-from unifashion_core.train.features import image_tokens
-from unifashion_core.train.run import cache_dir_for
 
-KS = (10, 50)
-GALLERIES = ("auto", "split", "category")
+Gallery = Literal["auto", "split", "category"]
 SETTINGS = ("without_captions", "with_captions")
-TOP_LISTED = 10  # result ids written per query to queries.jsonl
-
-
-def triplet_status(triplet: Triplet, rows: dict[str, int]) -> str:
-    """``ok``, or why the triplet cannot be ranked: no_target, missing_reference, missing_target."""
-    if not triplet.target:
-        return "no_target"
-    if triplet.reference not in rows:
-        return "missing_reference"
-    return "ok" if triplet.target in rows else "missing_target"
-
-
-@torch.no_grad()
-def gallery_embeddings(model: UniFashion, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Vision tokens (N, T, C) -> normalised image query embeddings (N, Q, D) float32."""
-    chunks = [embed_image_tokens(model, tokens[i : i + batch_size]) for i in range(0, len(tokens), batch_size)]
-    return torch.from_numpy(np.concatenate(chunks))
-
-
-@torch.no_grad()
-def fused_embeddings(model: UniFashion, tokens: torch.Tensor, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-    """Reference tokens (M, T, C) + texts -> fused e_cls embeddings (M, D) float32."""
-    chunks = [embed_composed(model, tokens[i : i + batch_size], texts[i : i + batch_size])
-              for i in range(0, len(texts), batch_size)]
-    return torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, model.qformer.embed_dim)
-
-
-def composed_scores(
-    fused: torch.Tensor, gallery: torch.Tensor, captions: torch.Tensor | None = None, caption_weight: float = 1.0
-) -> torch.Tensor:
-    """The composed score of every query against every gallery item (the exact "flat" index score).
-
-    Args:
-        fused: ``(M, D)`` fused embeddings.
-        gallery: ``(N, Q, D)`` gallery image query embeddings.
-        captions: ``(N, D)`` gallery caption embeddings, or None for the image term alone.
-        caption_weight: ``w`` of the caption term.
-
-    Returns:
-        ``(M, N)`` scores ``max_q <e, z_q> + w <e, c>``.
-    """
-    scores = max_sim(gallery, fused).T  # (M, N)
-    if captions is None:
-        return scores
-    return scores + caption_weight * fused @ captions.T  # (M, N)
-
-
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each query's target: how many gallery items score strictly higher.
-
-    Args:
-        scores: ``(M, N)`` scores; excluded items hold ``-inf``.
-        targets: ``(M,)`` target columns.
-
-    Returns:
-        ``(M,)`` float ranks (``inf`` when the target itself is excluded).
-    """
-    target_scores = scores.gather(1, targets[:, None])  # (M, 1)
-    ranks = (scores > target_scores).sum(dim=1).float()  # (M,)
-    return torch.where(torch.isinf(target_scores[:, 0]), torch.full_like(ranks, math.inf), ranks)
-
-
-def recalls(ranks: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """``R@k`` for each k: the fraction of ranks below k (a miss has rank ``inf``)."""
-    return {f"R@{k}": float((ranks < k).float().mean()) if len(ranks) else 0.0 for k in ks}
-
-
-def _allowed(triplets: list[Triplet], items: list[Item], rows: dict[str, int], exclude_reference: bool,
-             by_category: bool) -> torch.Tensor:
-    """``(M, N)`` bool: which gallery items each query may retrieve."""
-    allowed = torch.ones(len(triplets), len(items), dtype=torch.bool)
-    if by_category:
-        categories = np.array([item.category for item in items])
-        for row, triplet in enumerate(triplets):
-            allowed[row] = torch.from_numpy(categories == triplet.category)
-    if exclude_reference:
-        references = torch.tensor([rows[t.reference] for t in triplets], dtype=torch.long)
-        allowed[torch.arange(len(triplets)), references] = False
-    return allowed
-
-
-def _summary(triplets: list[Triplet], ranks: torch.Tensor) -> dict[str, Any]:
-    """Per-category recalls and their average over categories."""
-    per_category = {}
-    for category in sorted({t.category for t in triplets}):
-        selected = torch.tensor([t.category == category for t in triplets])
-        per_category[category or "(none)"] = {**recalls(ranks[selected]), "num_queries": int(selected.sum())}
-    average = {f"R@{k}": float(np.mean([c[f"R@{k}"] for c in per_category.values()])) for k in KS}
-    average["mean"] = float(np.mean(list(average.values())))
-    return {"per_category": per_category, "average": average}
 
 
 def evaluate_cir(
@@ -156,22 +61,21 @@ def evaluate_cir(
         setting ``(M, TOP_LISTED)`` (-1 where a query has no result, e.g. a missing reference).
     """
     rows = {item.id: row for row, item in enumerate(items)}
-    ok = [i for i, t in enumerate(triplets) if triplet_status(t, rows) == "ok"]
+    ok = [i for i, t in enumerate(triplets) if cir.triplet_status(t, rows) == "ok"]
     scored = [triplets[i] for i in ok]
     references = torch.tensor([rows[t.reference] for t in scored], dtype=torch.long)
     targets = torch.tensor([rows[t.target] for t in scored], dtype=torch.long)
-    fused = fused_embeddings(model, tokens[references], [t.text for t in scored])  # (m, D)
-    gallery = gallery_embeddings(model, tokens)  # (N, Q, D)
-    allowed = _allowed(scored, items, rows, exclude_reference, by_category)  # (m, N)
+    fused = model.embed_composed(tokens[references], [t.text for t in scored])  # (m, D)
+    gallery = model.embed_images(tokens)  # (N, Q, D)
+    allowed = cir.allowed_items(scored, items, rows, exclude_reference, by_category)  # (m, N)
     settings = {"without_captions": None, **({"with_captions": captions} if captions is not None else {})}
     ranks, tops = {}, {}
     for name, caption_embeds in settings.items():
-        scores = composed_scores(fused, gallery, caption_embeds, caption_weight).masked_fill(~allowed, -math.inf)
+        setting_ranks, top_rows = cir.rank_targets(fused, gallery, targets, allowed, caption_embeds, caption_weight)
         ranks[name] = torch.full((len(triplets),), math.inf)
-        ranks[name][ok] = target_ranks(scores, targets)
-        top_scores, top_rows = scores.topk(min(TOP_LISTED, len(items)), dim=1)  # (m, k)
+        ranks[name][ok] = setting_ranks
         tops[name] = torch.full((len(triplets), top_rows.shape[1]), -1, dtype=torch.long)
-        tops[name][ok] = top_rows.masked_fill(torch.isinf(top_scores), -1)
+        tops[name][ok] = top_rows
     return ranks, tops
 
 
@@ -184,9 +88,10 @@ def bench_cir(
     exclude_reference: bool = False,
     use_captions: bool = True,
     caption_weight: float = 1.0,
-    gallery: str = "auto",
+    gallery: Gallery = "auto",
+    cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
+) -> BenchReport:
     """Evaluate composed retrieval on ``split``; write report.json, report.md and queries.jsonl.
 
     Args:
@@ -199,6 +104,7 @@ def bench_cir(
         use_captions: also score with gallery captions made by the checkpoint's captioner.
         caption_weight: ``w`` of the caption term.
         gallery: ``split``, ``category`` or ``auto`` (category for Fashion-IQ).
+        cache_dir: where frozen vision features are cached (None: not on disk).
         progress: progress events.
 
     Raises:
@@ -206,8 +112,8 @@ def bench_cir(
             checkpoint without a caption head.
     """
     # 1. check inputs
-    if gallery not in GALLERIES:
-        raise UserError(f"unknown CIR gallery {gallery!r}; choose one of {', '.join(GALLERIES)}.")
+    if gallery not in ("auto", "split", "category"):
+        raise UserError(f"unknown CIR gallery {gallery!r}; choose auto, split or category.")
     if not math.isfinite(caption_weight):
         raise UserError(f"--caption-weight must be a finite number, got {caption_weight}.")
     checkpoint = checkpoint_dir(checkpoint)
@@ -221,40 +127,41 @@ def bench_cir(
         raise UserError(f"checkpoint {checkpoint} has no caption head to caption the gallery; pass --no-captions.")
     by_category = gallery == "category" or (gallery == "auto" and dataset.report.get("dataset") == "fashioniq")
     # 2. model, gallery tokens and captions
-    model, meta = load_checkpoint(checkpoint, ("caption",) if use_captions else ())
-    items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split), cache_dir_for(dataset), progress)
+    loaded = load_checkpoint(checkpoint, ("caption",) if use_captions else ())
+    model = loaded.model
+    items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split),
+                                          feature_cache_dir(cache_dir, dataset), progress)
     if not items:
         raise UserError(f"split {split!r} of {dataset.root} has no readable images.")
-    generated, caption_embeds = caption_gallery(model, tokens, progress=progress) if use_captions else ([], None)
+    generated = model.caption_images(tokens, progress=progress, task="caption gallery") if use_captions else []
+    caption_embeds = model.embed_texts(generated) if use_captions else None
     # 3. rank and summarise
-    ranks, tops = evaluate_cir(model, items, tokens, labelled,
-                               None if caption_embeds is None else torch.from_numpy(caption_embeds),
-                               caption_weight, exclude_reference, by_category)
+    ranks, tops = evaluate_cir(model, items, tokens, labelled, caption_embeds, caption_weight, exclude_reference,
+                               by_category)
     rows = {item.id: row for row, item in enumerate(items)}
-    status = [triplet_status(t, rows) for t in labelled]
+    status = [cir.triplet_status(t, rows) for t in labelled]
     report = {
         "bench": "cir", "protocol": f"recall@10/50 per category; gallery={'category' if by_category else 'split'}; "
         f"reference {'excluded' if exclude_reference else 'kept'}; w={caption_weight:g}",
         "protocol_options": {"gallery": "category" if by_category else "split", "exclude_reference": exclude_reference,
                              "caption_weight": caption_weight, "use_captions": use_captions,
-                             "caption_style": model.recipe.model.captioner.style if use_captions else None,
+                             "caption_style": model.config.captioner.style if use_captions else None,
                              "query_text": "the triplet's evaluation text", "misses": "missing images count as misses"},
         "split": split, "seed": seed, "manifest_sha256": dataset.manifest_hash,
-        "checkpoint_fingerprint": meta["fingerprint"], "checkpoint": str(checkpoint),
-        "checkpoint_phase": meta.get("phase", 1), "num_queries": len(labelled), "num_gallery": len(items),
+        "checkpoint_fingerprint": loaded.fingerprint, "checkpoint": str(checkpoint),
+        "checkpoint_phase": loaded.meta.get("phase", 1), "num_queries": len(labelled), "num_gallery": len(items),
         "num_unlabelled": len(triplets) - len(labelled),
         "missing": {reason: [t.id for t, s in zip(labelled, status, strict=True) if s == reason]
                     for reason in ("missing_reference", "missing_target")},
         "skipped_images": skipped.counts(),
-        "settings": {name: _summary(labelled, setting_ranks) for name, setting_ranks in ranks.items()},
+        "settings": {name: cir.summary(labelled, setting_ranks) for name, setting_ranks in ranks.items()},
     }
     out = Path(out)
     _write_queries(out, labelled, status, items, ranks, tops)
     if use_captions:
         records = ({"id": i.id, "caption": c} for i, c in zip(items, generated, strict=True))
         write_jsonl(out / "gallery_captions.jsonl", records)
-    write_report(out, report, render_markdown(report))
-    return report
+    return write_report("cir", out, report, render_markdown(report))
 
 
 def _write_queries(out: Path, triplets: list[Triplet], status: list[str], items: list[Item],
@@ -284,7 +191,3 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{markdown_table(rows, ['captions', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
             f"Misses from missing images: {len(missing['missing_reference'])} references, "
             f"{len(missing['missing_target'])} targets; {report['num_unlabelled']} triplets without a target.\n")
-
-
-
-# --- the demo's composed-retrieval stage ------------------------------------------------------

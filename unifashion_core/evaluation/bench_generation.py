@@ -6,12 +6,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from unifashion_core.batching import batch_slices
+from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import ImageError, image_to_array, open_image
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import provenance, provenance_lines, write_report
+from unifashion_core.evaluation.reports import BenchReport, provenance, provenance_lines, write_report
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.train.checkpoint import load_checkpoint
 
 
 @torch.no_grad()
@@ -28,11 +29,11 @@ def generate_for_prompts(
     """Images (N, 3, R, R) in [0, 1] for text prompts, and the number of UNet calls per image."""
     images, calls = [], 0
     progress.start(f"generate ({sampler}, {steps} steps)", len(prompts))
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start : start + batch_size]
+    for rows in batch_slices(len(prompts), batch_size):
+        batch = prompts[rows]
         queries = model.generation_queries(None, batch)
         result = model.generator.sample(
-            queries, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed + start,
+            queries, num_inference_steps=steps, sampler=sampler, guidance_scale=guidance, seed=seed + rows.start,
             source="text",
         )
         images.append(result.images.clamp(0, 1).cpu())
@@ -53,21 +54,6 @@ def real_images(dataset: Any, items: list[Item], size: int) -> tuple[list[Item],
     return kept, torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0)
 
 
-def colour_accuracy(images: torch.Tensor, items: list[Item]) -> float | None:
-    """Demo data only: share of images whose garment's mean colour is nearest the asked colour."""
-    from unifashion_core.data.demo import garment_pixels, nearest_colour
-
-    wanted = [item.attributes.get("colour") for item in items]
-    if not all(wanted):
-        return None
-    arrays = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    hits = 0
-    for array, colour in zip(arrays, wanted, strict=True):
-        pixels = garment_pixels(array)
-        hits += len(pixels) > 0 and nearest_colour(pixels.mean(0)) == colour
-    return hits / len(items)
-
-
 def bench_generation(
     subject: str,
     checkpoint: str | Path,
@@ -81,18 +67,21 @@ def bench_generation(
     guidance: float | None = None,
     seed: int = 0,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
-    """Generate one image per item caption of ``split`` and score them (FID/KID or CLIP-S)."""
-    from unifashion_core.evaluation.generation_metrics import clip_score, fid_kid
+) -> BenchReport:
+    """Generate one image per item caption of ``split`` and score them (FID/KID or CLIP-S).
+
+    On the demo data the report adds the colour accuracy (the share of images whose garment's
+    mean colour is nearest the colour asked for).
+    """
+    from unifashion_core.metrics.generation import clip_score, colour_accuracy, fid_kid
 
     if subject == "clip-score" and not clip:
         raise UserError("bench clip-score needs --clip pointing at a CLIP model directory or hub id.")
-    model, meta = load_checkpoint(checkpoint, heads=("generate",))
-    guidance = model.recipe.model.generator.guidance_scale if guidance is None else guidance
+    loaded = load_checkpoint(checkpoint, heads=("generate",))
+    model, g = loaded.model, loaded.model.config.generator
+    guidance = g.guidance_scale if guidance is None else guidance
     dataset = load_dataset(data)
-    items, real = real_images(
-        dataset, dataset.split(split)[: max_items or None], model.recipe.model.generator.resolution
-    )
+    items, real = real_images(dataset, dataset.split(split)[: max_items or None], g.resolution)
     if not items:
         raise UserError(f"split {split!r} has no usable images to compare with.")
     prompts = [item.caption for item in items]
@@ -101,8 +90,8 @@ def bench_generation(
         **provenance(
             subject,
             f"one image per {split} caption, {sampler} {steps} steps, guidance {guidance}, "
-            f"{model.recipe.model.generator.resolution}px, real images resized to the same size",
-            split, seed, dataset, meta, checkpoint, len(items),
+            f"{g.resolution}px, real images resized to the same size",
+            split, seed, dataset, loaded, len(items),
         ),
         "unet_calls_per_image": calls,
     }
@@ -110,7 +99,7 @@ def bench_generation(
         report.update(fid_kid(real, fake, kid_subset_size=min(50, len(items))))
     else:
         report["clip_score"] = clip_score(fake, prompts, clip)
-    accuracy = colour_accuracy(fake, items)
+    accuracy = colour_accuracy(fake, [item.attributes.get("colour") for item in items])
     if accuracy is not None:
         report["colour_accuracy"] = accuracy
     figures = {
@@ -121,5 +110,4 @@ def bench_generation(
     markdown = f"# Generation ({subject})\n\n{provenance_lines(report)}\n" + "".join(
         f"- {k}: {v}\n" for k, v in figures.items()
     )
-    write_report(out, report, markdown)
-    return report
+    return write_report(subject, out, report, markdown)

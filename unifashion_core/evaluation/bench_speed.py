@@ -12,28 +12,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from unifashion_core.data.manifest import load_dataset
+from unifashion_core.batching import batch_slices
+from unifashion_core.checkpoint import load_checkpoint, read_meta
+from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.reports import markdown_table, provenance, provenance_lines, write_report
+from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
+from unifashion_core.features import load_pixels
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.embed import embed_texts
-from unifashion_core.train.checkpoint import load_checkpoint, read_meta
-from unifashion_core.train.features import load_pixels
 
 
 def _embedding_throughput(model: Any, dataset: Any, items: list, batch_size: int = 32) -> float:
     """Images per second from decoded file to query embeddings (vision + Q-Former)."""
-    from unifashion_core.data.manifest import SkipLog
-
     load_pixels(dataset, items[:4], model.vision, SkipLog())  # warm-up
     started = time.perf_counter()
     count = 0
-    with torch.no_grad():
-        for start in range(0, len(items), batch_size):
-            kept, pixels = load_pixels(dataset, items[start : start + batch_size], model.vision, SkipLog())
-            if kept:
-                model.qformer.encode_image(model.image_tokens(pixels))
-                count += len(kept)
+    for rows in batch_slices(len(items), batch_size):
+        kept, pixels = load_pixels(dataset, items[rows], model.vision, SkipLog())
+        if kept:
+            model.embed_images(model.image_tokens(pixels), batch_size)
+            count += len(kept)
     return count / (time.perf_counter() - started)
 
 
@@ -45,11 +42,11 @@ def _query_latency(model: Any, checkpoint: Path, data: Path, split: str, texts: 
     with tempfile.TemporaryDirectory() as tmp:
         build_index(checkpoint, data, Path(tmp) / "index", split=split)
         index = RetrievalIndex.load(Path(tmp) / "index")
-        embed_texts(model, texts[:2])
+        model.embed_texts(texts[:2])
         timings = []
         for text in texts:
             started = time.perf_counter()
-            index.search_images(embed_texts(model, [text]), 10)
+            index.search_images(model.embed_texts([text]).numpy(), 10)
             timings.append((time.perf_counter() - started) * 1000)
         return {
             "p50_ms": float(np.percentile(timings, 50)),
@@ -62,11 +59,11 @@ def _query_latency(model: Any, checkpoint: Path, data: Path, split: str, texts: 
 def _generation(model: Any, dataset: Any, items: list, seed: int, progress: Progress) -> list[dict[str, Any]]:
     """Seconds per image and FID for 20-step DPM-Solver++ and 50-step PLMS on the same prompts."""
     from unifashion_core.evaluation.bench_generation import generate_for_prompts, real_images
-    from unifashion_core.evaluation.generation_metrics import fid_kid
+    from unifashion_core.metrics.generation import fid_kid
 
-    kept, real = real_images(dataset, items, model.recipe.model.generator.resolution)
+    kept, real = real_images(dataset, items, model.config.generator.resolution)
     prompts = [item.caption for item in kept]
-    guidance = model.recipe.model.generator.guidance_scale
+    guidance = model.config.generator.guidance_scale
     rows = []
     for sampler, steps in (("dpm++", 20), ("plms", 50)):
         started = time.perf_counter()
@@ -95,18 +92,18 @@ def bench_speed(
     seed: int = 0,
     max_items: int = 0,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
+) -> BenchReport:
     """Measure speed figures for a checkpoint; generation only when it has a trained generator."""
-    meta = read_meta(checkpoint)
-    heads = ("generate",) if "generate" in meta.get("heads", []) else ()
-    model, meta = load_checkpoint(checkpoint, heads=heads)
+    heads = ("generate",) if "generate" in read_meta(checkpoint).get("heads", []) else ()
+    loaded = load_checkpoint(checkpoint, heads=heads)
+    model = loaded.model
     dataset = load_dataset(data)
     items = dataset.split(split)[: max_items or None]
     if len(items) < 2:
         raise UserError(f"split {split!r} has fewer than 2 items to measure with.")
     report: dict[str, Any] = {
-        **provenance("speed", "wall-clock on this machine, after one warm-up batch", split, seed, dataset, meta,
-                     checkpoint, len(items)),
+        **provenance("speed", "wall-clock on this machine, after one warm-up batch", split, seed, dataset, loaded,
+                     len(items)),
         "device": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
         f"cuda {torch.cuda.is_available()}",
         "embedding_images_per_s": _embedding_throughput(model, dataset, items),
@@ -134,5 +131,4 @@ def bench_speed(
             f"\nDPM-Solver++ FID / PLMS FID = {ratio['fid_ratio']:.3f}; "
             f"{ratio['unet_call_ratio']:.2f}x fewer UNet calls; {ratio['speedup']:.2f}x faster per image.\n"
         )
-    write_report(out, report, markdown)
-    return report
+    return write_report("speed", out, report, markdown)

@@ -1,30 +1,54 @@
 """Bench reports: report.json + report.md with protocol, data hash, fingerprint and seed."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unifashion_core import __version__
+from unifashion_core.checkpoint import LoadedCheckpoint
+from unifashion_core.data.manifest import Dataset
 from unifashion_core.fileio import write_json, write_text_atomic
 
 
-def write_report(out: str | Path, report: dict[str, Any], markdown: str) -> Path:
+@dataclass(frozen=True)
+class BenchReport:
+    """A written bench report.
+
+    Attributes:
+        subject: what was measured (``retrieval``, ``cir``, ...).
+        out: the report directory (``report.json``, ``report.md`` and any listings).
+        data: the contents of ``report.json``: provenance fields, protocol and figures.
+        markdown: the contents of ``report.md``.
+    """
+
+    subject: str
+    out: Path
+    data: dict[str, Any]
+    markdown: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+
+def write_report(subject: str, out: str | Path, report: dict[str, Any], markdown: str) -> BenchReport:
     """Write ``report.json`` and ``report.md`` into ``out`` (each atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", {"unifashion_version": __version__, **report})
+    data = {"unifashion_version": __version__, **report}
+    write_json(out / "report.json", data)
     write_text_atomic(out / "report.md", markdown)
-    return out
+    return BenchReport(subject, out, data, markdown)
 
 
 def provenance(
-    bench: str, protocol: str, split: str, seed: int, dataset: Any, meta: dict[str, Any], checkpoint: Any,
+    bench: str, protocol: str, split: str, seed: int, dataset: Dataset, checkpoint: LoadedCheckpoint,
     num_queries: int,
 ) -> dict[str, Any]:
     """The fields every report starts with, so two numbers can be compared honestly."""
     return {
         "bench": bench, "protocol": protocol, "split": split, "seed": seed,
-        "manifest_sha256": dataset.manifest_hash, "checkpoint_fingerprint": meta["fingerprint"],
-        "checkpoint": str(checkpoint), "num_queries": num_queries,
+        "manifest_sha256": dataset.manifest_hash, "checkpoint_fingerprint": checkpoint.fingerprint,
+        "checkpoint": str(checkpoint.path), "num_queries": num_queries,
     }
 
 

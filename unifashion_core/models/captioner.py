@@ -34,8 +34,9 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from unifashion_core.config import CaptionerConfig
 from unifashion_core.errors import UserError
-from unifashion_core.models.weights import MINILM, hub_error, resolve_local_file, resolve_weights
+from unifashion_core.models.weights import MINILM, RANDOM, hub_error, resolve_local_file, resolve_weights
 
 _INNER_PUNCTUATION = re.compile(r" ?([-'/]) ?")
 
@@ -300,50 +301,42 @@ class Captioner(nn.Module):
             self.llm = self.llm.merge_and_unload()
 
 
-def build_captioner(
-    llm: str,
-    query_width: int,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.05,
-    lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
-    llm_hidden_size: int | None = None,
-    llm_layers: int | None = None,
-    max_caption_length: int = 64,
-) -> Captioner:
-    """Build the caption head.
+def build_captioner(cfg: CaptionerConfig, query_width: int) -> Captioner:
+    """Build the caption head from ``model.captioner``.
+
+    ``cfg.llm``: ``tiny`` (2-layer random Llama, hidden 64, byte-level tokenizer; tests only),
+    ``small`` (random Llama, hidden 384, 4 layers, MiniLM's WordPiece tokenizer and its word
+    embeddings as token embeddings), ``random`` (Llama-7B's architecture with random weights and
+    a byte-level tokenizer: speed measurements only), or a local directory / hub id of a causal
+    LM. ``cfg.llm_hidden_size`` / ``cfg.llm_layers`` size the built presets (0 = the preset's
+    default); ``cfg.lora_r`` 0 trains the whole LLM, otherwise LoRA on ``cfg.lora_target_modules``.
 
     Args:
-        llm: ``tiny`` (2-layer random Llama, hidden 64, byte-level tokenizer; tests only),
-            ``small`` (random Llama, hidden 384, 4 layers, MiniLM's WordPiece tokenizer and its
-            word embeddings as token embeddings), or a local directory / hub id of a causal LM.
+        cfg: the captioner section of the recipe.
         query_width: width H of the Q-Former query outputs.
-        lora_r: LoRA rank; with 0 there is no LoRA and the whole LLM is trainable.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: dropout on the LoRA input.
-        lora_target_modules: module names that get LoRA.
-        llm_hidden_size: hidden size of a preset LLM (default: tiny 64, small 384); ignored for
-            a pretrained LLM.
-        llm_layers: layer count of a preset LLM (default: tiny 2, small 4).
-        max_caption_length: caption tokens kept in training.
 
     Raises:
         UserError: bad sizes, weights that cannot be found or loaded, unknown LoRA modules.
     """
-    if query_width < 1 or lora_r < 0 or max_caption_length < 1:
+    if query_width < 1 or cfg.lora_r < 0 or cfg.max_caption_length < 1:
         raise UserError("query_width and max_caption_length must be positive and lora_r >= 0.")
-    if llm == "tiny":
-        model, tokenizer = _build_preset(_byte_tokenizer(), llm_hidden_size or 64,
-                                         llm_layers or 2, head_dim=16)
-    elif llm == "small":
-        model, tokenizer = _build_small(llm_hidden_size or MINILM_WIDTH, llm_layers or 4)
+    if cfg.llm == "tiny":
+        model, tokenizer = _build_preset(_byte_tokenizer(), cfg.llm_hidden_size or 64, cfg.llm_layers or 2,
+                                         head_dim=16)
+    elif cfg.llm == "small":
+        model, tokenizer = _build_small(cfg.llm_hidden_size or MINILM_WIDTH, cfg.llm_layers or 4)
+    elif cfg.llm == RANDOM:
+        tokenizer = _byte_tokenizer()
+        model = LlamaForCausalLM(LlamaConfig(  # Llama-7B / Vicuna-7B sizes
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
     else:
-        model, tokenizer = _load_pretrained(llm)
-    if lora_r > 0:
-        model = _add_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+        model, tokenizer = _load_pretrained(cfg.llm)
+    if cfg.lora_r > 0:
+        model = _add_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
     else:
         model.requires_grad_(True)
-    return Captioner(model, tokenizer, query_width, max_caption_length)
+    return Captioner(model, tokenizer, query_width, cfg.max_caption_length)
 
 
 def _byte_tokenizer() -> PreTrainedTokenizerFast:

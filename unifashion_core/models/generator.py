@@ -43,13 +43,11 @@ from diffusers import (
 )
 from torch import Tensor, nn
 
-from unifashion_core.config import QUERY_SOURCES
+from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, choices
 from unifashion_core.errors import UserError
-from unifashion_core.models.weights import hub_error, resolve_weights
+from unifashion_core.models.weights import RANDOM, hub_error, resolve_weights
 
-SAMPLERS = ("dpm++", "plms", "ddim")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-PRESETS = ("tiny", "small", "paper")
+SAMPLERS: tuple[str, ...] = choices(GeneratorConfig, "sampler")
 SKETCH_CHANNELS = 1  # a grey-scale sketch, values in [0, 1]
 PIXEL_CHANNELS = 3
 MAX_INFERENCE_STEPS = 1000
@@ -88,6 +86,31 @@ _SMALL_UNET = {
     "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
     "cross_attention_dim": 256,
     "attention_head_dim": 4,
+}
+
+# Stable Diffusion v1's UNet and VAE architectures (the configs of CompVis/stable-diffusion-v1-4),
+# built when the paper generator's source is ``random``: its real sizes for speed measurements.
+SD_V1_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "layers_per_block": 2,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+}
+SD_V1_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
 }
 
 
@@ -489,88 +512,69 @@ class Generator(nn.Module):
         return sketch.to(self.unet.device)
 
 
-def build_generator(
-    preset: str,
-    query_width: int,
-    num_queries: int,
-    unet: str = "",
-    vae: str = "",
-    resolution: int = 64,
-    inpainting: bool = False,
-    use_sketch: bool = False,
-    prediction_type: str = "epsilon",
-    pooled_conditioning: bool = False,
-) -> Generator:
-    """Build the generation head for a preset.
+def build_generator(cfg: GeneratorConfig, query_width: int, num_queries: int) -> Generator:
+    """Build the generation head from ``model.generator``.
+
+    ``cfg.preset``: ``tiny`` or ``small`` (pixel space, built from config at ``cfg.resolution``,
+    inpainting channels when ``cfg.inpainting``) or ``paper`` (``cfg.unet``: a pipeline directory
+    with ``unet/``, a UNet directory or a hub id; ``cfg.vae`` defaults to ``cfg.unet``; either may
+    be ``random`` for Stable Diffusion v1's architecture with random weights; latent space, always
+    inpainting, default size from the UNet). ``cfg.use_sketch`` adds a sketch input channel
+    (zero-initialised when a loaded UNet is widened). ``cfg.prediction_type``: what the UNet
+    predicts: ``epsilon`` (the paper's q2I loss), ``v_prediction`` or ``sample`` (x0; from scratch
+    on a CPU budget the only one whose samples showed the asked colour). ``cfg.pooled_conditioning``
+    (tiny/small): the mean context also enters the timestep embedding (diffusers' ``projection``
+    class embedding), so that global attributes such as colour reach every resolution level.
 
     Args:
-        preset: ``tiny`` or ``small`` (pixel space, built from config) or ``paper``.
+        cfg: the generator section of the recipe.
         query_width: width H of the Q-Former query outputs.
         num_queries: number of query outputs Q.
-        unet: paper only: a pipeline directory (with ``unet/``), a UNet directory or a hub id.
-        vae: paper only: the VAE source; defaults to ``unet`` (a pipeline with ``vae/``).
-        resolution: tiny/small: the training image size in pixels. The paper preset takes its
-            default size from the loaded UNet (512 for SD v1.4) and ignores this value.
-        inpainting: tiny/small: build an inpainting UNet. The paper preset always inpaints.
-        use_sketch: add a sketch input channel (zero-initialised when expanding a loaded UNet).
-        prediction_type: what the UNet predicts: ``epsilon`` (the paper's q2I loss),
-            ``v_prediction``, or ``sample`` (the clean image x0). From scratch on a CPU budget, x0
-            prediction is the only one of the three whose samples showed the asked colour (the
-            demo recipe uses it); epsilon and v leave high-frequency noise inside the garment.
-        pooled_conditioning: tiny/small: also add the mean of the context to the UNet's timestep
-            embedding (diffusers' ``projection`` class embedding), so that global attributes such
-            as colour reach every resolution level, not only the cross-attention blocks.
 
     Raises:
-        UserError: an unknown preset, sources given to a preset built from config, a resolution
-            the UNet cannot take, or weights that cannot be loaded.
+        UserError: sources given to a preset built from config, a resolution the UNet cannot
+            take, options the paper UNet has no place for, or weights that cannot be loaded.
     """
-    if prediction_type not in PREDICTION_TYPES:
-        raise UserError(f"unknown prediction type {prediction_type!r}; choose one of {', '.join(PREDICTION_TYPES)}.")
-    if preset == "paper":
-        if pooled_conditioning:
+    if cfg.preset == "paper":
+        if cfg.pooled_conditioning:
             raise UserError(
                 "pooled_conditioning applies to the tiny and small generators; the paper UNet has no class embedding."
             )
-        return _build_paper(query_width, num_queries, unet, vae, use_sketch, prediction_type)
-    if preset not in PRESETS:
-        raise UserError(f"unknown generator preset {preset!r}; choose one of {', '.join(PRESETS)}.")
-    if unet or vae:
+        return _build_paper(cfg, query_width, num_queries)
+    if cfg.unet or cfg.vae:
         raise UserError(
-            f"unet/vae sources apply to the paper preset only; the {preset} generator is built from config."
+            f"unet/vae sources apply to the paper preset only; the {cfg.preset} generator is built from config."
         )
-    config = _TINY_UNET if preset == "tiny" else _SMALL_UNET
+    config = _TINY_UNET if cfg.preset == "tiny" else _SMALL_UNET
     multiple = 2 ** (len(config["block_out_channels"]) - 1)
-    if resolution < multiple or resolution % multiple:
+    if cfg.resolution < multiple or cfg.resolution % multiple:
         raise UserError(
-            f"resolution {resolution} must be a positive multiple of {multiple} for the {preset} generator."
+            f"resolution {cfg.resolution} must be a positive multiple of {multiple} for the {cfg.preset} generator."
         )
     unet_model = UNet2DConditionModel(
-        sample_size=resolution,
-        in_channels=_unet_in_channels(PIXEL_CHANNELS, inpainting, use_sketch),
+        sample_size=cfg.resolution,
+        in_channels=_unet_in_channels(PIXEL_CHANNELS, cfg.inpainting, cfg.use_sketch),
         out_channels=PIXEL_CHANNELS,
-        class_embed_type="projection" if pooled_conditioning else None,
-        projection_class_embeddings_input_dim=config["cross_attention_dim"] if pooled_conditioning else None,
+        class_embed_type="projection" if cfg.pooled_conditioning else None,
+        projection_class_embeddings_input_dim=config["cross_attention_dim"] if cfg.pooled_conditioning else None,
         **config,
     )
     # Pixel space: linear betas as in DDPM on 32-64 px images; x0 clipped to the image range;
     # "trailing" timesteps so that few-step sampling starts from pure noise.
     scheduler = DDPMScheduler(
-        beta_schedule="linear", clip_sample=True, timestep_spacing="trailing", prediction_type=prediction_type
+        beta_schedule="linear", clip_sample=True, timestep_spacing="trailing", prediction_type=cfg.prediction_type
     )
-    return Generator(unet_model, scheduler, query_width, num_queries, None, inpainting, use_sketch)
+    return Generator(unet_model, scheduler, query_width, num_queries, None, cfg.inpainting, cfg.use_sketch)
 
 
-def _build_paper(
-    query_width: int, num_queries: int, unet: str, vae: str, use_sketch: bool, prediction_type: str
-) -> Generator:
-    if not unet:
+def _build_paper(cfg: GeneratorConfig, query_width: int, num_queries: int) -> Generator:
+    if not cfg.unet:
         raise UserError(
             "the paper generator needs `unet`: a Paint-by-Example / Stable Diffusion v1.4 pipeline directory or hub id."
         )
-    unet_model = _load_pretrained(UNet2DConditionModel, unet, "unet")
-    vae_model = _load_pretrained(AutoencoderKL, vae or unet, "vae")
-    in_channels = _unet_in_channels(vae_model.config.latent_channels, True, use_sketch)
+    unet_model = _load_pretrained(UNet2DConditionModel, cfg.unet, "unet")
+    vae_model = _load_pretrained(AutoencoderKL, cfg.vae or cfg.unet, "vae")
+    in_channels = _unet_in_channels(vae_model.config.latent_channels, True, cfg.use_sketch)
     _expand_conv_in(unet_model, in_channels)
     # Stable Diffusion v1's training noise schedule and timestep spacing.
     scheduler = DDPMScheduler(
@@ -580,15 +584,18 @@ def _build_paper(
         clip_sample=False,
         steps_offset=1,
         timestep_spacing="leading",
-        prediction_type=prediction_type,
+        prediction_type=cfg.prediction_type,
     )
-    return Generator(unet_model, scheduler, query_width, num_queries, vae_model, True, use_sketch)
+    return Generator(unet_model, scheduler, query_width, num_queries, vae_model, True, cfg.use_sketch)
 
 
 def _load_pretrained(
     model_cls: type[UNet2DConditionModel] | type[AutoencoderKL], source: str, subfolder: str
 ) -> UNet2DConditionModel | AutoencoderKL:
-    """Load from a pipeline directory (``subfolder`` inside), a model directory or a hub id."""
+    """Load from a pipeline directory (``subfolder`` inside), a model directory or a hub id;
+    ``random``: Stable Diffusion v1's architecture with random weights."""
+    if source == RANDOM:
+        return model_cls(**(SD_V1_UNET if subfolder == "unet" else SD_V1_VAE))
     path = resolve_weights(source)
     try:
         if isinstance(path, Path):

@@ -26,11 +26,10 @@ from transformers.models.blip_2.modeling_blip_2 import (
     Blip2TextEmbeddings,
 )
 
+from unifashion_core.config import QFormerConfig
 from unifashion_core.errors import UserError
 from unifashion_core.models.vision import load_blip2_config, load_module_from_checkpoint
-from unifashion_core.models.weights import MINILM, hub_error, resolve_local_file, resolve_weights
-
-QFORMER_INITS = ("random", "minilm", "blip2")
+from unifashion_core.models.weights import MINILM, RANDOM, hub_error, resolve_local_file, resolve_weights
 
 TEMP_INIT = 0.07
 TEMP_MIN = 0.001
@@ -282,14 +281,8 @@ def _qformer_config(
     )
 
 
-def _build_minilm(
-    source: str,
-    vision_width: int,
-    num_query_tokens: int,
-    num_hidden_layers: int,
-    cross_attention_frequency: int,
-    embed_dim: int,
-) -> QFormer:
+def _build_minilm(cfg: QFormerConfig, source: str, vision_width: int) -> QFormer:
+    num_hidden_layers = cfg.num_hidden_layers
     if not 1 <= num_hidden_layers <= MINILM_LAYERS:
         raise UserError(
             f"a MiniLM-initialised Q-Former has 1 to 6 layers, not {num_hidden_layers}."
@@ -304,7 +297,7 @@ def _build_minilm(
     config = _qformer_config(
         vision_width,
         num_hidden_layers,
-        cross_attention_frequency,
+        cfg.cross_attention_frequency,
         vocab_size=bert_config.vocab_size,
         hidden_size=bert_config.hidden_size,
         num_attention_heads=bert_config.num_attention_heads,
@@ -313,7 +306,7 @@ def _build_minilm(
         layer_norm_eps=bert_config.layer_norm_eps,
         pad_token_id=bert_config.pad_token_id,
     )
-    model = QFormer(config, num_query_tokens, embed_dim, vision_norm=True)
+    model = QFormer(config, cfg.num_query_tokens, cfg.embed_dim, vision_norm=True)
     try:
         state = _minilm_state(load_file(path), num_hidden_layers)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -325,9 +318,16 @@ def _build_minilm(
     return model
 
 
-def _build_blip2(source: str, vision_width: int | None) -> QFormer:
+def _build_blip2(cfg: QFormerConfig, vision_width: int | None) -> tuple[QFormer, PreTrainedTokenizerBase]:
+    source = cfg.weights
     if not source:
         raise UserError("a blip2 Q-Former needs weights: a directory or hub id.")
+    if source == RANDOM:
+        if vision_width is None:
+            raise ValueError("a random blip2 Q-Former needs vision_width")
+        config = Blip2QFormerConfig(encoder_hidden_size=vision_width, use_qformer_text_input=True)
+        # BLIP-2's Q-Former reads bert-base-uncased's vocabulary, which MiniLM's tokenizer shares.
+        return QFormer(config, cfg.num_query_tokens, cfg.embed_dim, vision_norm=False), _load_tokenizer(MINILM)
     config = load_blip2_config(source)
     qformer_config = config.qformer_config
     if not qformer_config.use_qformer_text_input:
@@ -348,84 +348,52 @@ def _build_blip2(source: str, vision_width: int | None) -> QFormer:
             vision_norm=False,
         )
     load_module_from_checkpoint(model, source, allowed_missing={"temp"})
-    return model
+    tokenizer = _load_tokenizer(source)
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(f"the tokenizer in {source!r} is larger than its Q-Former vocabulary.")
+    return model, tokenizer
 
 
 def build_qformer(
-    init: str,
-    weights: str = "",
-    vision_width: int | None = None,
-    num_query_tokens: int = 32,
-    num_hidden_layers: int | None = None,
-    cross_attention_frequency: int = 2,
-    embed_dim: int = 256,
-    hidden_size: int = 384,
-    num_attention_heads: int = 12,
-    intermediate_size: int = 1536,
-    max_text_length: int = 64,
-    text_pooling: str = "cls",
+    cfg: QFormerConfig, vision_width: int | None = None, max_text_length: int = 64
 ) -> tuple[QFormer, PreTrainedTokenizerBase]:
-    """Build the Q-Former and its tokenizer.
+    """Build the Q-Former and its tokenizer from ``model.qformer``.
+
+    ``cfg.init``: ``random`` (every size from ``cfg``), ``minilm`` (BERT layers from
+    all-MiniLM-L6-v2, fresh cross-attention and queries; ``cfg.weights`` empty = the packaged
+    MiniLM) or ``blip2`` (everything from a ``Blip2ForImageTextRetrieval`` checkpoint in
+    ``cfg.weights``, whose config sets all sizes; ``random`` = BLIP-2's architecture, random weights).
 
     Args:
-        init: ``random`` (every size from the arguments), ``minilm`` (BERT layers from
-            all-MiniLM-L6-v2, fresh cross-attention and queries) or ``blip2`` (everything from a
-            ``Blip2ForImageTextRetrieval`` checkpoint, whose config sets all sizes).
-        weights: ``random`` and ``minilm``: the MiniLM directory (tokenizer, and weights for
-            ``minilm``), default the packaged one; ``blip2``: a directory or hub id.
+        cfg: the Q-Former section of the recipe.
         vision_width: width C of the image tokens (the vision encoder's ``num_channels``);
-            required for ``random`` and ``minilm``, checked against the checkpoint for ``blip2``.
-        num_query_tokens: number of learned queries (``random``, ``minilm``).
-        num_hidden_layers: Q-Former layers; default 2 for ``random``, 6 for ``minilm``.
-        cross_attention_frequency: one cross-attention every this many layers (``random``,
-            ``minilm``).
-        embed_dim: width of the retrieval embeddings (``random``, ``minilm``).
-        hidden_size: Q-Former width (``random``).
-        num_attention_heads: attention heads (``random``).
-        intermediate_size: feed-forward width (``random``).
-        max_text_length: the tokenizer's ``model_max_length``.
-        text_pooling: ``cls`` or ``mean`` (see ``QFormer``).
+            required for ``random``, ``minilm`` and blip2 ``random``, checked against a blip2
+            checkpoint.
+        max_text_length: the tokenizer's ``model_max_length`` (``data.max_text_length``).
 
     Returns:
         The Q-Former (train mode, as built) and its tokenizer.
 
     Raises:
-        UserError: an unknown init, or weights that are missing or of the wrong kind.
+        UserError: weights that are missing or of the wrong kind, or sizes they cannot take.
     """
-    if init not in QFORMER_INITS:
-        raise UserError(
-            f"unknown Q-Former init {init!r}; choose one of {', '.join(QFORMER_INITS)}."
-        )
-    if init == "blip2":
-        model, tokenizer = _build_blip2(weights, vision_width), _load_tokenizer(weights)
-        if len(tokenizer) > model.config.vocab_size:
-            raise UserError(f"the tokenizer in {weights!r} is larger than its Q-Former vocabulary.")
+    if cfg.init == "blip2":
+        model, tokenizer = _build_blip2(cfg, vision_width)
     else:
         if vision_width is None:
-            raise ValueError(f"build_qformer({init!r}) needs vision_width")
-        source = weights or MINILM
+            raise ValueError(f"build_qformer({cfg.init!r}) needs vision_width")
+        source = cfg.weights or MINILM
         tokenizer = _load_tokenizer(source)
-        if init == "minilm":
-            model = _build_minilm(
-                source,
-                vision_width,
-                num_query_tokens,
-                MINILM_LAYERS if num_hidden_layers is None else num_hidden_layers,
-                cross_attention_frequency,
-                embed_dim,
-            )
+        if cfg.init == "minilm":
+            model = _build_minilm(cfg, source, vision_width)
         else:
             config = _qformer_config(
-                vision_width,
-                2 if num_hidden_layers is None else num_hidden_layers,
-                cross_attention_frequency,
-                vocab_size=len(tokenizer),
-                hidden_size=hidden_size,
-                num_attention_heads=num_attention_heads,
-                intermediate_size=intermediate_size,
+                vision_width, cfg.num_hidden_layers, cfg.cross_attention_frequency,
+                vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            model = QFormer(config, num_query_tokens, embed_dim, vision_norm=True)
+            model = QFormer(config, cfg.num_query_tokens, cfg.embed_dim, vision_norm=True)
     tokenizer.model_max_length = max_text_length
-    model.text_pooling = text_pooling
+    model.text_pooling = cfg.text_pooling
     return model, tokenizer

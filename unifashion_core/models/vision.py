@@ -21,16 +21,16 @@ from transformers.initialization import no_init_weights
 from transformers.models.blip_2.modeling_blip_2 import Blip2VisionConfig, Blip2VisionModel
 from transformers.utils.hub import cached_file
 
+from unifashion_core.config import VisionConfig
 from unifashion_core.data.images import image_to_array
 from unifashion_core.errors import UserError
 from unifashion_core.models.weights import (
     EFFICIENTNET_LITE0,
+    RANDOM,
     hub_error,
     resolve_local_file,
     resolve_weights,
 )
-
-VISION_ENCODERS = ("tiny", "efficientnet_lite0", "blip2")
 
 HALF_MEAN_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -290,6 +290,8 @@ def _load_efficientnet_lite0(weights: str, image_size: int) -> EfficientNetLite0
 def _load_blip2_vision(weights: str, image_size: int) -> Blip2VisionEncoder:
     if not weights:
         raise UserError("the blip2 vision encoder needs weights: a directory or hub id.")
+    if weights == RANDOM:
+        return Blip2VisionEncoder(Blip2VisionConfig(), image_size)  # EVA ViT-g/14's sizes
     config = load_blip2_config(weights)
     with no_init_weights():
         encoder = Blip2VisionEncoder(config.vision_config, image_size)
@@ -297,32 +299,26 @@ def _load_blip2_vision(weights: str, image_size: int) -> Blip2VisionEncoder:
     return encoder
 
 
-def build_vision_encoder(name: str, weights: str = "", image_size: int = 224) -> VisionEncoder:
+def build_vision_encoder(cfg: VisionConfig) -> VisionEncoder:
     """Build a frozen vision encoder (eval mode, no gradients).
 
-    Args:
-        name: ``tiny`` (random, seeded by ``torch.manual_seed``), ``efficientnet_lite0`` or
-            ``blip2``.
-        weights: the weight source; empty means the packaged EfficientNet-Lite0 file. ``blip2``
-            needs a directory or hub id holding a ``Blip2ForImageTextRetrieval`` checkpoint.
-        image_size: side of the square input images.
+    ``cfg.name``: ``tiny`` (random, seeded by ``torch.manual_seed``), ``efficientnet_lite0``
+    (``cfg.weights`` empty = the packaged ImageNet file) or ``blip2`` (``cfg.weights``: a directory
+    or hub id holding a ``Blip2ForImageTextRetrieval`` checkpoint, or ``random`` for EVA ViT-g/14's
+    architecture with random weights). ``cfg.image_size`` is the side of the square inputs.
 
     Returns:
         The encoder; run it under ``torch.no_grad()``.
 
     Raises:
-        UserError: an unknown name, or weights that are missing, altered or of the wrong kind.
+        UserError: weights that are missing, altered or of the wrong kind.
     """
-    if name == "tiny":
-        encoder: VisionEncoder = TinyVisionEncoder(image_size)
-    elif name == "efficientnet_lite0":
-        encoder = _load_efficientnet_lite0(weights, image_size)
-    elif name == "blip2":
-        encoder = _load_blip2_vision(weights, image_size)
+    if cfg.name == "tiny":
+        encoder: VisionEncoder = TinyVisionEncoder(cfg.image_size)
+    elif cfg.name == "efficientnet_lite0":
+        encoder = _load_efficientnet_lite0(cfg.weights, cfg.image_size)
     else:
-        raise UserError(
-            f"unknown vision encoder {name!r}; choose one of {', '.join(VISION_ENCODERS)}."
-        )
+        encoder = _load_blip2_vision(cfg.weights, cfg.image_size)
     return encoder.eval().requires_grad_(False)
 
 

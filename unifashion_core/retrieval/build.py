@@ -1,17 +1,40 @@
 """`unifashion index`: embed a split's images and texts and write a resumable FAISS index."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unifashion_core import __version__
+from unifashion_core.batching import batch_slices
+from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.manifest import SkipLog, load_dataset
+from unifashion_core.features import load_pixels
 from unifashion_core.fileio import write_json
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.captions import caption_gallery
-from unifashion_core.retrieval.embed import embed_image_tokens, embed_texts
 from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
-from unifashion_core.train.checkpoint import load_checkpoint
-from unifashion_core.train.features import load_pixels
+
+
+@dataclass(frozen=True)
+class IndexSummary:
+    """What an index build produced.
+
+    Attributes:
+        index: the index directory.
+        split: the dataset split that was indexed.
+        kind: ``flat``, ``hnsw`` or ``ivfpq``.
+        num_items: items in the index.
+        skipped: unreadable images, each ``{"id", "reason", "path", "kind"}`` (also ``skipped.json``).
+        fingerprint: the query model's fingerprint stored in the index.
+        captions: whether gallery captions were generated and embedded.
+    """
+
+    index: Path
+    split: str
+    kind: str
+    num_items: int
+    skipped: tuple[dict[str, Any], ...]
+    fingerprint: str
+    captions: bool
 
 
 def build_index(
@@ -23,7 +46,7 @@ def build_index(
     batch_size: int = 64,
     captions: bool = False,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
+) -> IndexSummary:
     """Embed ``split`` of ``data`` with ``checkpoint`` into an index at ``out``.
 
     Interrupted builds resume from their finished shards when run again with the same
@@ -31,41 +54,40 @@ def build_index(
     With ``captions``, every image is also captioned by the checkpoint's captioner and the
     captions and their text embeddings are stored (composed retrieval "w/ cap").
     """
-    model, meta = load_checkpoint(checkpoint, heads=("caption",) if captions else ())
+    loaded = load_checkpoint(checkpoint, heads=("caption",) if captions else ())
+    model, field = loaded.model, loaded.recipe.data.caption_field
     dataset = load_dataset(data)
     items = dataset.split(split)
-    field = model.recipe.data.caption_field
     writer = IndexWriter(Path(out), {
-        "fingerprint": meta["fingerprint"], "manifest_sha256": dataset.manifest_hash, "split": split,
+        "fingerprint": loaded.fingerprint, "manifest_sha256": dataset.manifest_hash, "split": split,
         "data": str(dataset.root.absolute()), "checkpoint": str(Path(checkpoint).absolute()),
         "caption_field": field, "unifashion_version": __version__,
-        "gallery_captions": model.recipe.model.captioner.style if captions else None,
+        "gallery_captions": model.config.captioner.style if captions else None,
     })
     done = writer.done_ids()
     todo = [item for item in items if item.id not in done]
     skipped = SkipLog()
     progress.start("index", len(items))
     progress.advance("index", len(items) - len(todo))
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        kept, pixels = load_pixels(dataset, batch, model.vision, skipped)
+    for rows in batch_slices(len(todo), batch_size):
+        kept, pixels = load_pixels(dataset, todo[rows], model.vision, skipped)
         if kept:
-            tokens = model.image_tokens(pixels)
-            image_vectors = embed_image_tokens(model, tokens)
-            text_vectors = embed_texts(model, [getattr(i, field) or i.caption for i in kept])
-            generated, caption_vectors = caption_gallery(model, tokens) if captions else (None, None)
-            writer.add([i.id for i in kept], image_vectors, text_vectors, caption_vectors, generated)
-        progress.advance("index", len(batch))
+            tokens = model.image_tokens(pixels.to(model.device))
+            generated = model.caption_images(tokens, batch_size=32, task="caption gallery") if captions else None
+            writer.add([i.id for i in kept], model.embed_images(tokens).numpy(),
+                       model.embed_texts([i.text(field) for i in kept]).numpy(),
+                       None if generated is None else model.embed_texts(generated).numpy(), generated)
+        progress.advance("index", rows.stop - rows.start)
     order = [item.id for item in items if item.id in writer.done_ids()]
     index = writer.finalize(kind, order=order)
-    report = {"num_items": len(index.ids), "num_skipped": len(skipped.entries),
-              "skipped": [vars(e) for e in skipped.entries], "kind": kind, "split": split}
-    write_json(Path(out) / "skipped.json", report)
-    return {**report, "index": str(out), "fingerprint": meta["fingerprint"], "captions": captions}
+    entries = tuple(vars(e) for e in skipped.entries)
+    write_json(Path(out) / "skipped.json", {"num_items": len(index.ids), "num_skipped": len(entries),
+                                            "skipped": list(entries), "kind": kind, "split": split})
+    return IndexSummary(Path(out), split, kind, len(index.ids), entries, loaded.fingerprint, captions)
 
 
 def item_texts(index: RetrievalIndex) -> dict[str, dict[str, Any]]:
-    """id -> {caption, image path} for an index's items, read from the dataset it was built on."""
+    """id -> {caption, image path, category} for an index's items, read from the dataset it was built on."""
     dataset = load_dataset(index.meta["data"])
     wanted = set(index.ids)
     return {

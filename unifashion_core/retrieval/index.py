@@ -1,4 +1,4 @@
-"""The late-interaction retrieval index (DESIGN.md section 5).
+"""The late-interaction retrieval index (docs/design.md section 5).
 
 An index directory holds::
 
@@ -19,7 +19,7 @@ Vectors are stored as given: the caller passes L2-normalised embeddings.
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import faiss
 import numpy as np
 
 from unifashion_core import __version__
+from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
 
@@ -55,12 +56,6 @@ _QUERY_BLOCK = 256
 
 Array = np.ndarray
 SearchResult = tuple[np.ndarray, np.ndarray]
-
-
-def _blocks(total: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most ``size`` covering ``range(total)``."""
-    for start in range(0, total, size):
-        yield slice(start, min(start + size, total))
 
 
 def _json_roundtrip(data: dict[str, Any]) -> Any:
@@ -286,7 +281,7 @@ def _build_faiss(kind: str, image_vectors: Array) -> tuple[Any, dict[str, int]]:
         ann = {"hnsw_m": HNSW_M, "ef_search": HNSW_EF_SEARCH}
     else:
         index, ann = _train_ivfpq(flat)
-    for block in _blocks(len(flat), _BLOCK_FLOATS // dim):
+    for block in batch_slices(len(flat), _BLOCK_FLOATS // dim):
         index.add(np.ascontiguousarray(flat[block], dtype=np.float32))
     return index, ann
 
@@ -449,7 +444,7 @@ class RetrievalIndex:
     def search_composed(
         self, fused: Array, k: int, caption_weight: float = 1.0, use_captions: bool = True
     ) -> SearchResult:
-        """Composed retrieval: ``max_q <e, z_q> + caption_weight * <e, c>`` (DESIGN.md 5).
+        """Composed retrieval: ``max_q <e, z_q> + caption_weight * <e, c>`` (paper Table 4; docs/design.md section 5).
 
         Without gallery captions in the index, or with ``use_captions=False``, the first term
         alone (the paper's "w/o cap"), i.e. :meth:`search_images`.
@@ -493,9 +488,9 @@ class RetrievalIndex:
         """Top ``k`` of a dense score, computed block by block to bound memory."""
         items_per_block = max(1, _BLOCK_FLOATS // (_QUERY_BLOCK * per_item))
         results = []
-        for rows in _blocks(num_rows, _QUERY_BLOCK):
+        for rows in batch_slices(num_rows, _QUERY_BLOCK):
             scores = np.concatenate([score(rows, items) for items in
-                                     _blocks(self.num_items, items_per_block)], axis=1)  # (m, N)
+                                     batch_slices(self.num_items, items_per_block)], axis=1)  # (m, N)
             results.append(_top_k(scores, k))
         return (np.concatenate([s for s, _ in results]).astype(np.float32),
                 np.concatenate([i for _, i in results]).astype(np.int64))

@@ -6,15 +6,15 @@ from typing import Any
 
 import numpy as np
 
+from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.retrieval.build import item_texts
-from unifashion_core.retrieval.embed import MAX_QUERY_CHARS, embed_composed, embed_pixels, embed_texts
 from unifashion_core.retrieval.index import RetrievalIndex
-from unifashion_core.train.checkpoint import load_checkpoint
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
+MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
 
 
 @dataclass(frozen=True)
@@ -49,10 +49,8 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
 
 def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
     """Load the query model and the index, refusing an index built by a different model."""
-    checkpoint = checkpoint or _index_checkpoint(index_path)
-    model, meta = load_checkpoint(checkpoint)
-    index = RetrievalIndex.load(index_path, expected_fingerprint=meta["fingerprint"])
-    return model, index
+    loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
+    return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
 
 
 def _index_checkpoint(index_path: str | Path) -> str:
@@ -82,15 +80,16 @@ def search(
     text = text[:MAX_QUERY_CHARS] if text is not None else None
     tokens = image_embeds = None
     if image is not None:
-        tokens, image_embeds = embed_pixels(model, preprocess([load_user_image(image)], model.vision))
+        tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
+        image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
     if mode == "t2i":
-        scores, rows = index.search_images(embed_texts(model, [text]), k)
+        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k)
     elif mode == "i2t":
         scores, rows = index.search_texts(image_embeds, k)
     elif mode == "i2i":
         scores, rows = _search_by_image(index, image_embeds[0], k)
     else:
-        fused = embed_composed(model, tokens, [text])
+        fused = model.embed_composed(tokens, [text]).numpy()
         scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
     info = item_texts(index)
     results = []

@@ -1,4 +1,5 @@
-"""Phase 2: composed image retrieval training on (reference, text, target) triplets (DESIGN.md 2-3).
+"""Phase 2: composed image retrieval training on (reference, text, target) triplets (paper
+section 3.3, Eq. 10-12; docs/design.md sections 2-3).
 
 Each micro-batch of triplets runs the Q-Former's multimodal pass on (reference image,
 modification text) and minimises::
@@ -17,7 +18,7 @@ The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every``
 sums the CIR terms unweighted.
 
 Training text: Fashion-IQ's two texts are paraphrases of one change, so each step picks one of
-"c1 and c2", "c2 and c1", c1, c2 (DESIGN.md 6); other datasets' ``texts`` are different changes
+"c1 and c2", "c2 and c1", c1, c2 (docs/design.md section 6); other datasets' ``texts`` are different changes
 that must all be kept, so their evaluation ``text`` is used as is. Target captions are in the
 recipe's caption style; targets without one (Fashion-IQ) are captioned once by the frozen
 captioner before training.
@@ -31,22 +32,21 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from unifashion_core import workspace
+from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
 from unifashion_core.config import Recipe
 from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.bench_cir import evaluate_cir, recalls, triplet_status
+from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.losses import cir_loss
+from unifashion_core.metrics import cir
 from unifashion_core.models.qformer import MultimodalOutput
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.captions import caption_tokens
-from unifashion_core.train.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
-from unifashion_core.train.features import image_tokens
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.run import build_accelerator, cache_dir_for, pixel_values, prepare_run_dir
-from unifashion_core.train.stages import Stage, caption_targets
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.stages import Stage
 
 STAGE = "phase2"
 TERMS = ("cir", "itg", "q2i")
@@ -90,25 +90,25 @@ def training_texts(triplet: Triplet, paraphrases: bool) -> list[str]:
 
 def load_triplets(
     model: UniFashion, dataset: Dataset, split: str, items: list[Item], paraphrases: bool,
-    skipped: SkipLog, progress: Progress = NullProgress(),
+    skipped: SkipLog, cache_dir: Path | None = None, progress: Progress = NullProgress(),
 ) -> TripletData:
     """Vision tokens of ``items`` and the split's triplets whose two images are among them.
 
     Unreadable images and triplets that cannot be used (no target, reference or target missing)
     go to ``skipped``.
     """
-    kept, tokens, unreadable = image_tokens(model.vision, dataset, items, cache_dir_for(dataset), progress)
+    kept, tokens, unreadable = image_tokens(model.vision, dataset, items, cache_dir, progress)
     skipped.entries += unreadable.entries
     rows = {item.id: row for row, item in enumerate(kept)}
     usable = []
     for triplet in dataset.split_triplets(split):
-        status = triplet_status(triplet, rows)
+        status = cir.triplet_status(triplet, rows)
         if status == "ok":
             usable.append(triplet)
         else:
             skipped.add(triplet.id, status, kind="triplet")
     return TripletData(
-        kept, tokens.to(model.qformer.query_tokens.device), usable,
+        kept, tokens.to(model.device), usable,
         torch.tensor([rows[t.reference] for t in usable], dtype=torch.long),
         torch.tensor([rows[t.target] for t in usable], dtype=torch.long),
         [training_texts(t, paraphrases) for t in usable], [""] * len(usable),
@@ -122,14 +122,15 @@ def target_captions(model: UniFashion, data: TripletData, style: str, progress: 
         UserError: targets without a caption and no caption head to caption them.
     """
     targets = data.targets.tolist()
-    texts = caption_targets([data.items[row] for row in targets], style)
+    texts = [data.items[row].caption_target(style) for row in targets]
     missing = sorted({row for row, text in zip(targets, texts, strict=True) if not text})
     if not missing:
         return texts
     if model.captioner is None:
         raise UserError(f"{len(missing)} target images have no caption and the checkpoint has no caption head "
                         "to caption them; train phase 1 with the caption stage.")
-    generated = dict(zip(missing, caption_tokens(model, data.tokens[missing], progress=progress), strict=True))
+    captions = model.caption_images(data.tokens[missing], style, progress=progress, task="caption targets")
+    generated = dict(zip(missing, captions, strict=True))
     return [text or generated[row] for row, text in zip(targets, texts, strict=True)]
 
 
@@ -197,32 +198,30 @@ def phase2_stage(
         if "itg" in terms:
             parts["itg"] = model.captioner.loss(fused.query_output, captions, style)
         if "q2i" in terms:
-            pixels = pixel_values(dataset, [train.items[row] for row in targets.tolist()], size).to(device)
+            paths = [dataset.image_path(train.items[row]) for row in targets.tolist()]
+            pixels = pixel_values(paths, size).to(device)
             parts["q2i"] = model.generator.loss(fused.query_output, pixels, drop_prob=drop_prob, generator=generator,
                                                 source="multimodal")
         loss = sum(weights[name] * value for name, value in parts.items())
         return loss, {name: float(value.detach()) for name, value in parts.items()}
 
     def eval_fn() -> dict[str, float]:
-        qformer.eval()
-        ranks, _ = evaluate_cir(model, val.items, val.tokens, val.triplets)
-        qformer.train()
-        return {f"val_cir_{name}": value for name, value in recalls(ranks["without_captions"]).items()}
+        fused = model.embed_composed(val.tokens[val.references], [t.text for t in val.triplets])  # (M, D)
+        allowed = torch.ones(len(val.triplets), len(val.items), dtype=torch.bool)
+        ranks, _ = cir.rank_targets(fused, model.embed_images(val.tokens), val.targets, allowed)
+        return {f"val_cir_{name}": value for name, value in cir.recalls(ranks).items()}
 
     params = [p for p in qformer.parameters() if p.requires_grad]
     return Stage(STAGE, qformer, params, recipe.train.phase2, len(train.triplets), loss_fn,
                  eval_fn if val is not None and val.triplets else None, qformer.clamp_temperature_)
 
 
-def check_init_checkpoint(path: str | Path | None) -> tuple[Path, dict[str, Any]]:
+def check_init_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """The phase-1 checkpoint directory phase 2 starts from, and its meta.
 
     Raises:
-        UserError: no ``--checkpoint``, a path that does not exist, or not a phase-1 checkpoint.
+        UserError: a path that does not exist, or not a phase-1 checkpoint.
     """
-    if path is None:
-        raise UserError("phase 2 starts from a phase-1 checkpoint: pass --checkpoint PATH "
-                        "(a phase-1 run directory or its checkpoint/).")
     if not Path(path).exists():
         raise UserError(f"--checkpoint {path} does not exist; give a phase-1 run directory or its checkpoint/.")
     path = checkpoint_dir(path)
@@ -264,7 +263,7 @@ class Phase2Setup:
 
 def setup_phase2(
     recipe: Recipe, heads: tuple[str, ...], weights: Path, dataset: Dataset,
-    device: torch.device | str = "cpu", progress: Progress = NullProgress(),
+    device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: Progress = NullProgress(),
 ) -> Phase2Setup:
     """Build the model with ``heads``, load ``weights``, freeze all but the Q-Former, load the data.
 
@@ -272,7 +271,7 @@ def setup_phase2(
         UserError: no loss term to train, fewer than 2 usable training triplets, or targets
             without captions and no caption head.
     """
-    model = build_model(recipe, heads)
+    model = build_model(recipe.model, recipe.data.max_text_length, heads)
     load_weights(model, weights)
     model.to(device).eval().requires_grad_(False)
     model.qformer.requires_grad_(True)
@@ -282,14 +281,14 @@ def setup_phase2(
                         "(weight 0 or no such head in the checkpoint).")
     skipped = SkipLog()
     train = load_triplets(model, dataset, "train", _triplet_items(dataset, "train"),
-                          dataset.report.get("dataset") == "fashioniq", skipped, progress)
+                          dataset.report.get("dataset") == "fashioniq", skipped, cache_dir, progress)
     if len(train.triplets) < 2:
         raise UserError(f"{dataset.root} has fewer than 2 usable training triplets; phase 2 needs composed-"
                         "retrieval triplets (e.g. the demo data or Fashion-IQ).")
     if "cir" in terms or "itg" in terms:
         train.captions = target_captions(model, train, recipe.model.captioner.style, progress)
     val = load_triplets(model, dataset, "val", dataset.split("val")[: recipe.train.eval_max_items], False,
-                        SkipLog(), progress)
+                        SkipLog(), cache_dir, progress)
     return Phase2Setup(model, phase2_stage(model, recipe, dataset, train, val), train, terms, skipped)
 
 
@@ -303,42 +302,40 @@ def retake_query_statistics(model: UniFashion, recipe: Recipe, data: TripletData
     0.31 to 0.78 on the demo (0.90 after phase 1). The multimodal statistics stay: phase 2's q2I
     term trained the fused queries against them.
     """
-    field = recipe.data.caption_field
-    texts = [getattr(item, field) or item.caption for item in data.items]
-    was_training = model.qformer.training
-    model.qformer.eval()
+    texts = [item.text(recipe.data.caption_field) for item in data.items]
     for source in ("text", "image"):
         model.generator.set_query_statistics(source, model.source_queries(source, data.tokens, texts, batch_size))
-    model.qformer.train(was_training)
 
 
 def run_phase2(
     recipe: Recipe,
-    init_checkpoint: str | Path | None,
-    data: str | Path | None = None,
-    out: str | Path | None = None,
+    init_checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
     resume: bool = False,
     overwrite: bool = False,
+    cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
-) -> dict[str, Any]:
-    """Train phase 2 from a phase-1 checkpoint (``unifashion train RECIPE --phase 2 --checkpoint C``).
+) -> TrainResult:
+    """Train phase 2 from a phase-1 checkpoint (``unifashion train RECIPE --phase 2``).
 
     Args:
         recipe: the phase-2 recipe (its model section must build the checkpoint's shapes).
         init_checkpoint: the phase-1 run directory or checkpoint directory.
-        data: prepared dataset with triplets (default: the recipe's, then the workspace's).
-        out: run directory (default: ``workspace/runs/{name}-phase2``).
+        data: prepared dataset with triplets.
+        out: run directory.
         resume: continue the run in ``out`` exactly where it stopped.
         overwrite: replace a non-empty ``out``.
+        cache_dir: where frozen vision features are cached (None: not cached on disk).
         progress: progress events.
 
     Returns:
-        ``{"checkpoint", "metrics", "terms", "skipped"}``; the checkpoint's meta records phase 2,
-        the phase-1 heads and the init checkpoint's path and fingerprint.
+        The result; the checkpoint's meta records phase 2, the phase-1 heads and the init
+        checkpoint's path and fingerprint.
     """
     init, init_meta = check_init_checkpoint(init_checkpoint)
-    dataset = load_dataset(workspace.resolve("data", data or recipe.data.path or None))
-    out = Path(out) if out else workspace.default_output(f"runs/{recipe.name}-phase2")
+    dataset = load_dataset(data)
+    out = Path(out)
     if init.absolute().is_relative_to(out.absolute()):
         raise UserError(f"--out {out} holds the checkpoint phase 2 starts from; choose another --out.")
     meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
@@ -348,11 +345,11 @@ def run_phase2(
     heads = tuple(init_meta.get("heads", []))
     accelerator = build_accelerator(recipe)
     setup = setup_phase2(recipe, heads, out / "checkpoint" if meta is not None else init, dataset,
-                         accelerator.device, progress)
+                         accelerator.device, feature_cache_dir(cache_dir, dataset), progress)
     provenance = {
         "phase": 2, "heads": list(heads), "terms": list(setup.terms), "init_checkpoint": str(init.absolute()),
         "init_checkpoint_fingerprint": init_meta["fingerprint"], "manifest_sha256": dataset.manifest_hash,
-        "seed": recipe.seed, "skipped": setup.skipped.counts(),
+        "data": str(dataset.root.absolute()), "seed": recipe.seed, "skipped": setup.skipped.counts(),
     }
     results = dict(meta.get("metrics", {})) if meta is not None else {}
     if meta is None or STAGE not in meta.get("stages_done", []):
@@ -361,7 +358,7 @@ def run_phase2(
             if stage_meta["stage_done"] and setup.model.generator is not None and \
                     recipe.model.generator.standardize_queries:
                 retake_query_statistics(setup.model, recipe, setup.train)
-            save_checkpoint(out / "checkpoint", setup.model, {
+            save_checkpoint(out / "checkpoint", setup.model, recipe, {
                 **stage_meta, **provenance, "stages_done": [STAGE] if stage_meta["stage_done"] else [],
                 "metrics": {f"{STAGE}/{k}": v for k, v in stage_meta["metrics"].items()},
             }, training_state)
@@ -369,10 +366,7 @@ def run_phase2(
         last = run_stage(setup.stage, accelerator, recipe.seed, recipe.train, MetricsLog(out / "metrics.jsonl"),
                          save, progress, resume_state)
         results = {f"{STAGE}/{k}": v for k, v in last.items()}
-    workspace.remember("checkpoint", out / "checkpoint")
-    workspace.remember("data", dataset.root)
-    return {"checkpoint": str(out / "checkpoint"), "metrics": results, "terms": list(setup.terms),
-            "skipped": setup.skipped.counts()}
+    return TrainResult(out / "checkpoint", 2, results, setup.skipped.counts(), setup.terms, init)
 
 
 def _triplet_items(dataset: Dataset, split: str) -> list[Item]:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from unifashion_core.batching import batch_slices
 from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
-from unifashion_core.evaluation.retrieval_metrics import cross_modal_recalls
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
+from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
@@ -46,22 +47,6 @@ class Stage:
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
-
-
-@torch.no_grad()
-def retrieval_similarity(
-    model: UniFashion, tokens: torch.Tensor, texts: list[str], batch_size: int = 64
-) -> torch.Tensor:
-    """Image x text max-over-queries similarity (N, M) for evaluation."""
-    qformer = model.qformer
-    image_embeds = torch.cat(
-        [qformer.encode_image(tokens[i : i + batch_size].float()).embeds for i in range(0, len(tokens), batch_size)]
-    )
-    text_embeds = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask = model.tokenize(texts[i : i + batch_size])
-        text_embeds.append(qformer.encode_text(ids, mask).embeds)
-    return max_sim(image_embeds, torch.cat(text_embeds))
 
 
 def retrieval_stage(
@@ -99,9 +84,7 @@ def retrieval_stage(
         return loss, logs
 
     def eval_fn() -> dict[str, float]:
-        qformer.eval()
-        recalls = cross_modal_recalls(retrieval_similarity(model, val_tokens, val_texts))
-        qformer.train()
+        recalls = cross_modal_recalls(max_sim(model.embed_images(val_tokens), model.embed_texts(val_texts)))
         return {f"val_{k}": v for k, v in recalls.items()}
 
     return Stage(
@@ -114,13 +97,6 @@ def retrieval_stage(
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
     )
-
-
-def caption_targets(items: list, style: str) -> list[str]:
-    """The reference text a captioner learns for each item in a given style."""
-    if style == "short":
-        return [item.caption for item in items]
-    return [item.description or item.caption for item in items]
 
 
 def caption_stage(
@@ -219,14 +195,14 @@ def _validation_fid(
     generator_head: nn.Module, recipe: Recipe, queries: torch.Tensor, pixels: torch.Tensor, num_items: int
 ) -> dict[str, float]:
     """FID/KID of images generated from validation text queries against the validation images."""
-    from unifashion_core.evaluation.generation_metrics import fid_kid
+    from unifashion_core.metrics.generation import fid_kid
 
     g = recipe.model.generator
     count = min(num_items, len(queries))
     fake = torch.cat([
-        generator_head.sample(queries[i : min(i + 32, count)].float(), num_inference_steps=g.num_inference_steps,
-                              sampler=g.sampler, guidance_scale=g.guidance_scale, seed=i, source="text").images
-        for i in range(0, count, 32)
+        generator_head.sample(queries[rows].float(), num_inference_steps=g.num_inference_steps,
+                              sampler=g.sampler, guidance_scale=g.guidance_scale, seed=rows.start, source="text").images
+        for rows in batch_slices(count, 32)
     ])
     real = (pixels[:count].float() + 1) / 2
     scores = fid_kid(real, fake, kid_subset_size=min(50, count))

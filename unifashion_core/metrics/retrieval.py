@@ -35,3 +35,25 @@ def cross_modal_recalls(sim_i2t: np.ndarray | torch.Tensor, ks: tuple[int, ...] 
     result = {f"i2t_R@{k}": i2t[k] for k in ks} | {f"t2i_R@{k}": t2i[k] for k in ks}
     result["mean_R"] = float(np.mean(list(result.values())))
     return result
+
+
+def paired_recalls(sim: np.ndarray, texts: list[str], candidates: list[list[int]] | None = None) -> dict[str, float]:
+    """R@k both ways for N images and their N texts; identical texts count as positives.
+
+    Args:
+        sim: ``(N, N)`` image x text similarity; image i and text i are a pair.
+        texts: the N texts (items sharing a text cannot be told apart, so each is a positive).
+        candidates: per query, the columns it ranks (``random100``); None ranks all N.
+    """
+    n = len(texts)
+    rows_i2t, rows_t2i, positives = [], [], []
+    for query in range(n):
+        columns = candidates[query] if candidates is not None else list(range(n))
+        positives.append({c for c, j in enumerate(columns) if texts[j] == texts[query]})
+        rows_i2t.append(sim[query, columns])
+        rows_t2i.append(sim[columns, query])
+    i2t = recall_at_k(np.stack(rows_i2t), positives)
+    t2i = recall_at_k(np.stack(rows_t2i), positives)
+    result = {f"i2t_R@{k}": i2t[k] for k in KS} | {f"t2i_R@{k}": t2i[k] for k in KS}
+    result["mean_R"] = float(np.mean(list(result.values())))
+    return result

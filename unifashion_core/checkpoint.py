@@ -1,4 +1,7 @@
-"""Checkpoint directories (DESIGN.md section 8), written atomically and loadable on their own.
+"""Checkpoint directories, written atomically and loadable on their own (docs/design.md section 8).
+
+Training writes them; retrieval, inference, the benches and phase 2 read them, so they live at
+the core's top level rather than inside ``train/``.
 
 Layout: ``config.yaml`` (the resolved recipe), ``model.safetensors`` (every weight that cannot be
 rebuilt from its source: frozen pretrained vision/LLM/VAE weights are referenced, not copied),
@@ -7,6 +10,7 @@ rebuilt from its source: frozen pretrained vision/LLM/VAE weights are referenced
 """
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from unifashion_core import __version__
-from unifashion_core.config import Recipe, dump_recipe, load_recipe
+from unifashion_core.config import ModelConfig, Recipe, dump_recipe, load_recipe
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, read_json, write_json, write_text_atomic
 from unifashion_core.models.unifashion import UniFashion, build_model
@@ -36,9 +40,8 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def _is_rebuildable(key: str, recipe: Recipe) -> bool:
+def _is_rebuildable(key: str, m: ModelConfig) -> bool:
     """True for frozen weights that come from their source (not stored in the checkpoint)."""
-    m = recipe.model
     if key.startswith("vision."):
         return m.vision.name != "tiny"
     if key.startswith("captioner.llm.") and m.captioner.llm not in ("tiny", "small"):
@@ -53,20 +56,29 @@ def persistent_state(model: UniFashion) -> dict[str, torch.Tensor]:
     return {
         key: tensor.detach().cpu().contiguous()
         for key, tensor in model.state_dict().items()
-        if not _is_rebuildable(key, model.recipe)
+        if not _is_rebuildable(key, model.config)
     }
 
 
 def save_checkpoint(
     out: str | Path,
     model: UniFashion,
+    recipe: Recipe,
     meta: dict[str, Any],
     training_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (temporary directory, then rename)."""
+    """Write a checkpoint directory atomically (temporary directory, then rename).
+
+    Args:
+        out: the checkpoint directory (replaced as a whole).
+        model: the model (built from ``recipe.model``).
+        recipe: the resolved recipe, stored as ``config.yaml``.
+        meta: run facts for ``meta.json`` (stage, step, metrics, provenance).
+        training_state: what ``--resume`` needs (optimiser, scheduler, RNG, step), or None.
+    """
     out = Path(out)
     with atomic_dir(out) as tmp:
-        write_text_atomic(tmp / "config.yaml", dump_recipe(model.recipe))
+        write_text_atomic(tmp / "config.yaml", dump_recipe(recipe))
         state = persistent_state(model)
         save_file(_dedupe_shared(state), str(tmp / "model.safetensors"))
         model.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -114,12 +126,30 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> tuple[UniFashion, dict[str, Any]]:
-    """Rebuild the model from ``config.yaml`` and load its weights.
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint directory, with the recipe and meta it was saved with."""
+
+    model: UniFashion
+    recipe: Recipe
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def fingerprint(self) -> str:
+        """The model fingerprint recorded at save time (vision + Q-Former weights)."""
+        return str(self.meta["fingerprint"])
+
+
+def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> LoadedCheckpoint:
+    """Rebuild the model from ``config.yaml`` and load its weights (eval mode).
 
     Args:
         path: checkpoint directory, or a run directory holding ``checkpoint/``.
         heads: heads to build ("caption", "generate"); each must have been trained.
+
+    Raises:
+        UserError: not a checkpoint, a head it has not trained, or weights that do not match.
     """
     path = checkpoint_dir(path)
     meta = read_meta(path)
@@ -130,18 +160,18 @@ def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> tuple[UniF
                 f"`unifashion train RECIPE --phase 1` (stage {'caption' if head == 'caption' else 'generate'})."
             )
     recipe = load_recipe(path / "config.yaml")
-    model = build_model(recipe, heads)
+    model = build_model(recipe.model, recipe.data.max_text_length, heads)
     state = load_file(str(path / "model.safetensors"))
     wanted = {k: v for k, v in state.items() if k.split(".")[0] in ("vision", "qformer", *_modules(heads))}
     missing, unexpected = model.load_state_dict(wanted, strict=False)
-    missing = [k for k in missing if not _is_rebuildable(k, recipe)]
+    missing = [k for k in missing if not _is_rebuildable(k, recipe.model)]
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not match its config "
             f"({len(missing)} missing, {len(unexpected)} unexpected weights)."
         )
     model.eval()
-    return model, meta
+    return LoadedCheckpoint(model, recipe, meta, path)
 
 
 def _modules(heads: tuple[str, ...]) -> tuple[str, ...]:

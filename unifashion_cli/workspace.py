@@ -1,7 +1,8 @@
-"""The default workspace: remembers the latest prepared data, checkpoint and index.
+"""The default workspace: remembers the latest prepared data, checkpoints and index.
 
 It lives in ``$UNIFASHION_HOME`` or ``./unifashion-work`` and holds ``state.json``, so that
-``unifashion search --text "red shirt"`` works after ``unifashion demo`` with no paths.
+``unifashion search --text "red shirt"`` works after ``unifashion demo`` with no paths. Only the
+CLI reads and writes it: core functions take explicit paths and return where they wrote.
 """
 
 import os
@@ -10,11 +11,12 @@ from pathlib import Path
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import read_json, write_json
 
-KINDS = ("data", "checkpoint", "index", "captioned_index")
+KINDS = ("data", "checkpoint", "phase1", "index", "captioned_index")
 
 _HINTS = {
     "data": "run `unifashion prepare demo --out DIR` (or pass --data)",
-    "checkpoint": "run `unifashion train recipes/demo.yaml --phase 1` (or pass --checkpoint)",
+    "checkpoint": "run `unifashion train demo --phase 1` (or pass --checkpoint)",
+    "phase1": "run `unifashion train RECIPE --phase 1` first, or pass --checkpoint or set train.init_checkpoint",
     "index": "run `unifashion index` (or pass --index)",
     "captioned_index": "run `unifashion index --captions` (or pass --index)",
 }
@@ -62,5 +64,10 @@ def resolve(kind: str, given: str | Path | None) -> Path:
 
 
 def default_output(name: str) -> Path:
-    """A fresh default output location inside the workspace, e.g. ``checkpoints/demo``."""
+    """A fresh default output location inside the workspace, e.g. ``runs/demo``."""
     return workspace_dir() / name
+
+
+def cache_dir() -> Path:
+    """Where the workspace keeps caches (frozen vision features)."""
+    return workspace_dir() / "cache"

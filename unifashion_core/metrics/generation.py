@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
 from unifashion_core.models.weights import INCEPTION_FID, hub_error, resolve_local_file, resolve_weights
 
@@ -161,8 +162,7 @@ def clip_score(images: Tensor, texts: list[str], clip_source: str) -> float:
     max_length = model.config.text_config.max_position_embeddings
     cosines = []
     with torch.no_grad():
-        for start in range(0, len(texts), _BATCH_SIZE):
-            batch = slice(start, start + _BATCH_SIZE)
+        for batch in batch_slices(len(texts), _BATCH_SIZE):
             pixel_values = image_processor(images=list(pixels[batch]), return_tensors="pt")
             tokens = tokenizer(texts[batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
             image_embeds = model.get_image_features(pixel_values=pixel_values.pixel_values)
@@ -238,3 +238,24 @@ def _nv_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
     theta = theta.to(x.dtype).unsqueeze(0).repeat(batch, 1, 1)  # (B, 2, 3)
     grid = F.affine_grid(theta, [batch, channels, new_height, new_width], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_accuracy(images: Tensor, colours: list[str | None]) -> float | None:
+    """Demo data: the share of images whose garment's mean colour is nearest the named colour.
+
+    Args:
+        images: ``(N, 3, H, W)`` in [0, 1], drawn on the demo's background.
+        colours: the colour each image was asked for; None (not demo data) gives None.
+    """
+    import numpy as np
+
+    from unifashion_core.data.demo import garment_pixels, nearest_colour
+
+    if not all(colours):
+        return None
+    arrays = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    hits = 0
+    for array, colour in zip(arrays, colours, strict=True):
+        pixels = garment_pixels(array)
+        hits += len(pixels) > 0 and nearest_colour(pixels.mean(0)) == colour
+    return hits / len(colours)

@@ -1,4 +1,8 @@
-"""Frozen vision features, computed once per image and cached on disk (training and indexing)."""
+"""Frozen vision features, computed once per image and cached on disk.
+
+Training, phase 2 and the benches read the same cache, so it lives at the core's top level. The
+caller chooses where caches live (the CLI: the workspace's ``cache/``); ``None`` keeps nothing.
+"""
 
 import hashlib
 from pathlib import Path
@@ -6,9 +10,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from unifashion_core.batching import batch_slices
 from unifashion_core.data.images import ImageError, open_image
 from unifashion_core.data.manifest import Dataset, Item, SkipLog
 from unifashion_core.progress import NullProgress, Progress
+
+
+def feature_cache_dir(cache_root: str | Path | None, dataset: Dataset) -> Path | None:
+    """The cache directory of one dataset under ``cache_root`` (None: no cache)."""
+    return None if cache_root is None else Path(cache_root) / dataset.manifest_hash[:16]
 
 
 def vision_fingerprint(vision: torch.nn.Module) -> str:
@@ -61,8 +71,8 @@ def image_tokens(
     todo = [item for item in items if item.id not in cache]
     progress.start("vision features", len(todo))
     with torch.no_grad():
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
+        for rows in batch_slices(len(todo), batch_size):
+            batch = todo[rows]
             kept, pixels = load_pixels(dataset, batch, vision, skipped)
             if kept:
                 tokens = vision(pixels.to(next(vision.parameters()).device)).to(torch.float16).cpu()

@@ -1,21 +1,22 @@
 """`unifashion demo`: the whole main job on the embedded default (demo data + `small` preset).
 
 Stages: prepare -> train (phase 1: retrieval, caption, generate) -> index -> search -> caption ->
-generate -> bench -> composed (phase 2, captioned index, a composed query, bench cir). Each writes
-into the workspace; ``demo/report.md`` summarises what ran and the figures measured.
+generate -> bench -> composed (phase 2, captioned index, a composed query, bench cir). Everything
+is written under one home directory (the CLI passes its workspace); ``demo/report.md`` summarises
+what ran and the figures measured, and :class:`DemoResult` says where each artifact is.
 """
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unifashion_core import workspace
-from unifashion_core.config import load_recipe
+from unifashion_core.config import Recipe, load_recipe
 from unifashion_core.fileio import write_json, write_text_atomic
 from unifashion_core.progress import NullProgress, Progress
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+RECIPE = "demo"  # the packaged recipe
 
 # --quick: a few minutes on 2 cores; numbers are smoke-level, not the demo's real figures.
 QUICK_OVERRIDES = [
@@ -31,9 +32,39 @@ TEXT_QUERIES = ("red striped long-sleeve shirt", "blue dress", "black trousers")
 GENERATION_PROMPTS = ("red solid t-shirt", "blue polka-dot dress", "green checked skirt", "yellow striped shirt")
 
 
-def run_demo(quick: bool = False, num_items: int | None = None, progress: Progress = NullProgress()) -> dict[str, Any]:
-    """Run every built stage on the demo data; return the summary also written to demo/report.md."""
-    home = workspace.workspace_dir()
+@dataclass(frozen=True)
+class DemoResult:
+    """Where the demo put everything, and its report (also ``demo/report.json``).
+
+    Attributes:
+        report: stage timings and figures.
+        report_path: ``demo/report.md``.
+        data: the prepared demo dataset.
+        phase1: the phase-1 checkpoint.
+        checkpoint: the final (phase-2) checkpoint.
+        index: the captioned index of the test split (composed search with captions).
+    """
+
+    report: dict[str, Any]
+    report_path: Path
+    data: Path
+    phase1: Path
+    checkpoint: Path
+    index: Path
+
+
+def run_demo(
+    home: str | Path, quick: bool = False, num_items: int | None = None, progress: Progress = NullProgress()
+) -> DemoResult:
+    """Run every built stage on the demo data under ``home``.
+
+    Args:
+        home: where data, runs, indexes, benches, the feature cache and ``demo/`` go.
+        quick: a few-minute smoke run (short training; numbers are smoke-level).
+        num_items: demo items to draw (default 1200, quick 300).
+        progress: progress events.
+    """
+    home = Path(home).absolute()
     recipe = load_recipe(RECIPE, QUICK_OVERRIDES if quick else [])
     report: dict[str, Any] = {"quick": quick, "workspace": str(home), "stages": {}}
     paths = {
@@ -42,6 +73,7 @@ def run_demo(quick: bool = False, num_items: int | None = None, progress: Progre
         "index": home / "index",
         "bench": home / "bench",
         "demo": home / "demo",
+        "cache": home / "cache",
     }
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("prepare", lambda: _prepare(paths, num_items or (300 if quick else 1200), progress)),
@@ -60,22 +92,24 @@ def run_demo(quick: bool = False, num_items: int | None = None, progress: Progre
         report["stages"][name] = {"seconds": round(time.perf_counter() - started, 1), **result}
     write_json(paths["demo"] / "report.json", report)
     write_text_atomic(paths["demo"] / "report.md", render_report(report))
-    return report
+    composed = report["stages"]["composed"]
+    return DemoResult(report, paths["demo"] / "report.md", paths["data"], paths["run"] / "checkpoint",
+                      Path(composed["checkpoint"]), Path(composed["index"]))
 
 
 def _prepare(paths: dict[str, Path], num_items: int, progress: Progress) -> dict[str, Any]:
     from unifashion_core.data.pipeline import run_prepare
 
     report = run_prepare("demo", paths["data"], num_items=num_items, progress=progress)
-    workspace.remember("data", paths["data"])
     return {"num_items": report["num_items"], "num_triplets": report["num_triplets"], "skipped": report["num_skipped"]}
 
 
-def _train(recipe: Any, paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
-    from unifashion_core.train.run import run_training
+def _train(recipe: Recipe, paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
+    from unifashion_core.train.phase1 import run_training
 
-    result = run_training(recipe, data=paths["data"], out=paths["run"], overwrite=True, progress=progress)
-    return {"checkpoint": result["checkpoint"], "metrics": result["metrics"]}
+    result = run_training(recipe, paths["data"], paths["run"], overwrite=True, cache_dir=paths["cache"],
+                          progress=progress)
+    return {"checkpoint": str(result.checkpoint), "metrics": result.metrics}
 
 
 def _index(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
@@ -85,8 +119,7 @@ def _index(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
 
     shutil.rmtree(paths["index"], ignore_errors=True)
     summary = build_index(paths["run"] / "checkpoint", paths["data"], paths["index"], progress=progress)
-    workspace.remember("index", paths["index"])
-    return {"num_items": summary["num_items"], "skipped": summary["num_skipped"]}
+    return {"num_items": summary.num_items, "skipped": len(summary.skipped)}
 
 
 def _search(paths: dict[str, Path]) -> dict[str, Any]:
@@ -155,31 +188,29 @@ def _generate(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
 
 
 def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str, Any]:
-    from unifashion_core.evaluation.bench import run_bench
+    from unifashion_core.evaluation.bench_caption import bench_caption
+    from unifashion_core.evaluation.bench_generation import bench_generation
+    from unifashion_core.evaluation.bench_retrieval import bench_retrieval
 
-    figures = {}
-    checkpoint = paths["run"] / "checkpoint"
+    checkpoint, data, bench, cache = paths["run"] / "checkpoint", paths["data"], paths["bench"], paths["cache"]
+    benches = {"retrieval": lambda: bench_retrieval(checkpoint, data, bench / "retrieval", cache_dir=cache,
+                                                    progress=progress)}
     # --quick measures retrieval only: the caption metrics (Java METEOR) and FID take minutes.
-    for subject in ("retrieval",) if quick else ("retrieval", "caption", "fid"):
-        report = run_bench(
-            subject,
-            checkpoint,
-            paths["data"],
-            paths["bench"] / subject,
-            max_items=100 if subject == "fid" else 0,
-            progress=progress,
-        )
-        keys = ("model", "baseline", "fid", "kid_mean", "colour_accuracy")
-        figures[subject] = {k: report[k] for k in keys if k in report}
-    return figures
+    if not quick:
+        benches["caption"] = lambda: bench_caption(checkpoint, data, bench / "caption", cache_dir=cache,
+                                                   progress=progress)
+        benches["fid"] = lambda: bench_generation("fid", checkpoint, data, bench / "fid", max_items=100,
+                                                  progress=progress)
+    keys = ("model", "baseline", "fid", "kid_mean", "colour_accuracy")
+    return {subject: {k: v for k, v in run().data.items() if k in keys} for subject, run in benches.items()}
 
 
 def _composed(recipe: Any, paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
     """Phase 2 from the demo's phase-1 run, a captioned index, one composed query, and bench cir.
 
-    The captioned index becomes the workspace's latest index (and the phase-2 checkpoint its
-    latest checkpoint), so ``unifashion search --image ref.png --text "..."`` works afterwards
-    with no other flags.
+    The CLI remembers the captioned index as the workspace's latest index (and the phase-2
+    checkpoint as its latest checkpoint), so ``unifashion search --image ref.png --text "..."``
+    works afterwards with no other flags.
 
     Args:
         recipe: the demo recipe (``train.phase2`` sets the phase-2 run).
@@ -194,26 +225,24 @@ def _composed(recipe: Any, paths: dict[str, Path], progress: Progress) -> dict[s
     from unifashion_core.evaluation.bench_cir import bench_cir
     from unifashion_core.retrieval.build import build_index
     from unifashion_core.retrieval.search import contact_sheet, load_searcher, search
-    from unifashion_core.train.run import run_training
+    from unifashion_core.train.phase2 import run_phase2
 
     run = paths["run"].with_name(f"{paths['run'].name}-phase2")
-    trained = run_training(
-        recipe, phase=2, data=paths["data"], init_checkpoint=paths["run"], out=run, overwrite=True, progress=progress
-    )
+    trained = run_phase2(recipe, paths["run"], paths["data"], run, overwrite=True, cache_dir=paths["cache"],
+                         progress=progress)
     index_dir = paths["index"].with_name(f"{paths['index'].name}-captions")
-    build_index(trained["checkpoint"], paths["data"], index_dir, captions=True, progress=progress)
-    for kind in ("index", "captioned_index"):
-        workspace.remember(kind, index_dir)
+    build_index(trained.checkpoint, paths["data"], index_dir, captions=True, progress=progress)
     dataset = load_dataset(paths["data"])
     triplet = next(t for t in dataset.split_triplets("test") if t.target)
     image = dataset.image_path(dataset.by_id()[triplet.reference])
     model, index = load_searcher(index_dir, None)
     results = search(model, index, text=triplet.text, image=image, k=5)
     sheet = contact_sheet(results, paths["demo"] / "search-composed.png", image, triplet.text)
-    report = bench_cir(trained["checkpoint"], paths["data"], paths["bench"] / "cir", progress=progress)
+    report = bench_cir(trained.checkpoint, paths["data"], paths["bench"] / "cir", cache_dir=paths["cache"],
+                       progress=progress)
     return {
-        "checkpoint": trained["checkpoint"],
-        "metrics": trained["metrics"],
+        "checkpoint": str(trained.checkpoint),
+        "metrics": trained.metrics,
         "index": str(index_dir),
         "query": {
             "reference": triplet.reference,

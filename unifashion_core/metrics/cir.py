@@ -1,0 +1,115 @@
+"""Composed image retrieval metrics (Fashion-IQ protocol, docs/design.md section 7).
+
+Each labelled triplet is one query; its fused (reference image, modification text) embedding
+ranks a gallery by the composed score ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4, "w/ cap"),
+and R@K is the fraction of queries whose target is among the top K. A triplet whose reference or
+target image is not in the gallery is a miss (rank ``inf``), never a dropped query.
+"""
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from unifashion_core.data.manifest import Item, Triplet
+from unifashion_core.losses import max_sim
+
+KS = (10, 50)
+TOP_LISTED = 10  # result rows kept per query for the queries.jsonl listing
+
+
+def triplet_status(triplet: Triplet, rows: dict[str, int]) -> str:
+    """``ok``, or why the triplet cannot be ranked: no_target, missing_reference, missing_target."""
+    if not triplet.target:
+        return "no_target"
+    if triplet.reference not in rows:
+        return "missing_reference"
+    return "ok" if triplet.target in rows else "missing_target"
+
+
+def composed_scores(
+    fused: torch.Tensor, gallery: torch.Tensor, captions: torch.Tensor | None = None, caption_weight: float = 1.0
+) -> torch.Tensor:
+    """The composed score of every query against every gallery item (the exact "flat" index score).
+
+    Args:
+        fused: ``(M, D)`` fused query embeddings.
+        gallery: ``(N, Q, D)`` gallery image query embeddings.
+        captions: ``(N, D)`` gallery caption embeddings, or None for the image term alone.
+        caption_weight: ``w`` of the caption term.
+
+    Returns:
+        ``(M, N)`` scores.
+    """
+    scores = max_sim(gallery, fused).T  # (M, N)
+    if captions is None:
+        return scores
+    return scores + caption_weight * fused @ captions.T  # (M, N)
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """0-based rank of each query's target: how many gallery items score strictly higher.
+
+    Args:
+        scores: ``(M, N)`` scores; excluded items hold ``-inf``.
+        targets: ``(M,)`` target columns.
+
+    Returns:
+        ``(M,)`` float ranks (``inf`` when the target itself is excluded).
+    """
+    target_scores = scores.gather(1, targets[:, None])  # (M, 1)
+    ranks = (scores > target_scores).sum(dim=1).float()  # (M,)
+    return torch.where(torch.isinf(target_scores[:, 0]), torch.full_like(ranks, math.inf), ranks)
+
+
+def recalls(ranks: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]:
+    """``R@k`` for each k: the fraction of ranks below k (a miss has rank ``inf``)."""
+    return {f"R@{k}": float((ranks < k).float().mean()) if len(ranks) else 0.0 for k in ks}
+
+
+def allowed_items(triplets: list[Triplet], items: list[Item], rows: dict[str, int], exclude_reference: bool,
+                  by_category: bool) -> torch.Tensor:
+    """``(M, N)`` bool: which gallery items each query may retrieve."""
+    allowed = torch.ones(len(triplets), len(items), dtype=torch.bool)
+    if by_category:
+        categories = np.array([item.category for item in items])
+        for row, triplet in enumerate(triplets):
+            allowed[row] = torch.from_numpy(categories == triplet.category)
+    if exclude_reference:
+        references = torch.tensor([rows[t.reference] for t in triplets], dtype=torch.long)
+        allowed[torch.arange(len(triplets)), references] = False
+    return allowed
+
+
+def rank_targets(
+    fused: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor,
+    captions: torch.Tensor | None = None, caption_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranks of the targets and each query's top gallery rows under the composed score.
+
+    Args:
+        fused: ``(M, D)`` fused embeddings of the answerable queries.
+        gallery: ``(N, Q, D)`` gallery embeddings.
+        targets: ``(M,)`` target rows.
+        allowed: ``(M, N)`` which items each query may retrieve.
+        captions: ``(N, D)`` gallery caption embeddings (the "w/ cap" score), or None.
+        caption_weight: ``w`` of the caption term.
+
+    Returns:
+        ``(M,)`` ranks and ``(M, min(TOP_LISTED, N))`` top rows (-1 where nothing is allowed).
+    """
+    scores = composed_scores(fused, gallery, captions, caption_weight).masked_fill(~allowed, -math.inf)
+    top_scores, top_rows = scores.topk(min(TOP_LISTED, scores.shape[1]), dim=1)  # (M, k)
+    return target_ranks(scores, targets), top_rows.masked_fill(torch.isinf(top_scores), -1)
+
+
+def summary(triplets: list[Triplet], ranks: torch.Tensor) -> dict[str, Any]:
+    """Per-category recalls and their average over categories (plus the mean of the recalls)."""
+    per_category = {}
+    for category in sorted({t.category for t in triplets}):
+        selected = torch.tensor([t.category == category for t in triplets])
+        per_category[category or "(none)"] = {**recalls(ranks[selected]), "num_queries": int(selected.sum())}
+    average = {f"R@{k}": float(np.mean([c[f"R@{k}"] for c in per_category.values()])) for k in KS}
+    average["mean"] = float(np.mean(list(average.values())))
+    return {"per_category": per_category, "average": average}

@@ -1,0 +1,60 @@
+"""What both training phases share: the run directory, accelerate, and the typed result."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from unifashion_core.checkpoint import load_training_state, read_meta
+from unifashion_core.config import Recipe, dump_recipe
+from unifashion_core.errors import UserError
+from unifashion_core.fileio import check_output_dir, write_text_atomic
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        checkpoint: the final checkpoint directory (``RUN/checkpoint``).
+        phase: 1 or 2.
+        metrics: the last logged and validation metrics, keyed ``stage/name``.
+        skipped: counts of skipped images and triplets by ``kind:reason``.
+        terms: phase 2: the loss terms that trained (``cir``, ``itg``, ``q2i``).
+        init_checkpoint: phase 2: the phase-1 checkpoint it started from.
+    """
+
+    checkpoint: Path
+    phase: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    terms: tuple[str, ...] = ()
+    init_checkpoint: Path | None = None
+
+
+def build_accelerator(recipe: Recipe) -> Accelerator:
+    """Accelerate set up from the recipe (mixed precision and a GPU only where there is one)."""
+    return Accelerator(
+        mixed_precision=recipe.train.mixed_precision if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not torch.cuda.is_available(),
+    )
+
+
+def prepare_run_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """A fresh run directory (config.yaml written), or the (meta, training state) to resume from."""
+    if not resume:
+        check_output_dir(out, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+        return None, None
+    if not (out / "checkpoint").is_dir():
+        raise UserError(f"--resume: {out} holds no checkpoint to resume from.")
+    saved = (out / "config.yaml").read_text(encoding="utf-8") if (out / "config.yaml").is_file() else ""
+    if saved != dump_recipe(recipe):
+        raise UserError(f"--resume: the recipe differs from the one {out} was trained with "
+                        f"(see {out / 'config.yaml'}).")
+    meta: dict[str, Any] = read_meta(out / "checkpoint")
+    return meta, load_training_state(out / "checkpoint")
