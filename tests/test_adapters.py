@@ -2,17 +2,19 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from unifashion_core.data.fashion_product import describe
-from unifashion_core.data.fashiongen import decode
-from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.adapters.common import assign_splits
+from unifashion_core.data.adapters.fashion_product import describe
+from unifashion_core.data.adapters.fashiongen import decode
+from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import open_image
 from unifashion_core.data.manifest import load_dataset
-from unifashion_core.data.prepare import DATASETS, assign_splits, prepare_dataset
+from unifashion_core.data.prepare import DATASETS, prepare
 from unifashion_core.errors import UserError
 
 
@@ -34,6 +36,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def prepare_dataset(name: str, root: Path | None, out: Path, **options: Any) -> dict[str, Any]:
+    """``prepare`` with the root first, returning the report (as most tests read it)."""
+    return prepare(name, out, root, **options).report
+
+
 def _check_self_contained(out: Path) -> None:
     dataset = load_dataset(out)
     for item in dataset.items:
@@ -52,9 +59,11 @@ def test_prepare_dataset_rejects_bad_requests(tmp_path: Path) -> None:
         prepare_dataset("fashioniq", tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(UserError, match="needs --root"):
         prepare_dataset("fashioniq", None, tmp_path / "out")
-    with pytest.raises(UserError, match="unknown option 'test_fraction' for fashioniq"):
+    with pytest.raises(UserError, match=r"unknown option 'test_fraction' \(--test-fraction\) for fashioniq"):
         prepare_dataset("fashioniq", tmp_path, tmp_path / "out", test_fraction=0.1)
-    for name in DATASETS:  # an empty directory is not any dataset: one clear sentence each
+    with pytest.raises(UserError, match="drop --root"):
+        prepare_dataset("demo", tmp_path, tmp_path / "out")
+    for name in DATASETS[1:]:  # an empty directory is not any dataset: one clear sentence each
         with pytest.raises(UserError):
             prepare_dataset(name, tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from unifashion_cli.main import app
 from unifashion_core.config import load_recipe
-from unifashion_core.data.demo import prepare_demo
+from unifashion_core.data.adapters.demo import prepare_demo
 from unifashion_core.progress import NullProgress
 from unifashion_core.train.checkpoint import load_checkpoint
 from unifashion_core.train.run import run_training

@@ -55,7 +55,7 @@ def real_images(dataset: Any, items: list[Item], size: int) -> tuple[list[Item],
 
 def colour_accuracy(images: torch.Tensor, items: list[Item]) -> float | None:
     """Demo data only: share of images whose garment's mean colour is nearest the asked colour."""
-    from unifashion_core.data.demo import garment_pixels, nearest_colour
+    from unifashion_core.data.demo.drawing import garment_pixels, nearest_colour
 
     wanted = [item.attributes.get("colour") for item in items]
     if not all(wanted):

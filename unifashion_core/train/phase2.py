@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 from unifashion_core import workspace
 from unifashion_core.config import Recipe
-from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_cir import evaluate_cir, recalls, triplet_status

@@ -26,10 +26,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unifashion_core.data.adapters.common import IMAGE_DIR, check_image, copy_files, report_info
 from unifashion_core.data.manifest import Item, SkipLog, Triplet, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, check_image, copy_files, report_info
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CATEGORIES = ("dress", "shirt", "toptee")
 FIQ_SPLITS = ("train", "val", "test")
@@ -37,7 +37,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _STRIP = ".?, "
 
 
-def prepare_fashioniq(root: Path, out: Path, seed: int, progress: Progress) -> dict[str, Any]:
+def prepare_fashioniq(
+    root: Path, out: Path, *, seed: int = 0, progress: Progress = NullProgress()
+) -> dict[str, Any]:
     """Prepare Fashion-IQ items (images in the official splits) and triplets.
 
     Args:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unifashion_core.data.adapters.common import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import read_json
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CAPTION_FILES = ("captions.json", "captions_mgd.json")
 VITON_SPLITS = ("train", "test")
@@ -53,7 +53,9 @@ class _Garment:
     unpaired_person: str = ""
 
 
-def prepare_vitonhd(root: Path, out: Path, seed: int, progress: Progress) -> dict[str, Any]:
+def prepare_vitonhd(
+    root: Path, out: Path, *, seed: int = 0, progress: Progress = NullProgress()
+) -> dict[str, Any]:
     """Prepare VITON-HD (official or flat examples layout) with the MGD captions.
 
     Args:

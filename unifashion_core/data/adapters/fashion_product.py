@@ -13,8 +13,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import (
+from unifashion_core.data.adapters.common import (
     IMAGE_DIR,
     assign_splits,
     check_image,
@@ -22,8 +21,9 @@ from unifashion_core.data.prepare import (
     copy_files,
     report_info,
 )
+from unifashion_core.data.manifest import Item, SkipLog, write_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CSV_NAMES = ("styles.csv", "sample_styles.csv")
 COLUMNS = (
@@ -41,9 +41,9 @@ _PLURAL_ONLY = {
 def prepare_fashion_product(
     root: Path,
     out: Path,
-    seed: int,
-    progress: Progress,
     *,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
     val_fraction: float = 0.0,
     test_fraction: float = 0.2,
 ) -> dict[str, Any]:

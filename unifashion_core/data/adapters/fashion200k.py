@@ -10,16 +10,18 @@ file) is kept once and the repeat skipped with reason ``duplicate_id``.
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from unifashion_core.data.adapters.common import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CATEGORIES = ("dress", "jacket", "pants", "skirt", "top")
 F200K_SPLITS = ("train", "test")
 
 
-def prepare_fashion200k(root: Path, out: Path, seed: int, progress: Progress) -> dict[str, Any]:
+def prepare_fashion200k(
+    root: Path, out: Path, *, seed: int = 0, progress: Progress = NullProgress()
+) -> dict[str, Any]:
     """Prepare Fashion200K with its official train/test label files.
 
     Args:

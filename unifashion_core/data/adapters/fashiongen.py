@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unifashion_core.data.adapters.common import IMAGE_DIR, assign_splits, clean_text, report_info
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, assign_splits, clean_text, report_info
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 FILES = {"train": "fashiongen_256_256_train.h5", "test": "fashiongen_256_256_validation.h5"}
 TEXT_KEYS = (
@@ -41,7 +41,12 @@ CHUNK_ROWS = 256  # rows of images read from the HDF5 file at once
 
 
 def prepare_fashiongen(
-    root: Path, out: Path, seed: int, progress: Progress, *, val_fraction: float = 0.0
+    root: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
+    val_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Prepare FashionGen from its HDF5 files.
 
