@@ -2,7 +2,8 @@
 
 Caption = ``productDisplayName``; description composed from the attributes ("Men's blue shirt,
 topwear for formal use, summer season."); category = ``articleType``. The dataset has no official
-split, so items are split at random with a seed (80/20 train/test by default).
+split, so the catalogue's ids are split at random with a seed (70/10/20 train/val/test by
+default; the test ids are the same whatever ``val_fraction`` is).
 
 The full Kaggle ``styles.csv`` has rows whose product name contains unquoted commas; as the name
 is the last column, the extra fields are joined back into it. Rows with too few fields or no id
@@ -16,11 +17,12 @@ from typing import Any
 from unifashion_core.data.adapters.common import (
     IMAGE_DIR,
     assign_splits,
-    check_image,
     clean_text,
     copy_files,
     report_info,
+    source_image,
 )
+from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress, Progress
@@ -44,8 +46,9 @@ def prepare_fashion_product(
     *,
     seed: int = 0,
     progress: Progress = NullProgress(),
-    val_fraction: float = 0.0,
+    val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict[str, Any]:
     """Prepare Fashion Product Images with a seeded split by item.
 
@@ -54,8 +57,9 @@ def prepare_fashion_product(
         out: the prepared dataset directory.
         seed: seed of the split.
         progress: receives progress events.
-        val_fraction: share of the usable items put in ``val``.
-        test_fraction: share of the usable items put in ``test``.
+        val_fraction: share of the catalogue's ids put in ``val``.
+        test_fraction: share of the catalogue's ids put in ``test``.
+        max_pixels: images with more pixels are skipped (reason ``too_large``).
 
     Returns:
         The report of ``write_dataset``.
@@ -65,24 +69,38 @@ def prepare_fashion_product(
         raise UserError(f"{root} has no styles.csv; point --root at the Fashion Product Images.")
     skipped = SkipLog()
     rows = read_styles(csv_path, skipped)
-    progress.start("check images", len(rows))
-    candidates, files = [], {}
-    for row in rows:
-        progress.advance("check images")
-        image = root / "images" / f"{row['id']}.jpg"
-        if not row["productDisplayName"]:
-            skipped.add(row["id"], "empty_caption", image)
-        elif check_image(image, row["id"], skipped):
-            dest = f"{IMAGE_DIR}/{image.name}"
-            files[dest] = image
-            candidates.append((row, dest))
-    splits = assign_splits((row["id"] for row, _ in candidates), seed, val_fraction, test_fraction)
-    items = [_item(row, dest, splits[row["id"]]) for row, dest in candidates]
+    # Split the catalogue's ids, not the usable items: an unreadable image elsewhere never moves
+    # an item to another split.
+    splits = assign_splits((row["id"] for row in rows), seed, val_fraction, test_fraction)
+    items, files = _usable_items(root, rows, splits, skipped, progress, max_pixels)
     fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     info = report_info(
         "fashion-product", root, seed, csv=csv_path.name, num_rows=len(rows), **fractions
     )
     return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+
+
+def _usable_items(
+    root: Path,
+    rows: list[dict[str, str]],
+    splits: dict[str, str],
+    skipped: SkipLog,
+    progress: Progress,
+    max_pixels: int,
+) -> tuple[list[Item], dict[str, Path]]:
+    """The items whose caption is there and whose image decodes, and their files to copy."""
+    progress.start("check images", len(rows))
+    items, files = [], {}
+    for row in rows:
+        progress.advance("check images")
+        name = f"images/{row['id']}.jpg"
+        if not row["productDisplayName"]:
+            skipped.add(row["id"], "empty_caption", root / name)
+        elif (image := source_image(root, name, row["id"], skipped, max_pixels=max_pixels)) is not None:
+            dest = f"{IMAGE_DIR}/{row['id']}.jpg"
+            files[dest] = image
+            items.append(_item(row, dest, splits[row["id"]]))
+    return items, files
 
 
 def read_styles(path: Path, skipped: SkipLog) -> list[dict[str, str]]:
