@@ -14,6 +14,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from unifashion_core.data.adapters.catalogue_triplets import catalogue_triplets, singular_noun
 from unifashion_core.data.adapters.common import (
     IMAGE_DIR,
     assign_splits,
@@ -23,7 +24,7 @@ from unifashion_core.data.adapters.common import (
     source_image,
 )
 from unifashion_core.data.images import MAX_PIXELS
-from unifashion_core.data.manifest import Item, SkipLog, write_dataset
+from unifashion_core.data.manifest import Item, SkipLog, Triplet, write_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress, Progress
 
@@ -33,12 +34,6 @@ COLUMNS = (
     "usage", "productDisplayName",
 )  # fmt: skip
 _POSSESSIVE = {"men": "Men's", "women": "Women's", "boys": "Boys'", "girls": "Girls'"}
-# Nouns that stay plural in "Men's blue jeans" (the others lose their final s: "shirts" -> "shirt").
-_PLURAL_ONLY = {
-    "jeans", "shorts", "pants", "trousers", "leggings", "tights", "briefs", "boxers", "capris",
-    "sunglasses", "glasses", "jeggings", "trunks", "innerwear",
-}  # fmt: skip
-
 
 def prepare_fashion_product(
     root: Path,
@@ -49,6 +44,7 @@ def prepare_fashion_product(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     max_pixels: int = MAX_PIXELS,
+    triplets: bool = False,
 ) -> dict[str, Any]:
     """Prepare Fashion Product Images with a seeded split by item.
 
@@ -60,6 +56,8 @@ def prepare_fashion_product(
         val_fraction: share of the catalogue's ids put in ``val``.
         test_fraction: share of the catalogue's ids put in ``test``.
         max_pixels: images with more pixels are skipped (reason ``too_large``).
+        triplets: also derive composed-retrieval triplets from the attributes (see
+            ``catalogue_triplets``); the report gets their counts under ``catalogue_triplets``.
 
     Returns:
         The report of ``write_dataset``.
@@ -77,7 +75,10 @@ def prepare_fashion_product(
     info = report_info(
         "fashion-product", root, seed, csv=csv_path.name, num_rows=len(rows), **fractions
     )
-    return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+    derived: list[Triplet] = []
+    if triplets:
+        derived, info["catalogue_triplets"] = catalogue_triplets(items, seed)
+    return write_dataset(out, items, derived, skipped, info, copy_files(files, progress))
 
 
 def _usable_items(
@@ -163,7 +164,7 @@ def describe(row: dict[str, str]) -> str:
         for part in (
             _POSSESSIVE.get(gender.lower(), gender),
             row.get("baseColour", "").lower(),
-            _singular(row.get("articleType", "")),
+            singular_noun(row.get("articleType", "")),
         )
         if part
     )
@@ -173,13 +174,3 @@ def describe(row: dict[str, str]) -> str:
     season = f"{row['season'].lower()} season" if row.get("season") else ""
     sentence = ", ".join(part for part in (head, use, season) if part)
     return f"{sentence[:1].upper()}{sentence[1:]}." if sentence else ""
-
-
-def _singular(noun: str) -> str:
-    words = noun.lower().split()
-    if not words:
-        return ""
-    last = words[-1]
-    if last not in _PLURAL_ONLY and last.endswith("s") and not last.endswith("ss"):
-        last = last[:-2] if last.endswith(("sses", "ches", "shes", "xes")) else last[:-1]
-    return " ".join([*words[:-1], last])
