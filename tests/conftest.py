@@ -36,7 +36,7 @@ def shared_data() -> Path:
 def tiny_phase1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Demo data (150 items) and a tiny phase-1 checkpoint with both heads, in a private workspace."""
     from unifashion_core.config import load_recipe
-    from unifashion_core.data.demo import prepare_demo
+    from unifashion_core.data.adapters.demo import prepare_demo
     from unifashion_core.train.phase1 import run_training
 
     root = tmp_path_factory.mktemp("tiny-phase1")

@@ -2,17 +2,19 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from unifashion_core.data.fashion_product import describe
-from unifashion_core.data.fashiongen import decode
-from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.adapters.common import assign_splits
+from unifashion_core.data.adapters.fashion_product import describe
+from unifashion_core.data.adapters.fashiongen import decode
+from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import open_image
 from unifashion_core.data.manifest import load_dataset
-from unifashion_core.data.prepare import DATASETS, assign_splits, prepare_dataset
+from unifashion_core.data.prepare import DATASETS, prepare
 from unifashion_core.errors import UserError
 
 
@@ -34,6 +36,11 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def prepare_dataset(name: str, root: Path | None, out: Path, **options: Any) -> dict[str, Any]:
+    """``prepare`` with the root first, returning the report (as most tests read it)."""
+    return prepare(name, out, root, **options).report
+
+
 def _check_self_contained(out: Path) -> None:
     dataset = load_dataset(out)
     for item in dataset.items:
@@ -52,9 +59,11 @@ def test_prepare_dataset_rejects_bad_requests(tmp_path: Path) -> None:
         prepare_dataset("fashioniq", tmp_path / "nowhere", tmp_path / "out")
     with pytest.raises(UserError, match="needs --root"):
         prepare_dataset("fashioniq", None, tmp_path / "out")
-    with pytest.raises(UserError, match="unknown option 'test_fraction' for fashioniq"):
+    with pytest.raises(UserError, match=r"unknown option 'test_fraction' \(--test-fraction\) for fashioniq"):
         prepare_dataset("fashioniq", tmp_path, tmp_path / "out", test_fraction=0.1)
-    for name in DATASETS:  # an empty directory is not any dataset: one clear sentence each
+    with pytest.raises(UserError, match="drop --root"):
+        prepare_dataset("demo", tmp_path, tmp_path / "out")
+    for name in DATASETS[1:]:  # an empty directory is not any dataset: one clear sentence each
         with pytest.raises(UserError):
             prepare_dataset(name, tmp_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -119,7 +128,10 @@ def test_fashion_product_fixture_reports_every_skip(product_root: Path, tmp_path
     dataset = load_dataset(tmp_path / "out")
     items = dataset.by_id()
     assert sorted(items, key=int) == ["1", "2", "5", "6", "7"]
-    assert sum(report["num_items"].values()) == 5 and report["num_items"]["test"] == 1  # 0.2 * 5
+    # The split is drawn over the ids of the 9 well-formed rows (val 0.1 and test 0.2 by default).
+    expected = assign_splits([str(i) for i in range(1, 10)], seed=1, val_fraction=0.1, test_fraction=0.2)
+    assert {item.id: item.split for item in dataset.items} == {i: expected[i] for i in items}
+    assert report["val_fraction"] == 0.1 and report["test_fraction"] == 0.2
     assert items["7"].caption == "Brand X, Men White Shirt"  # unquoted comma joined back
     assert items["1"].description == "Men's blue shirt, topwear for formal use, summer season."
     assert items["2"].description == "Women's black jeans, bottomwear for casual use, fall season."
@@ -133,12 +145,24 @@ def test_fashion_product_fixture_reports_every_skip(product_root: Path, tmp_path
     assert report["source"] == str(product_root)
 
 
-def test_fashion_product_split_is_reproducible(product_root: Path, tmp_path: Path) -> None:
+def _splits(out: Path) -> dict[str, str]:
+    return {item.id: item.split for item in load_dataset(out).items}
+
+
+def test_fashion_product_split_is_reproducible_and_stable(product_root: Path, tmp_path: Path) -> None:
     options = {"val_fraction": 0.2, "test_fraction": 0.4}
     first = prepare_dataset("fashion-product", product_root, tmp_path / "a", seed=7, **options)
     second = prepare_dataset("fashion-product", product_root, tmp_path / "b", seed=7, **options)
-    assert first["num_items"] == {"train": 2, "val": 1, "test": 2}
     assert first["manifest_sha256"] == second["manifest_sha256"]
+    assert set(_splits(tmp_path / "a").values()) == {"train", "val", "test"}
+    # An image that becomes unreadable moves no other item to another split.
+    (product_root / "images" / "2.jpg").write_bytes(b"broken")
+    prepare_dataset("fashion-product", product_root, tmp_path / "c", seed=7, **options)
+    assert _splits(tmp_path / "c") == {k: v for k, v in _splits(tmp_path / "a").items() if k != "2"}
+    # The test items do not depend on the validation share.
+    prepare_dataset("fashion-product", product_root, tmp_path / "d", seed=7, test_fraction=0.4, val_fraction=0.0)
+    tests = {k for k, v in _splits(tmp_path / "c").items() if v == "test"}
+    assert tests == {k for k, v in _splits(tmp_path / "d").items() if v == "test"}
 
 
 def test_describe_handles_missing_attributes() -> None:
@@ -150,11 +174,14 @@ def test_describe_handles_missing_attributes() -> None:
 def test_fashion_product_real_1k(shared_data: Path, tmp_path: Path) -> None:
     report = prepare_dataset("fashion-product", shared_data / "fashion-product-1k", tmp_path / "fp")
     assert report["num_rows"] == 1000 and report["csv"] == "sample_styles.csv"
-    assert report["num_items"] == {"train": 800, "val": 0, "test": 200}
+    assert report["num_items"] == {"train": 700, "val": 100, "test": 200}
     assert report["num_skipped"] == 0
     dataset = load_dataset(tmp_path / "fp")
-    expected = assign_splits([item.id for item in dataset.items], seed=0, test_fraction=0.2)
+    ids = [item.id for item in dataset.items]
+    expected = assign_splits(ids, seed=0, val_fraction=0.1, test_fraction=0.2)
     assert {item.id: item.split for item in dataset.items} == expected
+    before = assign_splits(ids, seed=0, test_fraction=0.2)  # the default before val existed
+    assert {k for k, v in expected.items() if v == "test"} == {k for k, v in before.items() if v == "test"}
     assert len(list((tmp_path / "fp" / "images").iterdir())) == 1000
     assert all(item.caption and item.description and item.category for item in dataset.items)
 
@@ -215,15 +242,18 @@ def test_fashioniq_fixture(fashioniq_root: Path, tmp_path: Path) -> None:
     assert items["dress-D1"].image == items["shirt-D1"].image == "images/D1.png"
     assert items["dress-D6"].image == "images/D6.jpg" and items["dress-D6"].split == "test"
     assert items["dress-D1"].caption == "" and items["dress-D1"].category == "dress"
-    assert report["skipped_counts"] == {
-        "item:missing": 1,
-        "triplet:missing_target": 2,
-        "triplet:missing_reference": 1,
-        "triplet:empty_caption": 1,
-    }
-    assert report["num_caption_entries"] == 8 and report["num_triplets_lost"] == 4
-    assert report["triplets_lost"]["missing_target"] == 2
+    assert report["skipped_counts"] == {"item:missing": 1, "triplet:empty_caption": 1}
+    assert report["num_caption_entries"] == 8
+    assert report["triplets"] == {
+        "train": {"num_read": 4, "num_answerable": 2,
+                  "unanswerable": {"missing_reference": 1, "missing_target": 1}},
+        "val": {"num_read": 3, "num_answerable": 1, "unanswerable": {"empty_caption": 1, "missing_target": 1}},
+        "test": {"num_read": 1, "num_answerable": 0, "unanswerable": {"no_target": 1}},
+    }  # fmt: skip
     triplets = {t.id: t for t in dataset.triplets}
+    assert len(triplets) == 7  # every entry but the one without text, images missing or not
+    assert (triplets["dress-train-00001"].target, triplets["dress-train-00002"].reference) == ("dress-D9", "dress-D9")
+    assert "dress-D9" not in items and triplets["dress-val-00001"].target == "dress-DX"
     first = triplets["dress-train-00000"]
     assert (first.reference, first.target, first.split) == ("dress-D1", "dress-D2", "train")
     assert first.text == "Is red and has long sleeves"
@@ -246,10 +276,15 @@ def test_fashioniq_real_captions_without_images(shared_data: Path, tmp_path: Pat
     report = prepare_dataset("fashioniq", root, tmp_path / "fiq")
     entries = sum(len(json.loads(p.read_text())) for p in (root / "captions").glob("cap.*.json"))
     listed = sum(len(json.loads(p.read_text())) for p in (root / "image_splits").glob("*.json"))
-    assert report["num_caption_entries"] == entries == report["num_triplets_lost"]
-    assert report["triplets_lost"]["missing_reference"] == entries
-    assert report["skipped_counts"]["item:missing"] == listed
-    assert sum(report["num_items"].values()) == 0 and sum(report["num_triplets"].values()) == 0
+    assert entries == 30_134 and report["num_caption_entries"] == entries
+    assert len(load_dataset(tmp_path / "fiq").triplets) == entries  # none dropped for its images
+    assert sum(report["num_triplets"].values()) == entries
+    for split, counts in report["triplets"].items():
+        assert counts["num_answerable"] == 0
+        assert counts["unanswerable"] == {"missing_reference": counts["num_read"]}
+        assert counts["num_read"] == report["num_triplets"][split] > 0
+    assert report["skipped_counts"] == {"item:missing": listed}
+    assert sum(report["num_items"].values()) == 0
     assert report["absent_files"] == []
 
 
@@ -352,8 +387,9 @@ def test_fashion200k_fixture(tmp_path: Path) -> None:
     report = prepare_dataset("fashion200k", root, tmp_path / "out")
     assert report["skipped_counts"] == {
         "item:missing": 1,
-        "line:malformed_line": 3,
+        "line:malformed_line": 2,
         "item:duplicate_id": 1,
+        "item:outside_root": 1,
     }
     items = load_dataset(tmp_path / "out").by_id()
     assert sorted(items) == ["51727804_0", "9001_1"]
@@ -424,3 +460,87 @@ def test_vitonhd_flat_examples(shared_data: Path, tmp_path: Path) -> None:
     for item in load_dataset(tmp_path / "viton").items:
         assert list(item.all_captions()) == captions[item.id.split("_")[0]]
     _check_self_contained(tmp_path / "viton")
+
+
+# --- path containment ---------------------------------------------------------------------------
+
+
+def _all_files(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every path the adapters decode, recorded."""
+    import unifashion_core.data.adapters.common as common
+
+    paths: list[Path] = []
+
+    def recording_open_image(path: Path, max_pixels: int) -> Image.Image:
+        paths.append(Path(path))
+        return open_image(path, max_pixels)
+
+    monkeypatch.setattr(common, "open_image", recording_open_image)
+    return paths
+
+
+def test_vitonhd_pairs_naming_files_outside_root_are_refused(tmp_path: Path, opened: list[Path]) -> None:
+    root = tmp_path / "viton"
+    outside = _image(tmp_path / "x.png")  # root/train/cloth/../../../x.png
+    absolute = _image(tmp_path / "elsewhere" / "y.png")
+    _image(root / "train" / "cloth" / "00001_00.jpg")
+    pairs = ["00001_00.jpg 00001_00.jpg", "00002_00.jpg ../../../x.png", f"00003_00.jpg {absolute}",
+             "00004_00.jpg ../../../../x.png"]  # fmt: skip
+    _write(root / "train_pairs.txt", "\n".join(pairs) + "\n")
+    _write(root / "captions.json", json.dumps({k: ["a top"] for k in ("00001", "x", "y")}))
+    before = _all_files(tmp_path)
+
+    report = prepare_dataset("vitonhd", root, tmp_path / "out")
+    assert report["skipped_counts"] == {"item:outside_root": 3}
+    assert {e["id"] for e in report["skipped"]} == {"x", "y"}
+    assert sorted(load_dataset(tmp_path / "out").by_id()) == ["00001_00"]
+    assert all(p.resolve().is_relative_to(root.resolve()) for p in opened) and opened
+    assert {p for p in _all_files(tmp_path) - before if not p.is_relative_to(tmp_path / "out")} == set()
+    assert outside.is_file() and absolute.is_file()
+
+
+def test_fashion_product_symlink_out_of_root_is_refused(product_root: Path, tmp_path: Path, opened: list[Path]) -> None:
+    secret = _image(tmp_path / "secret" / "photo.jpg", color=(1, 2, 3))
+    (product_root / "images" / "3.jpg").symlink_to(secret)  # row 3 had no image
+    (product_root / "images" / "2.jpg").unlink()
+    (product_root / "images" / "2.jpg").symlink_to(product_root / "images" / "5.jpg")  # inside: fine
+
+    report = prepare_dataset("fashion-product", product_root, tmp_path / "out")
+    assert report["skipped_counts"]["item:outside_root"] == 1
+    assert [e["id"] for e in report["skipped"] if e["reason"] == "outside_root"] == ["3"]
+    assert "3" not in load_dataset(tmp_path / "out").by_id()
+    assert not (tmp_path / "out" / "images" / "3.jpg").exists()
+    assert all(p.is_relative_to(product_root.resolve()) for p in opened)
+    # a symlink within the root is copied as the file it points to, not as a link
+    copied = tmp_path / "out" / "images" / "2.jpg"
+    assert not copied.is_symlink() and copied.read_bytes() == (product_root / "images" / "5.jpg").read_bytes()
+
+
+def test_fashion200k_label_path_through_a_symlinked_folder_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "f200k"
+    _image(tmp_path / "private" / "1_0.jpeg")
+    (root / "women").mkdir(parents=True)
+    (root / "women" / "leak").symlink_to(tmp_path / "private", target_is_directory=True)
+    _write(root / "labels" / "dress_train_detect_all.txt", "women/leak/1_0.jpeg\t0.9\tred dress\n")
+    report = prepare_dataset("fashion200k", root, tmp_path / "out")
+    assert report["skipped_counts"] == {"item:outside_root": 1}
+    assert sum(report["num_items"].values()) == 0
+
+
+def test_fashiongen_product_id_cannot_write_outside_out(tmp_path: Path) -> None:
+    root = tmp_path / "fashiongen"
+    root.mkdir()
+    rows = [_gen_row("../../../escaped", b"SHIRT", b"A shirt."), _gen_row("100", b"TEE", b"A tee.")]
+    _h5(root / "fashiongen_256_256_train.h5", rows, seed=0)
+    before = _all_files(tmp_path)
+
+    report = prepare_dataset("fashiongen", root, tmp_path / "deep" / "out")
+    assert report["skipped_counts"] == {"item:outside_root": 1}
+    assert sorted(load_dataset(tmp_path / "deep" / "out").by_id()) == ["100-1"]
+    new = _all_files(tmp_path) - before
+    assert new and all(p.is_relative_to(tmp_path / "deep" / "out") for p in new)

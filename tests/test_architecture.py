@@ -154,7 +154,7 @@ def test_every_consumer_goes_through_the_model_batched_methods(tiny_phase1, tmp_
 
 
 def test_core_entry_points_leave_the_workspace_alone(tiny_phase1, tmp_path, monkeypatch):
-    from unifashion_core.data.pipeline import run_prepare
+    from unifashion_core.data.prepare import prepare
     from unifashion_core.evaluation.bench_retrieval import bench_retrieval
     from unifashion_core.inference import GenerationRequest, caption_images, generate_images
     from unifashion_core.retrieval.build import build_index
@@ -167,7 +167,7 @@ def test_core_entry_points_leave_the_workspace_alone(tiny_phase1, tmp_path, monk
     monkeypatch.setenv("UNIFASHION_HOME", str(home))
     monkeypatch.chdir(cwd)
     data = tmp_path / "data"
-    run_prepare("demo", data, num_items=60, image_size=32)
+    prepare("demo", data, num_items=60, image_size=32)
     short = ["train.retrieval.max_steps=1", "train.caption.max_steps=1", "train.generate.max_steps=1",
              "train.phase2.max_steps=1", "train.phase2.batch_size=4"]
     phase1 = run_training(load_recipe(TINY, short), data, tmp_path / "run").checkpoint

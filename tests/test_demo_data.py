@@ -7,17 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from unifashion_core.data.demo import (
-    PALETTE,
-    attribute_space,
-    draw_garment,
-    garment_pixels,
-    make_items,
-    make_triplets,
-    nearest_colour,
-    prepare_demo,
-    space_summary,
-)
+from unifashion_core.data.adapters.demo import make_items, prepare_demo
+from unifashion_core.data.demo.attributes import PALETTE, attribute_space, space_summary
+from unifashion_core.data.demo.drawing import draw_garment, garment_pixels, nearest_colour
+from unifashion_core.data.demo.triplets import make_triplets
 from unifashion_core.data.images import open_image
 from unifashion_core.data.manifest import SPLITS, Dataset, Item, Triplet, load_dataset
 from unifashion_core.errors import UserError

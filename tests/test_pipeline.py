@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.config import load_recipe
-from unifashion_core.data.demo import prepare_demo
+from unifashion_core.data.adapters.demo import prepare_demo
 from unifashion_core.progress import NullProgress
 from unifashion_core.train.phase1 import run_training
 

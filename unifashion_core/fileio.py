@@ -4,13 +4,18 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from unifashion_core.errors import UserError
+
+FSYNC_THREADS = 16  # files flushed at once by fsync_tree
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -55,11 +60,15 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
 def atomic_dir(out: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces ``out`` only if the block succeeds.
 
-    A crash leaves ``out`` as it was (the temporary directory is removed).
+    An error leaves ``out`` as it was (the temporary directory is removed); so does a kill or a
+    power loss, since the new tree is on disk before the rename. What a killed run leaves (a
+    ``.{name}.tmp-{pid}-*`` or ``.{name}.old-{pid}`` sibling) is removed by the next run once
+    that process is gone.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale_siblings(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
@@ -69,23 +78,88 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
 
 
 def replace_dir(src: Path, dst: Path) -> None:
-    """Move directory ``src`` to ``dst``, replacing ``dst`` with two renames (old kept until then)."""
+    """Move directory ``src`` to ``dst``, replacing ``dst`` with two renames (old kept until then).
+
+    Every file and folder of ``src`` is flushed to disk first and the parent folder after the
+    renames, so a power loss cannot leave ``dst`` with renamed but empty files. Between the two
+    renames ``dst`` is briefly absent (never half written).
+    """
+    fsync_tree(src)
     old = None
     if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
         os.replace(dst, old)
     os.replace(src, dst)
+    fsync_dir(dst.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def fsync_tree(root: Path) -> None:
+    """Flush every file below ``root``, then its folders (deepest first) and ``root``, to disk.
+
+    The files are flushed by a few threads at once: the disk batches them, one by one would take
+    milliseconds each.
+    """
+    walked = list(os.walk(root, topdown=False))
+    files = [path for folder, _, names in walked for name in names if not (path := Path(folder) / name).is_symlink()]
+    with ThreadPoolExecutor(max_workers=FSYNC_THREADS) as pool:
+        list(pool.map(lambda path: _fsync(path, os.O_RDONLY), files))
+    for folder, _, _ in walked:
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (names created, renamed or removed in it) to disk."""
+    _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync(path: Path, flags: int) -> None:
+    descriptor = os.open(path, flags)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _remove_stale_siblings(out: Path) -> None:
+    """Remove the temporaries of ``out`` left by runs that were killed (their process is gone)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-")
+    for sibling in out.parent.iterdir():
+        found = pattern.match(sibling.name)
+        if found and sibling.is_dir() and not sibling.is_symlink() and not _is_running(int(found[1])):
+            shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary name and a rename."""
+    """Write a text file through a temporary name, flushed to disk, then a rename.
+
+    The parent folder is flushed after the rename, so after a crash ``path`` holds either the old
+    or the new text, never an empty file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -98,9 +98,9 @@ def run_demo(
 
 
 def _prepare(paths: dict[str, Path], num_items: int, progress: Progress) -> dict[str, Any]:
-    from unifashion_core.data.pipeline import run_prepare
+    from unifashion_core.data.prepare import prepare
 
-    report = run_prepare("demo", paths["data"], num_items=num_items, progress=progress)
+    report = prepare("demo", paths["data"], num_items=num_items, progress=progress).report
     return {"num_items": report["num_items"], "num_triplets": report["num_triplets"], "skipped": report["num_skipped"]}
 
 

@@ -1,5 +1,10 @@
 """Safe image loading: every mode becomes RGB, huge or broken files are refused with a reason."""
 
+import contextlib
+import struct
+import threading
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,11 +16,20 @@ from unifashion_core.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-MAX_PIXELS = 64_000_000  # refuse anything larger instead of exhausting memory
+# The one pixel limit: ``open_image`` refuses larger images, and PIL's own decompression-bomb
+# check is set to the same number while it runs (so PIL never refuses first with another one).
+MAX_PIXELS = 64_000_000
+# What PIL raises on a corrupt file, besides its own exceptions; a decoder knows no better.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, TypeError, ZeroDivisionError)
+_PIL_LIMIT_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: one open_image at a time
 
 
 class ImageError(ValueError):
-    """An image that cannot be used; ``reason`` is a short machine-friendly tag."""
+    """An image that cannot be used; ``reason`` is a short machine-friendly tag.
+
+    Reasons: ``missing``, ``empty``, ``too_large``, ``truncated``, ``unsupported_mode``,
+    ``unreadable``.
+    """
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -23,7 +37,7 @@ class ImageError(ValueError):
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray((array / peak * 255.0).clip(0, 255).astype(np.uint8), "L")
@@ -34,11 +48,42 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@contextlib.contextmanager
+def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """PIL's decompression-bomb check set to ``max_pixels`` and turned into an error."""
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _decode(path: Path, max_pixels: int) -> Image.Image:
+    """The first frame of ``path``, EXIF orientation applied, pixels loaded (PIL errors pass).
+
+    ``Image.open`` reads only the header and refuses an image over ``max_pixels`` before any
+    pixel is decoded.
+    """
+    with _pil_pixel_limit(max_pixels), Image.open(path) as image:
+        image.seek(0)  # animated images: the first frame
+        image.load()
+        return ImageOps.exif_transpose(image)
+
+
 def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Open an image as RGB (CMYK, 16-bit, palette and alpha are converted; alpha onto white).
 
+    The EXIF orientation is applied and an animated image gives its first frame.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images with more pixels than this (``MAX_PIXELS`` by default).
+
     Raises:
-        ImageError: with reason ``missing``, ``empty``, ``too_large`` or ``unreadable``.
+        ImageError: with reason ``missing``, ``empty``, ``too_large``, ``truncated``,
+            ``unsupported_mode`` or ``unreadable``.
     """
     path = Path(path)
     if not path.is_file():
@@ -46,19 +91,16 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if path.stat().st_size == 0:
         raise ImageError("empty", f"{path} is a 0-byte file")
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    "too_large", f"{path} is {width}x{height}, over the {max_pixels:,}-pixel limit"
-                )
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            return _to_rgb(image)
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("unreadable", f"{path} could not be decoded ({exc})") from exc
+        image = _decode(path, max_pixels)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_large", f"{path} has more than the {max_pixels:,}-pixel limit") from exc
+    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
+        raise ImageError(reason, f"{path} could not be decoded ({exc})") from exc
+    try:
+        return _to_rgb(image)
+    except _DECODE_ERRORS as exc:
+        raise ImageError("unsupported_mode", f"{path} has the unsupported mode {image.mode} ({exc})") from exc
 
 
 def load_user_image(path: str | Path) -> Image.Image:

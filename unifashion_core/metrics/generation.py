@@ -249,7 +249,7 @@ def colour_accuracy(images: Tensor, colours: list[str | None]) -> float | None:
     """
     import numpy as np
 
-    from unifashion_core.data.demo import garment_pixels, nearest_colour
+    from unifashion_core.data.demo.drawing import garment_pixels, nearest_colour
 
     if not all(colours):
         return None

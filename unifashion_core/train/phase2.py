@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
 from unifashion_core.config import Recipe
-from unifashion_core.data.fashioniq import query_text
+from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
 from unifashion_core.errors import UserError

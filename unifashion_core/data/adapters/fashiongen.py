@@ -12,6 +12,8 @@ Choices made here:
   validation split out of train *by product*, so the views of one product stay together.
 - The arrays are re-encoded as PNG under ``images/{split}/``. They are checked once per file
   (shape (N, H, W, 3), dtype uint8) since an array row always decodes.
+- The product id names the image file: one that would write outside ``--out`` (``..`` or an
+  absolute name) is skipped with reason ``outside_root``.
 """
 
 from collections import defaultdict
@@ -23,10 +25,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from unifashion_core.data.adapters.common import (
+    IMAGE_DIR,
+    OUTSIDE_ROOT,
+    assign_splits,
+    clean_text,
+    destination,
+    relative_name,
+    report_info,
+)
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, assign_splits, clean_text, report_info
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 FILES = {"train": "fashiongen_256_256_train.h5", "test": "fashiongen_256_256_validation.h5"}
 TEXT_KEYS = (
@@ -41,7 +51,12 @@ CHUNK_ROWS = 256  # rows of images read from the HDF5 file at once
 
 
 def prepare_fashiongen(
-    root: Path, out: Path, seed: int, progress: Progress, *, val_fraction: float = 0.0
+    root: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
+    val_fraction: float = 0.0,
 ) -> dict[str, Any]:
     """Prepare FashionGen from its HDF5 files.
 
@@ -136,6 +151,8 @@ def _read_rows(
         item_id = f"{texts['productID']}-{row}"
         if not texts["name"]:
             skipped.add(item_id, "empty_caption", f"{path}#{row}")
+        elif relative_name(f"{item_id}.png") is None:
+            skipped.add(item_id, OUTSIDE_ROOT, f"{path}#{row}")
         elif item_id in seen:
             skipped.add(item_id, "duplicate_id", f"{path}#{row}")
         else:
@@ -183,7 +200,6 @@ def _write_pngs(images: Any, wanted: list[tuple[int, str]], tmp: Path, progress:
         start = index * CHUNK_ROWS
         block = images[start : start + CHUNK_ROWS]  # (<=CHUNK_ROWS, H, W, 3) uint8
         for row, dest in chunk:
-            target = tmp / dest
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = destination(tmp, dest)
             Image.fromarray(block[row - start]).save(target, format="PNG", compress_level=3)
             progress.advance("write images")

@@ -4,22 +4,32 @@ Each label line is ``path<TAB>detection score<TAB>description``, the path relati
 caption = the description, category = the label file's category, id = the image file name
 without extension (e.g. ``51727804_0``: product id and view). A line without three fields or with
 a non-numeric score is skipped with reason ``malformed_line``; an image listed twice (in any label
-file) is kept once and the repeat skipped with reason ``duplicate_id``.
+file) is kept once and the repeat skipped with reason ``duplicate_id``; a path that is absolute,
+has a ``..`` or resolves (through a symlink) outside the root is skipped with reason
+``outside_root``.
 """
 
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from unifashion_core.data.adapters.common import IMAGE_DIR, clean_text, copy_files, report_info, source_image
+from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CATEGORIES = ("dress", "jacket", "pants", "skirt", "top")
 F200K_SPLITS = ("train", "test")
 
 
-def prepare_fashion200k(root: Path, out: Path, seed: int, progress: Progress) -> dict[str, Any]:
+def prepare_fashion200k(
+    root: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
+    max_pixels: int = MAX_PIXELS,
+) -> dict[str, Any]:
     """Prepare Fashion200K with its official train/test label files.
 
     Args:
@@ -27,6 +37,7 @@ def prepare_fashion200k(root: Path, out: Path, seed: int, progress: Progress) ->
         out: the prepared dataset directory.
         seed: recorded in the report (the official split is used).
         progress: receives progress events.
+        max_pixels: images with more pixels are skipped (reason ``too_large``).
 
     Returns:
         The report of ``write_dataset``.
@@ -41,23 +52,31 @@ def prepare_fashion200k(root: Path, out: Path, seed: int, progress: Progress) ->
         raise UserError(f"{root}/labels has no *_detect_all.txt files; is it Fashion200K?")
     skipped = SkipLog()
     entries = [e for (c, s), path in present.items() for e in _read_labels(path, c, s, skipped)]
-    progress.start("check images", len(entries))
-    items, files, seen = [], {}, set()
-    for entry in entries:
-        progress.advance("check images")
-        image, dest = root / entry["path"], f"{IMAGE_DIR}/{entry['path']}"
-        item_id = PurePosixPath(entry["path"]).stem
-        if item_id in seen:
-            skipped.add(item_id, "duplicate_id", image)
-        elif check_image(image, item_id, skipped):
-            seen.add(item_id)
-            files[dest] = image
-            items.append(_item(item_id, dest, entry))
+    items, files = _usable_items(root, entries, skipped, progress, max_pixels)
     info = report_info(
         "fashion200k", root, seed, label_files=sorted(p.name for p in present.values()),
         num_label_lines=len(entries),
     )  # fmt: skip
     return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+
+
+def _usable_items(
+    root: Path, entries: list[dict[str, Any]], skipped: SkipLog, progress: Progress, max_pixels: int
+) -> tuple[list[Item], dict[str, Path]]:
+    """The label entries whose image is inside the root and decodes (each image once)."""
+    progress.start("check images", len(entries))
+    items, files, seen = [], {}, set()
+    for entry in entries:
+        progress.advance("check images")
+        item_id = PurePosixPath(entry["path"]).stem
+        if item_id in seen:
+            skipped.add(item_id, "duplicate_id", root / entry["path"])
+        elif (image := source_image(root, entry["path"], item_id, skipped, max_pixels=max_pixels)) is not None:
+            seen.add(item_id)
+            dest = f"{IMAGE_DIR}/{entry['path']}"
+            files[dest] = image
+            items.append(_item(item_id, dest, entry))
+    return items, files
 
 
 def _read_labels(path: Path, category: str, split: str, skipped: SkipLog) -> list[dict[str, Any]]:
@@ -85,8 +104,6 @@ def _parse_line(line: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     path = fields[0].strip().replace("\\", "/")
-    if PurePosixPath(path).is_absolute() or ".." in PurePosixPath(path).parts:
-        return None  # images must lie under the root
     return {"path": path, "score": score, "description": clean_text(" ".join(fields[2:]))}
 
 

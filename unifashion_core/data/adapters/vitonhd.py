@@ -18,18 +18,28 @@ with ", " (the MGD text prompt). extras: ``person`` (the same id under ``image/`
 ``mask`` (agnostic mask), ``cloth_mask`` and ``sketch``, where present and readable; an unreadable
 extra is left out and reported (kind ``extra``). The unpaired person of ``test_pairs.txt`` is kept
 in ``attributes["unpaired_person"]``. A garment without an MGD entry is skipped with reason
-``missing_caption``.
+``missing_caption``. A file name (from a pairs file or a folder listing) that leads outside the
+root, by ``..``, an absolute name or a symlink, is skipped with reason ``outside_root``.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unifashion_core.data.adapters.common import (
+    IMAGE_DIR,
+    OUTSIDE_ROOT,
+    clean_text,
+    copy_files,
+    report_info,
+    resolve_inside,
+    source_image,
+)
+from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import IMAGE_DIR, check_image, clean_text, copy_files, report_info
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import read_json
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CAPTION_FILES = ("captions.json", "captions_mgd.json")
 VITON_SPLITS = ("train", "test")
@@ -46,14 +56,42 @@ CATEGORY = "upper_body"  # VITON-HD holds upper-body garments only
 
 @dataclass(frozen=True)
 class _Garment:
+    """A garment found in the layout; paths are names relative to the root."""
+
     id: str
     split: str
-    image: Path
-    extras: dict[str, Path] = field(default_factory=dict)
+    image: str
+    extras: dict[str, str] = field(default_factory=dict)
     unpaired_person: str = ""
 
 
-def prepare_vitonhd(root: Path, out: Path, seed: int, progress: Progress) -> dict[str, Any]:
+@dataclass
+class _Images:
+    """Checks the images named relative to ``root`` and gathers the usable ones to copy."""
+
+    root: Path
+    max_pixels: int
+    skipped: SkipLog = field(default_factory=SkipLog)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def add(self, name: str, id: str, kind: str = "item") -> str | None:
+        """The manifest path of image ``name``, or None when it is unusable (reason recorded)."""
+        image = source_image(self.root, name, id, self.skipped, kind, self.max_pixels)
+        if image is None:
+            return None
+        dest = f"{IMAGE_DIR}/{name}"
+        self.files[dest] = image
+        return dest
+
+
+def prepare_vitonhd(
+    root: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
+    max_pixels: int = MAX_PIXELS,
+) -> dict[str, Any]:
     """Prepare VITON-HD (official or flat examples layout) with the MGD captions.
 
     Args:
@@ -61,34 +99,42 @@ def prepare_vitonhd(root: Path, out: Path, seed: int, progress: Progress) -> dic
         out: the prepared dataset directory.
         seed: recorded in the report (the official split is used).
         progress: receives progress events.
+        max_pixels: images with more pixels are skipped (reason ``too_large``).
 
     Returns:
         The report of ``write_dataset``.
     """
     captions, caption_file = read_captions(root)
-    skipped, files = SkipLog(), {}
+    images = _Images(root, max_pixels)
     if any((root / f"{s}_pairs.txt").is_file() or (root / s).is_dir() for s in VITON_SPLITS):
         layout, persons = "official", []
-        garments = [g for split in VITON_SPLITS for g in _official_garments(root, split, skipped)]
+        garments = [g for split in VITON_SPLITS for g in _official_garments(root, split, images.skipped)]
     elif (root / "garment").is_dir():
-        layout, garments = "flat", [_Garment(p.stem, "test", p) for p in _files(root / "garment")]
-        persons = _check_persons(root, files, skipped)
+        layout, garments = "flat", [_Garment(Path(n).stem, "test", n) for n in _files(root, "garment")]
+        persons = [dest for n in _files(root, "model") if (dest := images.add(n, Path(n).stem, "person"))]
     else:
         raise UserError(f"{root} has no {{train,test}}_pairs.txt and no garment/; is it VITON-HD?")
+    items = _garment_items(garments, captions, images, progress)
+    info = report_info("vitonhd", root, seed, layout=layout, captions=caption_file, persons=persons)
+    return write_dataset(out, items, [], images.skipped, info, copy_files(images.files, progress))
+
+
+def _garment_items(
+    garments: list[_Garment], captions: dict[str, list[str]], images: _Images, progress: Progress
+) -> list[Item]:
     progress.start("check images", len(garments))
     items: list[Item] = []
     seen: set[str] = set()
     for garment in garments:
         progress.advance("check images")
         if garment.id in seen:
-            skipped.add(garment.id, "duplicate_id", garment.image)
+            images.skipped.add(garment.id, "duplicate_id", images.root / garment.image)
             continue
-        item = _garment_item(root, garment, captions, files, skipped)
+        item = _garment_item(garment, captions, images)
         if item is not None:
             seen.add(item.id)
             items.append(item)
-    info = report_info("vitonhd", root, seed, layout=layout, captions=caption_file, persons=persons)
-    return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+    return items
 
 
 def read_captions(root: Path) -> tuple[dict[str, list[str]], str]:
@@ -109,21 +155,23 @@ def read_captions(root: Path) -> tuple[dict[str, list[str]], str]:
     return captions, path.name
 
 
-def _files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def _files(root: Path, folder: str) -> list[str]:
+    """The names (relative to ``root``) of the files listed in ``root / folder``."""
+    if not (root / folder).is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    listed = (p for p in (root / folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(f"{folder}/{p.name}" for p in listed)
 
 
-def _find(folder: Path, stem: str) -> Path | None:
+def _find(root: Path, folder: str, stem: str) -> str | None:
     names = [f"{stem}{suffix}{ext}" for suffix in ("", "_mask") for ext in IMAGE_EXTENSIONS]
-    return next((folder / n for n in names if (folder / n).is_file()), None)
+    return next((f"{folder}/{n}" for n in names if (root / folder / n).is_file()), None)
 
 
 def _read_pairs(root: Path, split: str, skipped: SkipLog) -> list[tuple[str, str]]:
     path = root / f"{split}_pairs.txt"
     if not path.is_file():  # no pairs file: every garment with its own person
-        return [(p.name, p.name) for p in _files(root / split / "cloth")]
+        return [(Path(n).name, Path(n).name) for n in _files(root, f"{split}/cloth")]
     pairs = []
     for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         fields = line.split()
@@ -140,28 +188,17 @@ def _official_garments(root: Path, split: str, skipped: SkipLog) -> list[_Garmen
         stem, person_stem = Path(cloth).stem, Path(person).stem
         if cloth in garments:
             continue  # another pairing of a garment already listed
+        if resolve_inside(root, cloth, f"{split}/cloth") is None:  # e.g. ../../x.png or /x.png
+            skipped.add(stem, OUTSIDE_ROOT, root / split / "cloth" / cloth)
+            continue
         extras = {
-            key: path
+            key: name
             for key, folder in EXTRA_FOLDERS.items()
-            if (path := _find(root / split / folder, stem)) is not None
+            if (name := _find(root, f"{split}/{folder}", stem)) is not None
         }
         unpaired = person_stem if person_stem != stem else ""
-        garments[cloth] = _Garment(stem, split, root / split / "cloth" / cloth, extras, unpaired)
+        garments[cloth] = _Garment(stem, split, f"{split}/cloth/{cloth}", extras, unpaired)
     return list(garments.values())
-
-
-def _check_persons(root: Path, files: dict[str, Path], skipped: SkipLog) -> list[str]:
-    persons = []
-    for path in _files(root / "model"):
-        if check_image(path, path.stem, skipped, kind="person"):
-            persons.append(_add_file(root, path, files))
-    return persons
-
-
-def _add_file(root: Path, path: Path, files: dict[str, Path]) -> str:
-    dest = f"{IMAGE_DIR}/{path.relative_to(root).as_posix()}"
-    files[dest] = path
-    return dest
 
 
 def _phrases(captions: dict[str, list[str]], stem: str) -> tuple[list[str], str]:
@@ -172,27 +209,23 @@ def _phrases(captions: dict[str, list[str]], stem: str) -> tuple[list[str], str]
     return phrases, "" if phrases else "empty_caption"
 
 
-def _garment_item(
-    root: Path,
-    garment: _Garment,
-    captions: dict[str, list[str]],
-    files: dict[str, Path],
-    skipped: SkipLog,
-) -> Item | None:
+def _garment_item(garment: _Garment, captions: dict[str, list[str]], images: _Images) -> Item | None:
+    """The item of ``garment`` (its image inside the root and readable, its caption present)."""
     phrases, reason = _phrases(captions, garment.id)
     if reason:
-        skipped.add(garment.id, reason, garment.image)
+        images.skipped.add(garment.id, reason, images.root / garment.image)
         return None
-    if not check_image(garment.image, garment.id, skipped):
+    image = images.add(garment.image, garment.id)
+    if image is None:
         return None
     extras = {
-        key: _add_file(root, path, files)
-        for key, path in garment.extras.items()
-        if check_image(path, f"{garment.id}:{key}", skipped, kind="extra")
+        key: dest
+        for key, name in garment.extras.items()
+        if (dest := images.add(name, f"{garment.id}:{key}", "extra")) is not None
     }
     return Item(
         id=garment.id,
-        image=_add_file(root, garment.image, files),
+        image=image,
         split=garment.split,
         caption=phrases[0],
         description=", ".join(phrases),

@@ -2,7 +2,8 @@
 
 Caption = ``productDisplayName``; description composed from the attributes ("Men's blue shirt,
 topwear for formal use, summer season."); category = ``articleType``. The dataset has no official
-split, so items are split at random with a seed (80/20 train/test by default).
+split, so the catalogue's ids are split at random with a seed (70/10/20 train/val/test by
+default; the test ids are the same whatever ``val_fraction`` is).
 
 The full Kaggle ``styles.csv`` has rows whose product name contains unquoted commas; as the name
 is the last column, the extra fields are joined back into it. Rows with too few fields or no id
@@ -13,17 +14,19 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from unifashion_core.data.manifest import Item, SkipLog, write_dataset
-from unifashion_core.data.prepare import (
+from unifashion_core.data.adapters.catalogue_triplets import catalogue_triplets, singular_noun
+from unifashion_core.data.adapters.common import (
     IMAGE_DIR,
     assign_splits,
-    check_image,
     clean_text,
     copy_files,
     report_info,
+    source_image,
 )
+from unifashion_core.data.images import MAX_PIXELS
+from unifashion_core.data.manifest import Item, SkipLog, Triplet, write_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.progress import Progress
+from unifashion_core.progress import NullProgress, Progress
 
 CSV_NAMES = ("styles.csv", "sample_styles.csv")
 COLUMNS = (
@@ -31,21 +34,17 @@ COLUMNS = (
     "usage", "productDisplayName",
 )  # fmt: skip
 _POSSESSIVE = {"men": "Men's", "women": "Women's", "boys": "Boys'", "girls": "Girls'"}
-# Nouns that stay plural in "Men's blue jeans" (the others lose their final s: "shirts" -> "shirt").
-_PLURAL_ONLY = {
-    "jeans", "shorts", "pants", "trousers", "leggings", "tights", "briefs", "boxers", "capris",
-    "sunglasses", "glasses", "jeggings", "trunks", "innerwear",
-}  # fmt: skip
-
 
 def prepare_fashion_product(
     root: Path,
     out: Path,
-    seed: int,
-    progress: Progress,
     *,
-    val_fraction: float = 0.0,
+    seed: int = 0,
+    progress: Progress = NullProgress(),
+    val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    max_pixels: int = MAX_PIXELS,
+    triplets: bool = False,
 ) -> dict[str, Any]:
     """Prepare Fashion Product Images with a seeded split by item.
 
@@ -54,8 +53,11 @@ def prepare_fashion_product(
         out: the prepared dataset directory.
         seed: seed of the split.
         progress: receives progress events.
-        val_fraction: share of the usable items put in ``val``.
-        test_fraction: share of the usable items put in ``test``.
+        val_fraction: share of the catalogue's ids put in ``val``.
+        test_fraction: share of the catalogue's ids put in ``test``.
+        max_pixels: images with more pixels are skipped (reason ``too_large``).
+        triplets: also derive composed-retrieval triplets from the attributes (see
+            ``catalogue_triplets``); the report gets their counts under ``catalogue_triplets``.
 
     Returns:
         The report of ``write_dataset``.
@@ -65,24 +67,41 @@ def prepare_fashion_product(
         raise UserError(f"{root} has no styles.csv; point --root at the Fashion Product Images.")
     skipped = SkipLog()
     rows = read_styles(csv_path, skipped)
-    progress.start("check images", len(rows))
-    candidates, files = [], {}
-    for row in rows:
-        progress.advance("check images")
-        image = root / "images" / f"{row['id']}.jpg"
-        if not row["productDisplayName"]:
-            skipped.add(row["id"], "empty_caption", image)
-        elif check_image(image, row["id"], skipped):
-            dest = f"{IMAGE_DIR}/{image.name}"
-            files[dest] = image
-            candidates.append((row, dest))
-    splits = assign_splits((row["id"] for row, _ in candidates), seed, val_fraction, test_fraction)
-    items = [_item(row, dest, splits[row["id"]]) for row, dest in candidates]
+    # Split the catalogue's ids, not the usable items: an unreadable image elsewhere never moves
+    # an item to another split.
+    splits = assign_splits((row["id"] for row in rows), seed, val_fraction, test_fraction)
+    items, files = _usable_items(root, rows, splits, skipped, progress, max_pixels)
     fractions = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     info = report_info(
         "fashion-product", root, seed, csv=csv_path.name, num_rows=len(rows), **fractions
     )
-    return write_dataset(out, items, [], skipped, info, copy_files(files, progress))
+    derived: list[Triplet] = []
+    if triplets:
+        derived, info["catalogue_triplets"] = catalogue_triplets(items, seed)
+    return write_dataset(out, items, derived, skipped, info, copy_files(files, progress))
+
+
+def _usable_items(
+    root: Path,
+    rows: list[dict[str, str]],
+    splits: dict[str, str],
+    skipped: SkipLog,
+    progress: Progress,
+    max_pixels: int,
+) -> tuple[list[Item], dict[str, Path]]:
+    """The items whose caption is there and whose image decodes, and their files to copy."""
+    progress.start("check images", len(rows))
+    items, files = [], {}
+    for row in rows:
+        progress.advance("check images")
+        name = f"images/{row['id']}.jpg"
+        if not row["productDisplayName"]:
+            skipped.add(row["id"], "empty_caption", root / name)
+        elif (image := source_image(root, name, row["id"], skipped, max_pixels=max_pixels)) is not None:
+            dest = f"{IMAGE_DIR}/{row['id']}.jpg"
+            files[dest] = image
+            items.append(_item(row, dest, splits[row["id"]]))
+    return items, files
 
 
 def read_styles(path: Path, skipped: SkipLog) -> list[dict[str, str]]:
@@ -145,7 +164,7 @@ def describe(row: dict[str, str]) -> str:
         for part in (
             _POSSESSIVE.get(gender.lower(), gender),
             row.get("baseColour", "").lower(),
-            _singular(row.get("articleType", "")),
+            singular_noun(row.get("articleType", "")),
         )
         if part
     )
@@ -155,13 +174,3 @@ def describe(row: dict[str, str]) -> str:
     season = f"{row['season'].lower()} season" if row.get("season") else ""
     sentence = ", ".join(part for part in (head, use, season) if part)
     return f"{sentence[:1].upper()}{sentence[1:]}." if sentence else ""
-
-
-def _singular(noun: str) -> str:
-    words = noun.lower().split()
-    if not words:
-        return ""
-    last = words[-1]
-    if last not in _PLURAL_ONLY and last.endswith("s") and not last.endswith("ss"):
-        last = last[:-2] if last.endswith(("sses", "ches", "shes", "xes")) else last[:-1]
-    return " ".join([*words[:-1], last])
