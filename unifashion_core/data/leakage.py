@@ -1,6 +1,6 @@
 """Leakage checks on a prepared dataset: what of the evaluation splits the training data can see.
 
-The released UniFashion code has two such pitfalls (DESIGN.md, section 7): gallery captions
+The released UniFashion code has two such pitfalls (docs/design.md, section 7): gallery captions
 generated with the validation queries in the prompt, and validation images used in pre-training.
 ``check_leakage`` looks for both on every pair of splits (train/val, train/test, val/test: Fashion-IQ
 evaluates on ``val``, most others on ``test``), and for triplets that point into another split.
