@@ -67,11 +67,33 @@ class _Section:
 
 
 @dataclass(frozen=True)
+class TextAugmentConfig(_Section):
+    """Phase 1a: how each training text is varied, per example and per step (all 0 = the plain text).
+
+    Applied in this order, each with its own probability: use the other text field, replace the
+    text by a phrase of a random subset of the item's attributes, drop words, wrap the text in a
+    shopper's phrasing (``train/text_augment.py``).
+    """
+
+    _key = "data.augment"
+    other_field: float = 0.0  # the description in place of the caption (or the reverse)
+    attribute_captions: float = 0.0  # "blue dress" from a random subset of the item's attributes
+    word_dropout: float = 0.0  # each word dropped with this probability (one always stays)
+    paraphrase: float = 0.0  # "i want ...", "find me ..." around the text
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            if not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise UserError(f"data.augment.{f.name} is a probability in [0, 1], got {getattr(self, f.name)}.")
+
+
+@dataclass(frozen=True)
 class DataConfig(_Section):
     _key = "data"
     path: str = ""  # prepared dataset directory; "" = the workspace's latest `prepare`
     caption_field: Literal["caption", "description"] = "caption"  # which text trains retrieval
     max_text_length: int = 32  # tokens; longer texts are truncated
+    augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)  # phase-1a training texts
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,18 @@ def max_sim(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     return per_query.max(dim=1).values  # (B, M)
 
 
+def pooled(image_embeds: Tensor) -> Tensor:
+    """One vector per image: the mean of its normalised query embeddings, renormalised.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` projected query outputs.
+
+    Returns:
+        ``(B, D)`` unit vectors.
+    """
+    return F.normalize(image_embeds.float().mean(dim=1), dim=-1)
+
+
 def _world() -> tuple[int, int]:
     """(rank, world size) of the default process group, (0, 1) when there is none."""
     if dist.is_available() and dist.is_initialized():

@@ -11,7 +11,9 @@ of queries whose target is among the top K. Per-category recalls are averaged ov
 - No dropped queries: a triplet whose reference or target image is missing or unreadable counts
   as a miss and is listed in the report. Triplets without a target (Fashion-IQ test) cannot be
   scored and are counted as unlabelled.
-- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4).
+- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4), the
+  trained fused score; and the zero-shot late fusion that needs no phase 2
+  (``metrics.cir.zero_shot_scores``) next to its two halves, image-only and text-only.
 """
 
 import math
@@ -32,6 +34,7 @@ from unifashion_core.progress import NullProgress, Progress
 
 Gallery = Literal["auto", "split", "category"]
 SETTINGS = ("without_captions", "with_captions")
+ZERO_SHOT_SETTINGS = ("zero_shot", "image_only", "text_only")
 
 
 def evaluate_cir(
@@ -43,6 +46,7 @@ def evaluate_cir(
     caption_weight: float = 1.0,
     exclude_reference: bool = False,
     by_category: bool = False,
+    image_weight: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Rank the gallery for every labelled triplet, with and (when given) without captions.
 
@@ -55,6 +59,8 @@ def evaluate_cir(
         caption_weight: ``w`` of the caption term.
         exclude_reference: remove each query's reference image from its gallery.
         by_category: restrict each query's gallery to its category.
+        image_weight: also rank by the zero-shot score with this image weight, and by its image-only
+            and text-only halves (``ZERO_SHOT_SETTINGS``); None: the fused settings only.
 
     Returns:
         ``ranks`` per setting ``(M,)`` (``inf`` for a miss) and the top gallery rows per
@@ -69,9 +75,15 @@ def evaluate_cir(
     gallery = model.embed_images(tokens)  # (N, Q, D)
     allowed = cir.allowed_items(scored, items, rows, exclude_reference, by_category)  # (m, N)
     settings = {"without_captions": None, **({"with_captions": captions} if captions is not None else {})}
+    results = {name: cir.rank_targets(fused, gallery, targets, allowed, caption_embeds, caption_weight)
+               for name, caption_embeds in settings.items()}
+    if image_weight is not None:
+        texts = model.embed_texts([t.text for t in scored])  # (m, D)
+        for name, weight in zip(ZERO_SHOT_SETTINGS, (image_weight, 1.0, 0.0), strict=True):
+            scores = cir.zero_shot_scores(gallery[references], texts, gallery, weight)  # (m, N)
+            results[name] = cir.rank_scored(scores, targets, allowed)
     ranks, tops = {}, {}
-    for name, caption_embeds in settings.items():
-        setting_ranks, top_rows = cir.rank_targets(fused, gallery, targets, allowed, caption_embeds, caption_weight)
+    for name, (setting_ranks, top_rows) in results.items():
         ranks[name] = torch.full((len(triplets),), math.inf)
         ranks[name][ok] = setting_ranks
         tops[name] = torch.full((len(triplets), top_rows.shape[1]), -1, dtype=torch.long)
@@ -89,6 +101,8 @@ def bench_cir(
     use_captions: bool = True,
     caption_weight: float = 1.0,
     gallery: Gallery = "auto",
+    zero_shot: bool = True,
+    image_weight: float = cir.ZERO_SHOT_IMAGE_WEIGHT,
     cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
 ) -> BenchReport:
@@ -104,6 +118,8 @@ def bench_cir(
         use_captions: also score with gallery captions made by the checkpoint's captioner.
         caption_weight: ``w`` of the caption term.
         gallery: ``split``, ``category`` or ``auto`` (category for Fashion-IQ).
+        zero_shot: also score with the zero-shot late fusion, image-only and text-only.
+        image_weight: the zero-shot score's image weight, in [0, 1].
         cache_dir: where frozen vision features are cached (None: not on disk).
         progress: progress events.
 
@@ -116,6 +132,8 @@ def bench_cir(
         raise UserError(f"unknown CIR gallery {gallery!r}; choose auto, split or category.")
     if not math.isfinite(caption_weight):
         raise UserError(f"--caption-weight must be a finite number, got {caption_weight}.")
+    if not 0.0 <= image_weight <= 1.0:
+        raise UserError(f"--image-weight must be in [0, 1], got {image_weight}.")
     checkpoint = checkpoint_dir(checkpoint)
     dataset = load_dataset(data)
     triplets = dataset.split_triplets(split)
@@ -137,7 +155,7 @@ def bench_cir(
     caption_embeds = model.embed_texts(generated) if use_captions else None
     # 3. rank and summarise
     ranks, tops = evaluate_cir(model, items, tokens, labelled, caption_embeds, caption_weight, exclude_reference,
-                               by_category)
+                               by_category, image_weight if zero_shot else None)
     rows = {item.id: row for row, item in enumerate(items)}
     status = [cir.triplet_status(t, rows) for t in labelled]
     report = {
@@ -145,6 +163,7 @@ def bench_cir(
         f"reference {'excluded' if exclude_reference else 'kept'}; w={caption_weight:g}",
         "protocol_options": {"gallery": "category" if by_category else "split", "exclude_reference": exclude_reference,
                              "caption_weight": caption_weight, "use_captions": use_captions,
+                             "zero_shot_image_weight": image_weight if zero_shot else None,
                              "caption_style": model.config.captioner.style if use_captions else None,
                              "query_text": "the triplet's evaluation text", "misses": "missing images count as misses"},
         "split": split, "seed": seed, "manifest_sha256": dataset.manifest_hash,
@@ -155,6 +174,7 @@ def bench_cir(
                     for reason in ("missing_reference", "missing_target")},
         "skipped_images": skipped.counts(),
         "settings": {name: cir.summary(labelled, setting_ranks) for name, setting_ranks in ranks.items()},
+        "chance": _chance(labelled, status, items, exclude_reference, by_category),
     }
     out = Path(out)
     _write_queries(out, labelled, status, items, ranks, tops)
@@ -162,6 +182,15 @@ def bench_cir(
         records = ({"id": i.id, "caption": c} for i, c in zip(items, generated, strict=True))
         write_jsonl(out / "gallery_captions.jsonl", records)
     return write_report("cir", out, report, render_markdown(report))
+
+
+def _chance(triplets: list[Triplet], status: list[str], items: list[Item], exclude_reference: bool,
+            by_category: bool) -> dict[str, float]:
+    """Expected R@K of a random ranking: ``min(1, K / gallery size)`` per query, 0 for a miss."""
+    rows = {item.id: row for row, item in enumerate(items)}
+    ok = [t for t, state in zip(triplets, status, strict=True) if state == "ok"]
+    sizes = cir.allowed_items(ok, items, rows, exclude_reference, by_category).sum(1).float()  # (m,)
+    return {f"R@{k}": float((k / sizes).clamp(max=1.0).sum()) / len(triplets) for k in cir.KS}
 
 
 def _write_queries(out: Path, triplets: list[Triplet], status: list[str], items: list[Item],
@@ -183,11 +212,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: one row per (setting, category) and the category average of each setting."""
     rows = []
     for name, summary in report["settings"].items():
-        rows += [{"captions": name, "category": category, **values}
+        rows += [{"score": name, "category": category, **values}
                  for category, values in summary["per_category"].items()]
-        rows.append({"captions": name, "category": "**average**", **summary["average"]})
-    missing = report["missing"]
+        rows.append({"score": name, "category": "**average**", **summary["average"]})
+    missing, chance = report["missing"], report["chance"]
+    weight = report["protocol_options"]["zero_shot_image_weight"]
+    zero_shot = (f"zero_shot = {weight:g} x image->image + {1 - weight:g} x text->image (no composed training); "
+                 "image_only and text_only are its halves. " if weight is not None else "")
     return (f"# Composed image retrieval ({report['split']})\n\n{provenance_lines(report)}\n"
-            f"{markdown_table(rows, ['captions', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
+            f"{markdown_table(rows, ['score', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
+            "without_captions / with_captions = the trained fused score (phase 2 trains it); "
+            f"{zero_shot}Chance: R@10 {chance['R@10']:.4f}, R@50 {chance['R@50']:.4f}.\n\n"
             f"Misses from missing images: {len(missing['missing_reference'])} references, "
             f"{len(missing['missing_target'])} targets; {report['num_unlabelled']} triplets without a target.\n")

@@ -110,7 +110,7 @@ class _TrainingData:
     def build_stage(self, name: str) -> stage_lib.Stage:
         model, recipe = self.model, self.recipe
         if name == "retrieval":
-            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.texts("train"),
+            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.items["train"],
                                              self.tokens["val"], self.texts("val"))
         if name == "caption":
             style = recipe.model.captioner.style

@@ -13,9 +13,11 @@ from torch import nn
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
+from unifashion_core.data.manifest import Item
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.train.text_augment import augment_texts
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 
@@ -53,18 +55,22 @@ def retrieval_stage(
     model: UniFashion,
     recipe: Recipe,
     tokens: torch.Tensor,
-    texts: list[str],
+    items: list[Item],
     val_tokens: torch.Tensor,
     val_texts: list[str],
 ) -> Stage:
-    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
+    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
+
+    ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
+    texts, varied by ``data.augment`` with the stage's generator (``text_augment``).
+    """
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch_tokens = tokens[indices].float()  # (B, T, C)
-        batch_texts = [texts[i] for i in indices.tolist()]
+        batch_texts = augment_texts([items[i] for i in indices.tolist()], recipe.data, generator)
         ids, mask = model.tokenize(batch_texts)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
