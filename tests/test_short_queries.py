@@ -18,7 +18,7 @@ from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_queries import PHRASINGS, bench_queries, parse_shapes, short_queries
 from unifashion_core.metrics.ranking import ndcg_at_k, precision_at_k
-from unifashion_core.train.text_augment import PARAPHRASES, augment_texts
+from unifashion_core.train.text_augment import PARAPHRASES, augment_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -146,6 +146,10 @@ def _augment_recipe(*overrides: str):
     return load_recipe(TINY, list(overrides)).data
 
 
+def augment_texts(items: list[Item], data, generator: torch.Generator) -> list[str]:
+    return augment_batch(items, data, generator)[0]
+
+
 ITEMS = [_item(n, caption=f"brand{n} women striped blue dress", type="dress", colour="blue", pattern="striped",
                gender="Women") for n in range(40)]
 
@@ -183,6 +187,21 @@ def test_word_dropout_keeps_a_word_and_paraphrases_wrap_the_text():
     assert set(wrapped) <= shapes and set(wrapped).isdisjoint(item.caption for item in ITEMS)
     bench_phrasings = {t.replace("{q}", "{}").replace("{a_q}", "{}") for t in PHRASINGS.values()}
     assert bench_phrasings.isdisjoint(PARAPHRASES)  # the bench never tests the training templates
+
+
+def test_a_batch_knows_which_items_each_short_text_describes():
+    items = [_item(0, caption="a", type="dress", colour="blue"), _item(1, caption="b", type="dress", colour="red"),
+             _item(2, caption="c", type="skirt", colour="blue"), _item(3, caption="a", type="dress", colour="blue")]
+    texts, positives = augment_batch(items, _augment_recipe("data.augment.attribute_captions=1"),
+                                     torch.Generator().manual_seed(1))
+    for j, text in enumerate(texts):
+        wanted = {"dress": "dress", "skirt": "skirt"}[text.split()[-1]]
+        colour = text.split()[0] if len(text.split()) == 2 else None
+        expected = [i == j or (item.attributes["type"] == wanted and colour in (None, item.attributes["colour"]))
+                    for i, item in enumerate(items)]
+        assert positives[:, j].tolist() == expected, text
+    _, plain = augment_batch(items, _augment_recipe(), torch.Generator())
+    assert plain.tolist() == [[i == j or items[i].caption == items[j].caption for j in range(4)] for i in range(4)]
 
 
 def test_augmentation_probabilities_are_checked():

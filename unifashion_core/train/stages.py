@@ -17,7 +17,7 @@ from unifashion_core.data.manifest import Item
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.train.text_augment import augment_texts
+from unifashion_core.train.text_augment import augment_batch
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 
@@ -62,7 +62,9 @@ def retrieval_stage(
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
 
     ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
-    texts, varied by ``data.augment`` with the stage's generator (``text_augment``).
+    texts, varied by ``data.augment`` with the stage's generator (``text_augment``). A text that
+    fits other items of the batch too (an identical one, or "blue dress") counts them as positives
+    in ITC and never pairs with them as an ITM negative.
     """
     loss_cfg = recipe.loss
     qformer = model.qformer
@@ -70,21 +72,20 @@ def retrieval_stage(
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch_tokens = tokens[indices].float()  # (B, T, C)
-        batch_texts = augment_texts([items[i] for i in indices.tolist()], recipe.data, generator)
+        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)
+        positives = positives.to(batch_tokens.device)  # (B, B): text j describes image i
         ids, mask = model.tokenize(batch_texts)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(
-            image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes
-        )
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing,
+                       loss_cfg.gather_across_processes, positives)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
             with torch.no_grad():
                 sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
-            itm = itm_loss(
-                qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts
-            )
+            itm = itm_loss(qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator,
+                           positives=positives)
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
