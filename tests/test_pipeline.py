@@ -181,7 +181,8 @@ TEXT_AUGMENT = ["data.augment.other_field=0.3", "data.augment.attribute_captions
     ([], 7, ("caption", 2)),  # caption step 3
     (["train.caption.ema_decay=0.9"], 7, ("caption", 2)),
     (TEXT_AUGMENT, 3, ("retrieval", 2)),  # retrieval step 3: the augmented texts continue exactly
-], ids=["raw", "ema", "text-augment"])
+    (["model.vision.trainable_blocks=2"], 3, ("retrieval", 2)),  # the vision encoder's top trains too
+], ids=["raw", "ema", "text-augment", "vision-top"])
 def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, overrides, interrupt_at,
                                                         stopped_at):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))

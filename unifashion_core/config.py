@@ -102,6 +102,13 @@ class VisionConfig(_Section):
     name: Literal["tiny", "efficientnet_lite0", "blip2"] = "tiny"
     weights: str = ""  # path, hub id or package:NAME; "" = the packaged default; random = architecture only
     image_size: int = 224
+    # top stages trained with the Q-Former in phase 1a (EfficientNet: 1 = the head convolution,
+    # 2 = also the last MBConv block, ...); 0 = frozen, as in the paper
+    trainable_blocks: int = 0
+
+    def check(self) -> None:
+        if self.trainable_blocks < 0:
+            raise UserError(f"model.vision.trainable_blocks must be >= 0, got {self.trainable_blocks}.")
 
 
 @dataclass(frozen=True)

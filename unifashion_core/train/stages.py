@@ -61,6 +61,9 @@ def retrieval_stage(
 ) -> Stage:
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
 
+    With ``model.vision.trainable_blocks``, ``tokens`` are the frozen trunk's feature maps and the
+    encoder's top stages train too.
+
     ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
     texts, varied by ``data.augment`` with the stage's generator (``text_augment``). A text that
     fits other items of the batch too (an identical one, or "blue dress") counts them as positives
@@ -69,9 +72,15 @@ def retrieval_stage(
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
+    num_top = recipe.model.vision.trainable_blocks
+    vision_params = model.vision.top_parameters(num_top) if num_top else []
+    for param in vision_params:
+        param.requires_grad_(True)
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch_tokens = tokens[indices].float()  # (B, T, C)
+        batch_tokens = tokens[indices].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
+        if num_top:
+            batch_tokens = model.vision.top(batch_tokens, num_top)  # (B, T, C), training the top stages
         batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)
         positives = positives.to(batch_tokens.device)  # (B, B): text j describes image i
         ids, mask = model.tokenize(batch_texts)
@@ -91,13 +100,14 @@ def retrieval_stage(
         return loss, logs
 
     def eval_fn() -> dict[str, float]:
-        recalls = cross_modal_recalls(max_sim(model.embed_images(val_tokens), model.embed_texts(val_texts)))
+        images = model.embed_images(model.vision_top(val_tokens))
+        recalls = cross_modal_recalls(max_sim(images, model.embed_texts(val_texts)))
         return {f"val_{k}": v for k, v in recalls.items()}
 
     return Stage(
         "retrieval",
         qformer,
-        _trainable(qformer),
+        _trainable(qformer) + vision_params,
         recipe.train.retrieval,
         len(tokens),
         loss_fn,
