@@ -136,7 +136,7 @@ class TinyVisionEncoder(VisionEncoder):
 
     def stages(self) -> list[Callable[[Tensor], Tensor]]:
         """Stride-2 convolutions, GELU after all but the last: (B, C, S/16, S/16) at the end."""
-        return [self.convs[i:i + 2] for i in range(0, len(self.convs), 2)]
+        return [self.convs[2 * k:2 * k + 2] for k in range(len(self.stage_prefixes()))]
 
 
 class _SameConv2d(nn.Conv2d):
