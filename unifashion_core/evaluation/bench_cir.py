@@ -137,8 +137,8 @@ def bench_cir(
     model = loaded.model
     items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split),
                                           feature_cache_dir(cache_dir, dataset), progress)
-    generated = model.caption_images(tokens, progress=progress, task="caption gallery") if use_captions and items \
-        else []
+    captioning = use_captions and bool(items)
+    generated = model.caption_images(tokens, progress=progress, task="caption gallery") if captioning else []
     caption_embeds = model.embed_texts(generated) if use_captions else None  # (N, D)
     # 3. rank and summarise (unanswerable queries are misses)
     ranks, tops = evaluate_cir(model, items, tokens, labelled, caption_embeds, caption_weight, exclude_reference,

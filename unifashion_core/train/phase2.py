@@ -11,12 +11,12 @@ modification text) and minimises::
 ``train.phase2.trainable`` lists what trains (:func:`trainable_modules`): by default, as in the
 paper, the Q-Former and both adapters (the caption head's query -> LLM adapter, the generate
 head's query -> UNet adapter); ``unet`` adds the generator's UNet. The vision encoder and the LLM
-(with its LoRA) are always frozen. ITG needs the phase-1
-checkpoint's caption head and q2I its generate head: a term whose weight is 0, or whose head is
-absent, is not computed. That is how the Base / +LLM / +diffusion ablations run (ablation.py).
-The Q-Former is shared, so phase 2 also moves its text-only and image-mode outputs; with
-``model.generator.standardize_queries`` the final checkpoint's generator gets their statistics
-retaken from the trained Q-Former (:func:`retake_query_statistics`).
+(with its LoRA) are always frozen. ITG needs the phase-1 checkpoint's caption head and q2I its
+generate head: a term whose weight is 0, or whose head is absent, is not computed. That is how
+the Base / +LLM / +diffusion ablations run (ablation.py). The Q-Former is shared, so phase 2 also
+moves its text-only and image-mode outputs; with ``model.generator.standardize_queries`` the final
+checkpoint's generator gets their statistics retaken from the trained Q-Former
+(:func:`retake_query_statistics`).
 The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every`` steps); Eq. 10
 sums the CIR terms unweighted.
 
