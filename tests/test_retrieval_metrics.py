@@ -91,3 +91,11 @@ def test_parity_with_torchmetrics_retrieval_recall(num_positives):
         metric = RetrievalHitRate(top_k=k) if num_positives > 1 else RetrievalRecall(top_k=k)
         expected = metric(scores.flatten(), positives.flatten(), indexes=indexes.flatten())
         assert ours[k] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_candidate_lists_holding_everything_equal_the_full_protocol():
+    generator = torch.Generator().manual_seed(0)
+    sim = torch.randn(12, 12, generator=generator).numpy()
+    texts = [f"text {i % 9}" for i in range(12)]  # three texts shared by two items
+    everything = [[q, *(j for j in range(12) if j != q)] for q in range(12)]
+    assert paired_recalls(sim, texts, everything) == pytest.approx(paired_recalls(sim, texts))

@@ -84,9 +84,11 @@ def paired_recalls(sim: np.ndarray, texts: list[str], candidates: list[list[int]
     """
     sim = torch.as_tensor(np.asarray(sim, dtype=np.float32))
     labels = torch.from_numpy(np.unique(np.asarray(texts, dtype=object), return_inverse=True)[1].reshape(-1))
-    n = len(texts)
-    columns = torch.arange(n).expand(n, n) if candidates is None else torch.tensor(candidates, dtype=torch.long)
-    queries = torch.arange(n)[:, None]  # (N, 1)
+    if candidates is None:
+        positives = labels[None, :] == labels[:, None]  # (N, N)
+        return _both_ways(recall_at_k(sim, positives), recall_at_k(sim.T, positives), KS)
+    columns = torch.tensor(candidates, dtype=torch.long)  # (N, C)
+    queries = torch.arange(len(texts))[:, None]  # (N, 1)
     positives = labels[columns] == labels[queries]  # (N, C)
     i2t = recall_at_k(sim[queries, columns], positives)  # image query vs the candidates' texts
     t2i = recall_at_k(sim.T[queries, columns], positives)  # text query vs the candidates' images
