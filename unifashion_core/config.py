@@ -204,6 +204,23 @@ class OptimConfig(_Section):
             raise UserError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
 
 
+Phase2Module = Literal["qformer", "text_adapter", "image_adapter", "unet"]
+
+
+@dataclass(frozen=True)
+class Phase2Config(OptimConfig):
+    _key = "train.phase2"
+    # what phase 2 trains (docs/design.md section 3); the paper: the Q-Former and both adapters, the
+    # UNet optionally. The vision encoder and the LLM stay frozen.
+    trainable: tuple[Phase2Module, ...] = ("qformer", "text_adapter", "image_adapter")
+
+    def check(self) -> None:
+        super().check()
+        if not self.trainable:
+            raise UserError("train.phase2.trainable must name at least one of qformer, text_adapter, "
+                            "image_adapter, unet.")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     _key = "train"
@@ -219,7 +236,7 @@ class TrainConfig(_Section):
     retrieval: OptimConfig = field(default_factory=OptimConfig)
     caption: OptimConfig = field(default_factory=OptimConfig)
     generate: OptimConfig = field(default_factory=OptimConfig)
-    phase2: OptimConfig = field(default_factory=OptimConfig)
+    phase2: Phase2Config = field(default_factory=Phase2Config)
 
 
 @dataclass(frozen=True)

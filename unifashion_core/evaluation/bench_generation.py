@@ -79,7 +79,9 @@ def bench_generation(
         raise UserError("bench clip-score needs --clip pointing at a CLIP model directory or hub id.")
     loaded = load_checkpoint(checkpoint, heads=("generate",))
     model, g = loaded.model, loaded.model.config.generator
-    guidance = g.guidance_scale if guidance is None else guidance
+    sampling = {"sampler": sampler, "steps": steps, "guidance": g.guidance_scale if guidance is None else guidance,
+                "guidance_from": "the checkpoint's recipe" if guidance is None else "the command line"}
+    guidance = sampling["guidance"]
     dataset = load_dataset(data)
     items, real = real_images(dataset, dataset.split(split)[: max_items or None], g.resolution)
     if not items:
@@ -93,6 +95,7 @@ def bench_generation(
             f"{g.resolution}px, real images resized to the same size",
             split, seed, dataset, loaded, len(items),
         ),
+        "sampling": sampling,
         "unet_calls_per_image": calls,
     }
     if subject in ("fid", "kid"):
