@@ -122,13 +122,33 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(descriptor)
 
 
+def _stale_siblings(out: Path, kinds: str = "tmp|old") -> list[Path]:
+    """The ``.{name}.tmp-{pid}-*`` / ``.{name}.old-{pid}-*`` folders of ``out`` whose process is gone."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{kinds})-(\d+)-")
+    return sorted(sibling for sibling in out.parent.iterdir()
+                  if (found := pattern.match(sibling.name)) and sibling.is_dir() and not sibling.is_symlink()
+                  and not _is_running(int(found[1])))
+
+
 def _remove_stale_siblings(out: Path) -> None:
     """Remove the temporaries of ``out`` left by runs that were killed (their process is gone)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-")
-    for sibling in out.parent.iterdir():
-        found = pattern.match(sibling.name)
-        if found and sibling.is_dir() and not sibling.is_symlink() and not _is_running(int(found[1])):
-            shutil.rmtree(sibling, ignore_errors=True)
+    restore_interrupted(out)
+    for sibling in _stale_siblings(out):
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def restore_interrupted(out: str | Path) -> None:
+    """Put ``out`` back when a run was killed between the two renames of ``replace_dir``.
+
+    Such a run left no ``out``, only the previous tree as ``.{name}.old-{pid}-*``: that tree is
+    complete, so it is renamed back (readers then see the last finished version).
+    """
+    out = Path(out)
+    if out.exists() or not out.parent.is_dir():
+        return
+    for old in _stale_siblings(out, "old")[:1]:
+        os.replace(old, out)
+        fsync_dir(out.parent)
 
 
 def _is_running(pid: int) -> bool:
@@ -141,25 +161,54 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary name, flushed to disk, then a rename.
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; then flush it to disk and rename it to ``path``.
 
     The parent folder is flushed after the rename, so after a crash ``path`` holds either the old
-    or the new text, never an empty file.
+    or the new contents, never an empty or half file. An error (or a kill) in the block leaves
+    ``path`` as it was. The temporary name keeps the suffix, for writers that infer the format.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file atomically (``atomic_file``): the old text or the new, never half."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def refuse_corrupt(path: str | Path, remedy: str, errors: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Turn what a reader raises on a damaged artifact into one UserError naming the file.
+
+    Use it around the lines that decode ``path`` (a truncated safetensors file, an ``.npy`` cut
+    short, a FAISS file of garbage), not around whole computations: a bug elsewhere keeps its
+    traceback.
+
+    Args:
+        path: the file (or directory) being read.
+        remedy: what to do, e.g. "delete it; the next run recomputes it".
+        errors: the reader's own exception types, besides OSError, ValueError, EOFError and
+            RuntimeError (what numpy, FAISS and torch raise).
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, *errors) as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path} is damaged or cut short and was not loaded ({reason}); {remedy}.") from exc
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -18,21 +18,30 @@ MAX_NEW_TOKENS = 256
 
 
 def collect_images(source: str | Path, split: str | None = None) -> list[Path]:
-    """One image file, every image in a folder, or the images of a prepared dataset (split)."""
+    """One image file, every image in a folder, or the images of a prepared dataset (split).
+
+    Raises:
+        UserError: ``source`` does not exist, is another kind of file, or holds no image.
+    """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         return [source]
     if source.is_dir() and (source / "manifest.jsonl").is_file():
         dataset = load_dataset(source)
         items = dataset.split(split) if split else list(dataset.items)
-        return [dataset.image_path(item) for item in items]
-    if source.name == "manifest.jsonl":
+        paths = [dataset.image_path(item) for item in items]
+    elif source.name == "manifest.jsonl":
         return collect_images(source.parent, split)
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not source.exists():
+    elif source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif not source.exists():
         raise UserError(f"{source} does not exist.")
-    raise UserError(f"{source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a prepared dataset.")
+    else:
+        raise UserError(f"{source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a prepared dataset.")
+    if not paths:
+        raise UserError(f"{source} holds no images{f' in split {split!r}' if split else ''} "
+                        f"({', '.join(IMAGE_SUFFIXES)}).")
+    return paths
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ def caption_images(
     if not 1 <= num_beams <= 16:
         raise UserError("--num-beams must be between 1 and 16.")
     paths = collect_images(source, split)
+    if len(paths) == 1:
+        load_user_image(paths[0])  # one image: its problem is the error, before the model loads
     # 2. load the model with its captioner head
     model = load_checkpoint(checkpoint, heads=("caption",)).model
     style = style or model.config.captioner.style
@@ -81,6 +92,9 @@ def caption_images(
             texts = model.caption_images(tokens, style, max_new_tokens, num_beams, batch_size=batch_size)
             results += [Caption(str(p), t) for p, t in zip(batch, texts, strict=True)]
         progress.advance("caption", rows.stop - rows.start)
+    if not results:
+        raise UserError(f"none of the {len(paths)} images in {source} could be read "
+                        f"({', '.join(f'{n} {k}' for k, n in skipped.counts().items())}); nothing was captioned.")
     return results, skipped
 
 

@@ -30,9 +30,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
-from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
+from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, read_weights, save_checkpoint
 from unifashion_core.config import Recipe
 from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
@@ -239,7 +238,7 @@ def load_weights(model: UniFashion, path: Path) -> None:
         UserError: the recipe's model section builds other shapes than the checkpoint holds.
     """
     modules = ("vision", "qformer", *(name for name in ("captioner", "generator") if getattr(model, name) is not None))
-    state = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if k.split(".")[0] in modules}
+    state = {k: v for k, v in read_weights(path).items() if k.split(".")[0] in modules}
     mismatch = UserError(f"the recipe's model section does not match checkpoint {path}; use the recipe it was "
                          "trained with (phase 2 may change data, loss and train settings).")
     try:
@@ -338,7 +337,7 @@ def run_phase2(
     out = Path(out)
     if init.absolute().is_relative_to(out.absolute()):
         raise UserError(f"--out {out} holds the checkpoint phase 2 starts from; choose another --out.")
-    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, progress)
     if meta is not None and meta.get("init_checkpoint_fingerprint") != init_meta["fingerprint"]:
         raise UserError(f"--resume: {out} was started from another checkpoint than {init}.")
     torch.manual_seed(recipe.seed)
