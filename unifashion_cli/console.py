@@ -110,4 +110,4 @@ class RichProgress:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self._bars.console.print(message)
+            self._bars.console.print(message, soft_wrap=True)

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from unifashion_core.errors import UserError
 
@@ -216,12 +216,44 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a UserError."""
+def not_utf8(path: str | Path) -> UserError:
+    """The error for a text file in another encoding than UTF-8, naming its first bad line."""
+    raw = Path(path).read_bytes()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path} does not exist.") from exc
+        raw.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        where = f" (line {line}, byte 0x{raw[exc.start]:02x})"
+    return UserError(f"{path} is not UTF-8 text{where}; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).")
+
+
+@contextlib.contextmanager
+def open_text(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Open a UTF-8 text file to read (a leading BOM is dropped, as Excel writes one).
+
+    A missing file, or bytes that are not UTF-8 met while the block reads, are a UserError
+    naming the file (and the first bad line).
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as handle:
+            yield handle
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (see ``open_text``)."""
+    with open_text(path) as handle:
+        return handle.read()
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file (UTF-8); a missing, malformed or otherwise encoded file is a UserError."""
+    try:
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}.") from exc
 
@@ -233,16 +265,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSON Lines; a malformed line is a UserError naming the line."""
+    """Read JSON Lines (UTF-8); a line that is not a JSON object is a UserError naming the line."""
     records = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}:{number} is not valid JSON: {exc.msg}.") from exc
-    except FileNotFoundError as exc:
-        raise UserError(f"{path} does not exist.") from exc
+    with open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number} is not valid JSON: {exc.msg}.") from exc
+                if not isinstance(records[-1], dict):
+                    raise UserError(f"{path}:{number} is not a JSON object ({{...}}).")
     return records
