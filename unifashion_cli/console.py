@@ -90,13 +90,15 @@ class RichProgress:
         self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> "RichProgress":
-        self._bars.start()
-        return self
+        return self  # the bars start with the first task: an early error prints its line alone
 
     def __exit__(self, *exc: object) -> None:
-        self._bars.stop()
+        if self._tasks:
+            self._bars.stop()
 
     def start(self, task: str, total: int | None) -> None:
+        if not self._tasks:
+            self._bars.start()
         if task in self._tasks:  # the same step again (e.g. features of another split): reuse its bar
             self._bars.reset(self._tasks[task], total=total, info="")
         else:

@@ -120,8 +120,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The checkpoint's meta.json (``path``: a checkpoint or run directory); a clear error when
     it is not a checkpoint."""
     path = checkpoint_dir(path)
-    if not (path / "meta.json").is_file() or not (path / "model.safetensors").is_file():
-        raise UserError(f"{path} is not a unifashion checkpoint (no meta.json/model.safetensors).")
+    missing = [name for name in ("meta.json", "model.safetensors", "config.yaml") if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"{path} is not a unifashion checkpoint (no {', '.join(missing)}).")
     meta = read_json(path / "meta.json")
     if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), str):
         raise UserError(f"{path / 'meta.json'} is not a checkpoint's meta (no fingerprint); {REMEDY}.")

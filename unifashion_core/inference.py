@@ -15,6 +15,7 @@ from unifashion_core.progress import NullProgress, Progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_NEW_TOKENS = 256
+MAX_PROMPT_CHARS = 2000  # a longer --text is cut (with a warning), as search cuts its queries
 
 
 def collect_images(source: str | Path, split: str | None = None) -> list[Path]:
@@ -112,8 +113,8 @@ class GenerationRequest:
     num_images: int = 1
 
 
-def check_request(request: GenerationRequest) -> None:
-    """Refuse impossible requests before any model is loaded."""
+def check_request(request: GenerationRequest) -> list[str]:
+    """Refuse impossible requests before any model is loaded; return warnings (a text cut short)."""
     from unifashion_core.models.generator import SAMPLERS
 
     if request.text is None and request.image is None and request.person is None:
@@ -132,6 +133,9 @@ def check_request(request: GenerationRequest) -> None:
         raise UserError("--person and --mask go together (the mask marks the region to generate).")
     if request.sketch is not None and request.person is None:
         raise UserError("--sketch needs --person and --mask.")
+    if request.text is not None and len(request.text) > MAX_PROMPT_CHARS:
+        return [f"--text truncated from {len(request.text)} to {MAX_PROMPT_CHARS} characters"]
+    return []
 
 
 def generate_images(
@@ -150,6 +154,7 @@ def generate_images(
     g = model.config.generator
     request = replace(
         request,
+        text=request.text[:MAX_PROMPT_CHARS] if request.text is not None else None,
         steps=request.steps or g.num_inference_steps,
         sampler=request.sampler or g.sampler,
         guidance=g.guidance_scale if request.guidance is None else request.guidance,

@@ -20,7 +20,7 @@ from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 
 STAGE_HEADS = {"caption": "caption", "generate": "generate"}
 
@@ -56,6 +56,8 @@ def run_training(
     accelerator = build_accelerator(recipe)
     model.to(accelerator.device)
     context = _TrainingData.load(model, dataset, recipe, feature_cache_dir(cache_dir, dataset), progress)
+    if meta is None:
+        start_run_dir(out, recipe)  # only now: a run that could not be set up leaves nothing behind
     done = list(meta.get("stages_done", [])) if meta else []
     metrics_log = MetricsLog(out / "metrics.jsonl")
     results: dict[str, Any] = dict(meta.get("metrics", {})) if meta else {}

@@ -44,7 +44,7 @@ from unifashion_core.models.qformer import MultimodalOutput
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 from unifashion_core.train.stages import Stage
 
 STAGE = "phase2"
@@ -345,6 +345,8 @@ def run_phase2(
     accelerator = build_accelerator(recipe)
     setup = setup_phase2(recipe, heads, out / "checkpoint" if meta is not None else init, dataset,
                          accelerator.device, feature_cache_dir(cache_dir, dataset), progress)
+    if meta is None:
+        start_run_dir(out, recipe)  # only now: a run that could not be set up leaves nothing behind
     provenance = {
         "phase": 2, "heads": list(heads), "terms": list(setup.terms), "init_checkpoint": str(init.absolute()),
         "init_checkpoint_fingerprint": init_meta["fingerprint"], "manifest_sha256": dataset.manifest_hash,

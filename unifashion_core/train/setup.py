@@ -46,7 +46,8 @@ def build_accelerator(recipe: Recipe) -> Accelerator:
 def prepare_run_dir(
     out: Path, recipe: Recipe, resume: bool, overwrite: bool, progress: Progress = NullProgress()
 ) -> tuple[dict | None, dict | None]:
-    """A fresh run directory (config.yaml written), or the (meta, training state) to resume from.
+    """Check the run directory: (None, None) for a fresh run, else the (meta, training state) to
+    resume from. Nothing is written: ``start_run_dir`` does that once the run is set up.
 
     ``resume`` into a run that stopped before its first checkpoint (or was never started) starts
     it from step 0 and says so; a run of another recipe is refused either way.
@@ -65,7 +66,11 @@ def prepare_run_dir(
                      "starting it from step 0.")
         overwrite = overwrite or (out / "config.yaml").is_file()  # our own run's leftovers
     check_output_dir(out, overwrite)
+    return None, None
+
+
+def start_run_dir(out: Path, recipe: Recipe) -> None:
+    """Begin a fresh run in ``out``: the resolved recipe as config.yaml, no old metrics.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.jsonl").unlink(missing_ok=True)
     write_text_atomic(out / "config.yaml", dump_recipe(recipe))
-    return None, None
