@@ -179,14 +179,14 @@ def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> LoadedChec
     model = build_model(recipe.model, recipe.data.max_text_length, heads)
     state = read_weights(path)
     wanted = {k: v for k, v in state.items() if k.split(".")[0] in ("vision", "qformer", *_modules(heads))}
-    with refuse_corrupt(path / "model.safetensors", REMEDY):  # a tensor of the wrong shape
+    mismatch = f"checkpoint {path} does not match its config"
+    try:
         missing, unexpected = model.load_state_dict(wanted, strict=False)
+    except RuntimeError:  # a tensor of another shape than the config builds
+        raise UserError(f"{mismatch} (weights of other shapes); {REMEDY}.") from None
     missing = [k for k in missing if not _is_rebuildable(k, recipe.model)]
     if missing or unexpected:
-        raise UserError(
-            f"checkpoint {path} does not match its config "
-            f"({len(missing)} missing, {len(unexpected)} unexpected weights)."
-        )
+        raise UserError(f"{mismatch} ({len(missing)} missing, {len(unexpected)} unexpected weights); {REMEDY}.")
     if model.fingerprint() != meta["fingerprint"]:
         raise UserError(
             f"{path / 'meta.json'} records the fingerprint {meta['fingerprint']} but the weights give "

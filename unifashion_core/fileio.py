@@ -236,12 +236,14 @@ def open_text(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
     naming the file (and the first bad line).
     """
     try:
-        with open(path, encoding="utf-8-sig", newline=newline) as handle:
-            yield handle
+        handle = open(path, encoding="utf-8-sig", newline=newline)
     except FileNotFoundError:
         raise UserError(f"{path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise not_utf8(path) from None
+    with handle:
+        try:
+            yield handle
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
 
 
 def read_text(path: str | Path) -> str:
