@@ -212,7 +212,7 @@ def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str,
                                                    progress=progress)
         benches["fid"] = lambda: bench_generation("fid", checkpoint, data, bench / "fid", max_items=100,
                                                   progress=progress)
-    keys = ("model", "baseline", "fid", "kid_mean", "colour_accuracy", "shapes")
+    keys = ("protocols", "fid", "kid_mean", "colour_accuracy", "shapes")
     return {subject: {k: v for k, v in run().data.items() if k in keys} for subject, run in benches.items()}
 
 

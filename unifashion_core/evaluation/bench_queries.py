@@ -24,7 +24,7 @@ from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.attribute_text import attribute_phrase, with_article
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.baseline import baseline_similarity
+from unifashion_core.evaluation.baseline import BASELINE_VISION, split_baseline_similarity
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.fileio import write_jsonl
@@ -171,7 +171,6 @@ def bench_queries(
     model, field = loaded.model, loaded.recipe.data.caption_field
     cache = feature_cache_dir(cache_dir, dataset)
     items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split), cache, progress)
-    train_items, train_tokens, _ = image_tokens(model.vision, dataset, dataset.split("train"), cache, progress)
     if len(items) < 2:
         raise UserError(f"split {split!r} of {dataset.root} has fewer than 2 usable items.")
     queries = short_queries(items, parsed, max_queries, seed)
@@ -179,7 +178,7 @@ def bench_queries(
     relevant = np.array([[q.matches(item) for item in items] for q in queries])  # (M, N)
     scores = {
         "model": max_sim(model.embed_images(tokens), model.embed_texts(texts)).numpy().T,  # (M, N)
-        "baseline": baseline_similarity(train_tokens, [i.text(field) for i in train_items], tokens, texts).T,
+        "baseline": split_baseline_similarity(dataset, items, texts, field, BASELINE_VISION, cache, progress).T,
     }
     per_query = {system: score_queries(s, relevant) for system, s in scores.items()}
     # 3. report
@@ -192,7 +191,8 @@ def bench_queries(
         "shapes": {system: summarise(queries, values, relevant, "shape") for system, values in per_query.items()},
         "phrasing_figures": {system: summarise(queries, values, relevant, "phrasing")
                              for system, values in per_query.items()},
-        "baseline": {"name": "frozen vision mean-pool + MiniLM mean-pool, ridge map fitted on train"},
+        "baseline": {"name": "frozen vision mean-pool + MiniLM mean-pool, ridge map fitted on train",
+                     "vision": f"{BASELINE_VISION.name} at {BASELINE_VISION.image_size} px (frozen)"},
     }
     _write_queries(Path(out), queries, items, relevant, scores["model"], per_query["model"])
     return write_report("queries", out, report, render_markdown(report))
