@@ -31,7 +31,7 @@ EXCLUDE_REFERENCE = typer.Option(False, "--exclude-reference",
                                  help="Remove each query's reference image from its gallery.")
 NO_CAPTIONS = typer.Option(False, "--no-captions", help="Score without gallery captions only.")
 CAPTION_WEIGHT = typer.Option(1.0, "--caption-weight", help="Weight w of the gallery-caption term.")
-IMAGE_WEIGHT = typer.Option(0.5, "--image-weight",
+IMAGE_WEIGHT = typer.Option(0.4, "--image-weight",
                             help="Zero-shot composed score: weight of image->image (text->image gets the rest).")
 
 

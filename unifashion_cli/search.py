@@ -20,7 +20,7 @@ def search(
     caption_weight: float = typer.Option(1.0, "--caption-weight", help="Composed: weight w of the caption term."),
     composed: str = typer.Option("auto", "--composed", help="Composed score: fused (phase 2), zero-shot (late "
                                  "fusion, no phase 2) or auto (fused after phase 2, else zero-shot)."),
-    image_weight: float = typer.Option(0.5, "--image-weight", help="Zero-shot: weight of image->image (text->image "
+    image_weight: float = typer.Option(0.4, "--image-weight", help="Zero-shot: weight of image->image (text->image "
                                        "gets the rest)."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG of query and results."),
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
