@@ -74,7 +74,7 @@ def test_search_cli_says_which_composed_score_it_used(tiny_phase1, indexed, monk
     args = ["search", "--index", str(indexed), "--image", str(image), "--text", "is red", "-k", "3"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "composed score: zero-shot late fusion, 0.5 x image->image" in result.output
+    assert "composed score: zero-shot late fusion, 0.4 x image->image + 0.6 x text->image" in result.output
     forced = runner.invoke(app, [*args, "--composed", "fused", "--json"])
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["composed_score"] == "fused"
