@@ -13,7 +13,8 @@ def index(
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: workspace latest)."),
     split: str = typer.Option("test", "--split", help="Which split to index: train, val or test."),
     out_dir: Path | None = typer.Option(None, "--out", help="Index directory (default: workspace/index)."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact), hnsw or ivfpq (approximate + exact re-rank)."),
+    kind: str = typer.Option("flat", "--kind", help="flat (exact scan) or ivf (IVF candidates + exact re-rank: "
+                             "large catalogues)."),
     captions: bool = typer.Option(False, "--captions", help="Also caption the gallery (composed retrieval w/ cap)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished index in --out."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -23,9 +24,9 @@ def index(
     from unifashion_cli import workspace
     from unifashion_core.errors import UserError
     from unifashion_core.retrieval.build import build_index
+    from unifashion_core.retrieval.index import check_kind
 
-    if kind not in ("flat", "hnsw", "ivfpq"):
-        raise UserError(f"unknown index kind {kind!r}; choose flat, hnsw or ivfpq.")
+    check_kind(kind)
     target = out_dir or workspace.default_output("index")
     if (target / "meta.json").is_file() and not overwrite:
         raise UserError(f"{target} already holds an index; pass --overwrite to rebuild it.")

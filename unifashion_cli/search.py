@@ -18,6 +18,8 @@ def search(
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Query model (default: the index's)."),
     no_captions: bool = typer.Option(False, "--no-captions", help="Composed: ignore gallery captions."),
     caption_weight: float = typer.Option(1.0, "--caption-weight", help="Composed: weight w of the caption term."),
+    filters: list[str] = typer.Option(None, "--filter", help="FIELD=VALUE on a manifest field (category, split, "
+                                      "any attribute); repeat it: one field with several values allows any of them."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG of query and results."),
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No warnings."),
@@ -39,14 +41,15 @@ def search(
         if not quiet:
             err.print(f"warning: {warning}")
     model, index = load_searcher(workspace.resolve("index", index_dir), checkpoint)
-    results = run_search(model, index, text, image, k, effective, caption_weight, not no_captions)
+    results = run_search(model, index, text, image, k, effective, caption_weight, not no_captions,
+                         parse_filters(filters or []))
     if sheet is not None:
         contact_sheet(results, sheet, image, text)
     if json_output:
         print_json(
             {
                 "mode": effective,
-                "query": {"text": text, "image": str(image) if image else None},
+                "query": {"text": text, "image": str(image) if image else None, "filter": parse_filters(filters or [])},
                 "results": results_as_dicts(results),
             }
         )
@@ -59,3 +62,17 @@ def search(
     out.print(table)
     if sheet is not None:
         out.print(f"contact sheet: {sheet}")
+
+
+def parse_filters(filters: list[str]) -> dict[str, str | list[str]] | None:
+    """``["gender=Men", "gender=Unisex", "category=shirt"]`` -> ``{"gender": ["Men", "Unisex"],
+    "category": "shirt"}``."""
+    from unifashion_core.errors import UserError
+
+    parsed: dict[str, list[str]] = {}
+    for entry in filters:
+        name, equals, value = entry.partition("=")
+        if not equals or not name.strip():
+            raise UserError(f"--filter {entry!r} is not FIELD=VALUE, e.g. --filter category=dress.")
+        parsed.setdefault(name.strip(), []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in parsed.items()} or None

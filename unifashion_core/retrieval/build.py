@@ -1,4 +1,4 @@
-"""`unifashion index`: embed a split's images and texts and write a resumable FAISS index."""
+"""`unifashion index`: embed a split's images and texts and write a resumable index."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +11,8 @@ from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.features import load_pixels
 from unifashion_core.fileio import write_json
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
+from unifashion_core.retrieval.index import IndexWriter, check_kind
+from unifashion_core.retrieval.payload import ItemRecord
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class IndexSummary:
     Attributes:
         index: the index directory.
         split: the dataset split that was indexed.
-        kind: ``flat``, ``hnsw`` or ``ivfpq``.
+        kind: ``flat`` (exact) or ``ivf`` (IVF first stages + exact re-rank).
         num_items: items in the index.
         skipped: unreadable images, each ``{"id", "reason", "path", "kind"}`` (also ``skipped.json``).
         fingerprint: the query model's fingerprint stored in the index.
@@ -54,6 +55,7 @@ def build_index(
     With ``captions``, every image is also captioned by the checkpoint's captioner and the
     captions and their text embeddings are stored (composed retrieval "w/ cap").
     """
+    check_kind(kind)
     loaded = load_checkpoint(checkpoint, heads=("caption",) if captions else ())
     model, field = loaded.model, loaded.recipe.data.caption_field
     dataset = load_dataset(data)
@@ -76,22 +78,14 @@ def build_index(
             generated = model.caption_images(tokens, batch_size=32, task="caption gallery") if captions else None
             writer.add([i.id for i in kept], model.embed_images(tokens).numpy(),
                        model.embed_texts([i.text(field) for i in kept]).numpy(),
-                       None if generated is None else model.embed_texts(generated).numpy(), generated)
+                       None if generated is None else model.embed_texts(generated).numpy(), generated,
+                       [ItemRecord.from_manifest(i) for i in kept])
         progress.advance("index", rows.stop - rows.start)
-    order = [item.id for item in items if item.id in writer.done_ids()]
+    done = writer.done_ids()
+    order = [item.id for item in items if item.id in done]
     index = writer.finalize(kind, order=order)
     entries = tuple(vars(e) for e in skipped.entries)
     write_json(Path(out) / "skipped.json", {"num_items": len(index.ids), "num_skipped": len(entries),
                                             "skipped": list(entries), "kind": kind, "split": split})
     return IndexSummary(Path(out), split, kind, len(index.ids), entries, loaded.fingerprint, captions)
-
-
-def item_texts(index: RetrievalIndex) -> dict[str, dict[str, Any]]:
-    """id -> {caption, image path, category} for an index's items, read from the dataset it was built on."""
-    dataset = load_dataset(index.meta["data"])
-    wanted = set(index.ids)
-    return {
-        item.id: {"caption": item.caption, "image": str(dataset.image_path(item)), "category": item.category}
-        for item in dataset.items if item.id in wanted
-    }
 

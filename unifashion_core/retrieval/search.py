@@ -1,6 +1,6 @@
 """`unifashion search`: text->image, image->text, image->image and composed (image + text) queries."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +10,8 @@ from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.build import item_texts
 from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.payload import Filter
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
@@ -19,11 +19,14 @@ MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from t
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One ranked item: its id, score, caption, image path and filterable fields."""
+
     rank: int
     id: str
     score: float
     caption: str
     image: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
@@ -70,43 +73,54 @@ def search(
     mode: str = "auto",
     caption_weight: float = 1.0,
     use_captions: bool = True,
+    filter: Filter | None = None,
 ) -> list[SearchResult]:
-    """Run one query against an index and return the top ``k`` items, best first."""
+    """Run one query against an index and return the top ``k`` items, best first.
+
+    ``filter`` (``{field: value or [values]}`` on manifest fields: category, split, any
+    attribute) restricts the ranking to the items that match.
+    """
     from unifashion_core.models.vision import preprocess
 
     mode, _ = check_query(text, image, mode)
-    if k < 1:
-        raise UserError("-k must be at least 1.")
+    if not 1 <= k <= index.num_items:
+        raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
     text = text[:MAX_QUERY_CHARS] if text is not None else None
     tokens = image_embeds = None
     if image is not None:
         tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
         image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
     if mode == "t2i":
-        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k)
+        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k, filter)
     elif mode == "i2t":
-        scores, rows = index.search_texts(image_embeds, k)
+        scores, rows = index.search_texts(image_embeds, k, filter)
     elif mode == "i2i":
-        scores, rows = _search_by_image(index, image_embeds[0], k)
+        scores, rows = _search_by_image(index, image_embeds[0], k, filter)
     else:
         fused = model.embed_composed(tokens, [text]).numpy()
-        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
-    info = item_texts(index)
+        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions,
+                                             filter=filter)
+    data = Path(index.meta.get("data") or ".")
     results = []
     for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
-        item_id = index.ids[row]
-        entry = info.get(item_id, {"caption": "", "image": ""})
-        results.append(SearchResult(rank, item_id, float(score), entry["caption"], entry["image"]))
+        if row >= 0:
+            record = index.item_at(row)
+            image_path = str(data / record.image) if record.image else ""
+            results.append(SearchResult(rank, record.id, float(score), record.caption, image_path, record.fields))
     return results
 
 
-def _search_by_image(index: RetrievalIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image->image: max over query pairs of <z_q, z'_q'> (exact, through the index's vectors)."""
-    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, len(index.ids)))
+def _search_by_image(
+    index: RetrievalIndex, query: np.ndarray, k: int, filter: Filter | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
+    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
+                                                           filter)
     best: dict[int, float] = {}
     for scores, rows in zip(per_query_scores, per_query_rows, strict=True):
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
-            best[row] = max(best.get(row, -np.inf), score)
+            if row >= 0:
+                best[row] = max(best.get(row, -np.inf), score)
     ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
     return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
 
