@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
@@ -14,6 +14,9 @@ from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.index import IndexWriter, check_kind
 from unifashion_core.retrieval.payload import ItemRecord
 
+if TYPE_CHECKING:
+    from unifashion_core.retrieval.qdrant import QdrantTarget
+
 
 @dataclass(frozen=True)
 class IndexSummary:
@@ -22,7 +25,7 @@ class IndexSummary:
     Attributes:
         index: the index directory.
         split: the dataset split that was indexed.
-        kind: ``flat`` (exact) or ``ivf`` (IVF first stages + exact re-rank).
+        kind: ``flat`` (exact), ``ivf`` (IVF first stages + exact re-rank) or ``qdrant``.
         num_items: items in the index.
         skipped: unreadable images, each ``{"id", "reason", "path", "kind"}`` (also ``skipped.json``).
         fingerprint: the query model's fingerprint stored in the index.
@@ -47,6 +50,7 @@ def build_index(
     batch_size: int = 64,
     captions: bool = False,
     progress: Progress = NullProgress(),
+    qdrant: "QdrantTarget | None" = None,
 ) -> IndexSummary:
     """Embed ``split`` of ``data`` with ``checkpoint`` into an index at ``out``.
 
@@ -54,6 +58,8 @@ def build_index(
     checkpoint and data. Unreadable images are skipped and listed in ``skipped.json``.
     With ``captions``, every image is also captioned by the checkpoint's captioner and the
     captions and their text embeddings are stored (composed retrieval "w/ cap").
+    With ``qdrant``, the items go to that Qdrant collection instead (``kind`` does not apply)
+    and ``out`` becomes the small directory that names it; searching it works the same.
     """
     check_kind(kind)
     loaded = load_checkpoint(checkpoint, heads=("caption",) if captions else ())
@@ -83,9 +89,15 @@ def build_index(
         progress.advance("index", rows.stop - rows.start)
     done = writer.done_ids()
     order = [item.id for item in items if item.id in done]
-    index = writer.finalize(kind, order=order)
+    if qdrant is None:
+        writer.finalize(kind, order=order)
+    else:
+        from unifashion_core.retrieval.qdrant import write_collection
+
+        write_collection(writer, qdrant)
+        kind = "qdrant"
     entries = tuple(vars(e) for e in skipped.entries)
-    write_json(Path(out) / "skipped.json", {"num_items": len(index.ids), "num_skipped": len(entries),
+    write_json(Path(out) / "skipped.json", {"num_items": len(order), "num_skipped": len(entries),
                                             "skipped": list(entries), "kind": kind, "split": split})
-    return IndexSummary(Path(out), split, kind, len(index.ids), entries, loaded.fingerprint, captions)
+    return IndexSummary(Path(out), split, kind, len(order), entries, loaded.fingerprint, captions)
 

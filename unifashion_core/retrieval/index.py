@@ -26,8 +26,9 @@ stages from them without re-embedding.
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -159,6 +160,20 @@ class IndexWriter:
         """Ids of the items already added (by this writer or a resumed earlier one)."""
         return set(self._ids)
 
+    @property
+    def layout(self) -> tuple[int, int, bool] | None:
+        """``(Q, D, has_captions)`` of the added batches; None before the first."""
+        return self._layout
+
+    def shards(self) -> Iterator[dict[str, Array]]:
+        """The added batches, one dict of arrays per shard (``ids``, ``records``, vectors...)."""
+        for path in self._shards:
+            yield _read_shard(path)
+
+    def discard(self) -> None:
+        """Remove the partial build (after its batches went elsewhere, e.g. to Qdrant)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
     def add(
         self,
         ids: list[str],
@@ -237,7 +252,7 @@ class IndexWriter:
             if kind == "ivf":
                 meta["ann"] = build_stages(tmp, has_captions)
             write_json(tmp / META, meta)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.discard()
         return RetrievalIndex.load(self.out)
 
     def _positions(self, order: list[str] | None) -> dict[str, int]:
@@ -264,8 +279,7 @@ class IndexWriter:
         caption = create(CAPTION_VECTORS, (num_items, dim)) if has_captions else None
         captions = [""] * num_items
         payload = PayloadWriter(tmp, num_items)
-        for path in self._shards:
-            shard = _read_shard(path)
+        for shard in self.shards():
             rows = np.array([positions[i] for i in shard["ids"].tolist()])
             image[rows], text[rows] = shard["image_vectors"], shard["text_vectors"]
             for row, line in zip(rows.tolist(), shard["records"].tolist(), strict=True):
@@ -282,6 +296,45 @@ class IndexWriter:
             write_jsonl(tmp / CAPTIONS, ({"id": i, "caption": c} for i, c in zip(ids, captions, strict=True)))
         text.flush()
         image.flush()
+
+
+class CatalogueIndex(Protocol):
+    """What every backend offers (:class:`RetrievalIndex`, ``qdrant.QdrantIndex``): the three
+    searches with filters, item records, and the layout. Search results are ``(scores, rows)``
+    where a row is whatever :meth:`item_at` takes (a row number locally, a point id in Qdrant)."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def num_items(self) -> int: ...
+
+    @property
+    def num_queries(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def item(self, item_id: str) -> ItemRecord: ...
+
+    def item_at(self, row: int) -> ItemRecord: ...
+
+    def field_values(self, name: str) -> list[str]: ...
+
+    def search_images(self, queries: Array, k: int, filter: Filter | None = None,
+                      allowed: Array | None = None) -> SearchResult: ...
+
+    def search_texts(self, image_queries: Array, k: int, filter: Filter | None = None,
+                     allowed: Array | None = None) -> SearchResult: ...
+
+    def search_composed(self, fused: Array, k: int, caption_weight: float = 1.0, use_captions: bool = True,
+                        filter: Filter | None = None, allowed: Array | None = None) -> SearchResult: ...
 
 
 def check_kind(kind: str) -> None:
@@ -571,6 +624,20 @@ def _open_array(path: Path, name: str) -> Array:
         return np.load(_need(path, name), mmap_mode="r")
     except ValueError as exc:
         raise UserError(f"index {path} is damaged ({name}: {exc}); rebuild it with `unifashion index`.") from exc
+
+
+def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
+    """Open an index directory of either backend: a :class:`RetrievalIndex`, or a
+    ``qdrant.QdrantIndex`` when the directory names a Qdrant collection. Both search alike.
+
+    Raises:
+        UserError: as :meth:`RetrievalIndex.load` (and an unreachable or foreign collection).
+    """
+    if read_meta(Path(path)).get("backend") == "qdrant":
+        from unifashion_core.retrieval.qdrant import QdrantIndex
+
+        return QdrantIndex.open(path, expected_fingerprint)
+    return RetrievalIndex.load(path, expected_fingerprint)
 
 
 def check_fingerprint(path: str | Path, meta: dict[str, Any], expected: str | None) -> None:

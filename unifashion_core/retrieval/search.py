@@ -10,7 +10,7 @@ from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.index import CatalogueIndex, open_index, read_meta
 from unifashion_core.retrieval.payload import Filter
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
@@ -50,15 +50,14 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
     return mode, warnings
 
 
-def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
-    """Load the query model and the index, refusing an index built by a different model."""
+def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, CatalogueIndex]:
+    """Load the query model and the index (local or Qdrant), refusing an index built by a different model."""
     loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
-    return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
+    return loaded.model, open_index(index_path, expected_fingerprint=loaded.fingerprint)
 
 
 def _index_checkpoint(index_path: str | Path) -> str:
-    index = RetrievalIndex.load(index_path)
-    path = index.meta.get("checkpoint", "")
+    path = read_meta(Path(index_path)).get("checkpoint", "")
     if not path or not Path(path).exists():
         raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
     return path
@@ -66,7 +65,7 @@ def _index_checkpoint(index_path: str | Path) -> str:
 
 def search(
     model: UniFashion,
-    index: RetrievalIndex,
+    index: CatalogueIndex,
     text: str | None = None,
     image: str | Path | None = None,
     k: int = 10,
@@ -111,7 +110,7 @@ def search(
 
 
 def _search_by_image(
-    index: RetrievalIndex, query: np.ndarray, k: int, filter: Filter | None
+    index: CatalogueIndex, query: np.ndarray, k: int, filter: Filter | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
     per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
