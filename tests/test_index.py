@@ -276,6 +276,24 @@ def test_resume_keeps_shards_of_the_same_build(data: dict, tmp_path: Path) -> No
     assert other.done_ids() == set()
 
 
+def test_add_rows_carries_an_index_over_for_compaction(flat: RetrievalIndex, data: dict, tmp_path: Path) -> None:
+    """A compaction: the live rows of a base index plus new items, finalized into a fresh index."""
+    live = np.array([row for row in range(90) if row % 4])  # rows 0, 4, 8, ... were deleted
+    writer = IndexWriter(tmp_path / "compacted", META)
+    writer.add_rows(flat, live)
+    new = gallery(num_items=3, num_queries=4, dim=16, seed=21)
+    new_ids = ["new-a", "new-b", "new-c"]
+    writer.add(new_ids, new["image"], new["text"], new["caption"], new["captions"],
+               [ItemRecord(i, "new", "images/new.png", {"category": "hat"}) for i in new_ids])
+    compacted = writer.finalize("ivf")
+    assert compacted.ids == [data["ids"][row] for row in live] + new_ids
+    np.testing.assert_array_equal(np.asarray(compacted.image_vectors[: len(live)]), flat.image_vectors[live])
+    assert compacted.captions[:2] == [data["captions"][1], data["captions"][2]]
+    assert compacted.item("item0005") == data["records"][5] and compacted.item("new-b").fields == {"category": "hat"}
+    _, rows = compacted.search_images(new["image"][:, 0], 1, filter={"category": "hat"})
+    assert [compacted.ids[r] for r in rows[:, 0]] == new_ids
+
+
 def test_finalize_is_atomic(data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "index"
     writer = IndexWriter(out, META)

@@ -14,6 +14,7 @@ from unifashion_cli.main import app
 from unifashion_core.errors import UserError
 from unifashion_core.retrieval import qdrant as qdrant_module
 from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex, open_index
+from unifashion_core.retrieval.payload import ItemRecord
 from unifashion_core.retrieval.qdrant import QdrantIndex, QdrantTarget, point_id, write_collection
 
 runner = CliRunner()
@@ -111,6 +112,28 @@ def test_bad_queries_are_user_errors(pair) -> None:
         remote.search_images(np.ones((1, 16), np.float32), 201)
     with pytest.raises(UserError, match="no item 'nope'"):
         remote.item("nope")
+
+
+def test_upsert_and_delete_by_id(data: dict, tmp_path: Path) -> None:
+    """The live catalogue's writes: an upsert adds or replaces by id (new fields become filterable),
+    a delete removes; searches see both at once."""
+    target = QdrantTarget(path=str(tmp_path / "q"))
+    write_collection(fill(IndexWriter(tmp_path / "a", META), data, slice(0, 50)), target)
+    index = open_index(tmp_path / "a")
+    new = gallery(num_items=2, num_queries=4, dim=16, seed=22)
+    records = [ItemRecord("item0003", "replaced", "images/r.png", {"category": "hat"}),
+               ItemRecord("brand-new", "new", "images/n.png", {"category": "hat", "brand": "acme"})]
+    index.upsert(new["image"], new["text"], records, new["caption"], ["c1", "c2"])
+    assert index.num_items == 51 and index.item("item0003").caption == "replaced"
+    _, keys = index.search_images(new["image"][:, 0], 1, filter={"brand": "acme"})
+    assert [index.item_at(k).id for k in keys[:, 0]] == ["brand-new", "brand-new"]
+    index.delete(["brand-new", "never-there"])
+    assert index.num_items == 50
+    with pytest.raises(UserError, match="no item 'brand-new'"):
+        index.item("brand-new")
+    with pytest.raises(ValueError, match="caption vectors given"):
+        index.upsert(new["image"], new["text"], records)
+    index.close()
 
 
 def test_rebuild_swaps_the_alias_and_a_failed_upload_changes_nothing(data: dict, tmp_path: Path,

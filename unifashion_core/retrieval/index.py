@@ -33,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from unifashion_core import __version__
+from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
 from unifashion_core.retrieval import ann
@@ -59,6 +60,7 @@ STAGES = {"image": "image.ivf", "text": "text.ivf", "caption": "caption.ivf"}
 
 CANDIDATE_FACTOR = 4  # the first stage proposes k * Q * 4 image vectors (k * 4 texts) per query
 EXACT_MAX_VECTORS = 1 << 16  # a filter allowing fewer vectors than this is scored exactly
+COPY_BLOCK = 10_000  # rows per shard when add_rows carries an index over
 _RESERVED = {"format_version", "num_items", "num_queries", "dim", "kind", "ann", "has_captions",
              "created_with"}
 
@@ -71,7 +73,7 @@ def _json_roundtrip(data: dict[str, Any]) -> Any:
     return json.loads(json.dumps(data, sort_keys=True))
 
 
-def _check_batch(
+def check_batch(
     ids: list[str],
     image_vectors: Array,
     text_vectors: Array,
@@ -79,7 +81,8 @@ def _check_batch(
     captions: list[str] | None,
     records: list[ItemRecord] | None,
 ) -> tuple[int, int, bool]:
-    """Validate one ``add`` call; return its layout (num_queries, dim, has_captions)."""
+    """Validate one batch (``IndexWriter.add``, ``QdrantIndex.upsert``); return its layout
+    ``(num_queries, dim, has_captions)``."""
     if image_vectors.ndim != 3 or text_vectors.ndim != 2:
         raise ValueError("image_vectors must be (B, Q, D) and text_vectors (B, D).")
     batch, num_queries, dim = image_vectors.shape
@@ -200,7 +203,7 @@ class IndexWriter:
         """
         if not ids:
             return
-        layout = _check_batch(ids, image_vectors, text_vectors, caption_vectors, captions, records)
+        layout = check_batch(ids, image_vectors, text_vectors, caption_vectors, captions, records)
         if self._layout not in (None, layout):
             raise ValueError(f"batch layout (Q, D, captions) {layout} differs from {self._layout}.")
         if repeated := self.done_ids().intersection(ids):
@@ -223,6 +226,23 @@ class IndexWriter:
         self._shards.append(path)
         self._ids.extend(ids)
         self._layout = layout
+
+    def add_rows(self, index: "RetrievalIndex", rows: Array) -> None:
+        """Carry items of an existing index over as they are (vectors, generated captions, records).
+
+        A compaction writes a fresh index this way: the base index's live rows, then the newly
+        added items through :meth:`add`, then :meth:`finalize` (which rebuilds the first stages).
+
+        Args:
+            index: a loaded local index with this writer's layout.
+            rows: the rows to copy, in the order wanted.
+        """
+        for block in batch_slices(len(rows), COPY_BLOCK):
+            chosen = np.asarray(rows[block])
+            captions = None if index.captions is None else [index.captions[row] for row in chosen]
+            self.add([index.ids[row] for row in chosen], index.image_vectors[chosen], index.text_vectors[chosen],
+                     None if index.caption_vectors is None else index.caption_vectors[chosen], captions,
+                     [index.item_at(row) for row in chosen])
 
     def finalize(self, kind: str = "flat", order: list[str] | None = None) -> "RetrievalIndex":
         """Assemble the shards into the index directory ``out`` and return it loaded.
@@ -455,6 +475,14 @@ class RetrievalIndex:
     def fingerprint(self) -> str:
         """The fingerprint of the model that embedded the items."""
         return str(self.meta["fingerprint"])
+
+    def as_exact(self) -> "RetrievalIndex":
+        """This index scored exactly (as ``flat``), sharing its memory maps: the parity reference."""
+        vectors = {"image": self.image_vectors, "text": self.text_vectors}
+        if self.caption_vectors is not None:
+            vectors["caption"] = self.caption_vectors
+        return RetrievalIndex(self.path, {**self.meta, "kind": "flat"}, self.ids, vectors, self.captions,
+                              self.items, {})
 
     def row_of(self, item_id: str) -> int:
         """The row of an item id.

@@ -36,6 +36,7 @@ from unifashion_core.retrieval.index import (
     FORMAT_VERSION,
     META,
     IndexWriter,
+    check_batch,
     check_fingerprint,
     read_meta,
 )
@@ -307,6 +308,48 @@ class QdrantIndex:
                 raise UserError(f"{missing} in Qdrant collection {self.collection!r}.")
             self._remember(found[0].id, found[0].payload)
         return self._records[key]
+
+    def upsert(self, image_vectors: Array, text_vectors: Array, records: list[ItemRecord],
+               caption_vectors: Array | None = None, captions: list[str] | None = None) -> None:
+        """Add or replace items by id (a live catalogue's writes), waiting until Qdrant has them.
+
+        Args:
+            image_vectors: ``(B, Q, D)``; text_vectors: ``(B, D)``; records: the B items' records.
+            caption_vectors, captions: ``(B, D)`` and the B generated captions, required when the
+                collection has captions.
+
+        Raises:
+            ValueError: shapes that do not match the collection or each other, or NaN vectors.
+        """
+        has_captions = bool(self.meta["has_captions"])
+        check_batch([r.id for r in records], image_vectors, text_vectors, caption_vectors, captions, records)
+        if image_vectors.shape[1:] != (self.num_queries, self.dim) or (caption_vectors is not None) != has_captions:
+            raise ValueError(f"vectors must be (B, {self.num_queries}, {self.dim}) with caption vectors "
+                             f"{'given' if has_captions else 'absent'}, as the collection was built.")
+        shard = {"records": np.array([r.to_json() for r in records]), "image_vectors": image_vectors,
+                 "text_vectors": text_vectors}
+        if caption_vectors is not None:
+            shard.update(caption_vectors=caption_vectors, captions=np.array(captions))
+        points = list(_points(shard))
+        for batch in batch_slices(len(points), UPLOAD_BATCH):
+            self.client.upsert(self.collection, points[batch], wait=True)
+        self._remember_fields({name for record in records for name in record.fields})
+        for point in points:
+            self._records.pop(point.id, None)
+
+    def delete(self, item_ids: list[str]) -> None:
+        """Remove items by id (ids not in the collection are ignored), waiting until Qdrant has."""
+        keys = [point_id(item_id) for item_id in item_ids]
+        self.client.delete(self.collection, models.PointIdsList(points=keys), wait=True)
+        for key in keys:
+            self._records.pop(key, None)
+
+    def _remember_fields(self, names: set[str]) -> None:
+        """Add new field names to the collection's metadata, so filters on them are accepted."""
+        known = set(self.meta.get("fields", []))
+        if names - known:
+            self.meta["fields"] = sorted(known | names)
+            self.client.update_collection(self.collection, metadata={**_collection_meta(self.meta)})
 
     def field_values(self, name: str) -> list[str]:
         """The distinct values of a filterable field, sorted (Qdrant's facet counts)."""
