@@ -130,7 +130,7 @@ def bench_index(
     items: int = 100_000,
     num_queries: int = 8,
     dim: int = 256,
-    kinds: tuple[str, ...] = ("flat", "ivf"),
+    kinds: tuple[str, ...] = ("flat", "hnsw"),
     sample: int = 200,
     seed: int = 0,
     clusters: int = 0,
@@ -143,7 +143,7 @@ def bench_index(
         out: the report directory (its ``work/`` subdirectory holds vectors and indexes while the
             bench runs and is removed at the end).
         items, num_queries, dim: N, Q and D of the catalogue.
-        kinds: index kinds to build and measure (``flat``, ``ivf``).
+        kinds: index kinds to build and measure (``flat``, ``hnsw``).
         sample: queries per mode (single-query latency and recall).
         seed: seed of the vectors and the queries.
         clusters: cluster centres (0: N / 100).

@@ -1,13 +1,20 @@
-"""The approximate first stage: a FAISS IVF index whose every vector is labelled with its item's row.
+"""The approximate first stage: a FAISS HNSW graph over one vector per item.
 
-The image stage holds all ``N * Q`` query vectors (each labelled with its item, so a search
-returns items and an item's best vector decides whether it is found); the text and caption
-stages hold one vector per item. The stage only proposes candidates: the index re-ranks them
-exactly from the float16 vectors. The coarse quantiser is trained on a bounded sample and the
-number of lists is capped, so the build cost grows linearly with the catalogue.
+The image stage holds each item's pooled query vector (the normalised mean of its Q vectors),
+the text and caption stages the item's text and caption vectors; graph node ``r`` is row ``r``.
+A stage only proposes candidate rows (the ``ef`` best by the graph, with 8-bit scalar-quantised
+distances); the index re-ranks them exactly from the float16 vectors, so scores are exact and only
+the candidate set is approximate.
+
+Why this design (measured with ``unifashion bench index``, README "Scaling"): the max-sim top-10
+is almost always inside the top 100-200 items by pooled vector (N vectors instead of N * Q), and
+a graph finds those neighbours however many clusters the catalogue has, whereas IVF over all
+N * Q vectors, or over pooled vectors, with a build-affordable 1,024 lists lost most of its recall
+at 1M items when the catalogue held 10,000 tight clusters (lists coarser than clusters).
 """
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,49 +23,45 @@ import numpy as np
 
 from unifashion_core.batching import batch_slices
 
-MAX_LISTS = 1024  # assigning 8M vectors to 1024 lists costs ~4 TFLOP: minutes on 2 cores
-VECTORS_PER_LIST = 1000  # fewer lists for small catalogues
-TRAIN_PER_LIST = 64  # k-means sample: 64 points per list (FAISS wants at least 39)
-NPROBE = 16  # lists visited per query
-ADD_BLOCK = 1 << 17  # vectors converted to float32 and added at a time (128 MB at D = 256)
-BLAS_THRESHOLD = 20  # this FAISS build's default (128,000) keeps list assignment off BLAS
-ENCODING = "SQ8"  # 8-bit scalar quantiser: D bytes per vector, trained on min/max alone
+HNSW_M = 32  # graph neighbours per node (64 on the bottom layer)
+EF_CONSTRUCTION = 40
+EF_SEARCH = 256  # candidates per query for k = 10
+CANDIDATES_PER_RESULT = 8  # larger k: ef grows to 8 * k
+MAX_EF = 4096  # a filtered search widens ef by 1 / allowed fraction, up to this
+ADD_BLOCK = 1 << 16  # vectors converted to float32 and added at a time
+TRAIN_SAMPLE = 1 << 16  # vectors the scalar quantiser's ranges are fitted on
 
 Array = np.ndarray
+Vectors = Callable[[slice | Array], Array]  # rows -> (n, D) float32 vectors of those items
 
 
-def lists_for(num_vectors: int) -> int:
-    """The number of IVF lists for ``num_vectors`` vectors."""
-    return int(max(1, min(MAX_LISTS, num_vectors // VECTORS_PER_LIST)))
+def pooled(image_vectors: Array) -> Array:
+    """``(n, Q, D)`` query vectors -> ``(n, D)`` normalised means: one vector per item."""
+    mean = np.asarray(image_vectors, dtype=np.float32).mean(axis=1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
 
-def build_stage(vectors: Array, per_item: int, path: Path) -> dict[str, Any]:
-    """Train and fill an IVF index over ``vectors`` and write it to ``path``.
+def build_stage(vectors: Vectors, num_items: int, dim: int, path: Path) -> dict[str, Any]:
+    """Build an HNSW graph over one vector per item and write it to ``path``.
 
     Args:
-        vectors: ``(N * per_item, D)`` vectors (float16 memory map is fine), item-major.
-        per_item: vectors per item (Q for images, 1 for texts); vector ``i`` is labelled ``i // per_item``.
+        vectors: ``vectors(rows) -> (n, D)`` float32 vectors of the given rows.
+        num_items: N.
+        dim: D.
         path: the FAISS file to write.
 
     Returns:
-        the stage's parameters for ``meta.json`` (``factory``, ``nlist``, ``nprobe``, ``ntotal``).
+        the stage's parameters for ``meta.json``.
     """
-    num_vectors, dim = vectors.shape
-    nlist = lists_for(num_vectors)
-    factory = f"IVF{nlist},{ENCODING}"
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    previous = faiss.cvar.distance_compute_blas_threshold
-    faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
-    try:
-        sample = np.unique(np.linspace(0, num_vectors - 1, min(num_vectors, TRAIN_PER_LIST * nlist)).astype(np.int64))
-        index.train(np.asarray(vectors[sample], dtype=np.float32))
-        for block in batch_slices(num_vectors, ADD_BLOCK):
-            labels = np.arange(block.start, block.stop, dtype=np.int64) // per_item
-            index.add_with_ids(np.asarray(vectors[block], dtype=np.float32), labels)
-    finally:
-        faiss.cvar.distance_compute_blas_threshold = previous
+    index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = EF_CONSTRUCTION
+    sample = np.unique(np.linspace(0, num_items - 1, min(num_items, TRAIN_SAMPLE)).astype(np.int64))
+    index.train(vectors(sample))
+    for rows in batch_slices(num_items, ADD_BLOCK):
+        index.add(vectors(rows))
     faiss.write_index(index, str(path))
-    return {"factory": factory, "nlist": nlist, "nprobe": min(nlist, NPROBE), "ntotal": int(index.ntotal)}
+    return {"factory": f"HNSW{HNSW_M},SQ8", "ef_construction": EF_CONSTRUCTION, "ef_search": EF_SEARCH,
+            "ntotal": int(index.ntotal)}
 
 
 class Stage:
@@ -75,30 +78,29 @@ class Stage:
 
     @property
     def ntotal(self) -> int:
-        """How many vectors the stage holds."""
+        """How many items the stage holds."""
         return int(self.index.ntotal)
 
-    def candidates(self, queries: Array, num: int, allowed: Array | None = None) -> Array:
-        """Rows of the items with the ``num`` best vectors for each query (-1 where none).
+    def candidates(self, queries: Array, k: int, allowed: Array | None = None) -> Array:
+        """Candidate rows for the top ``k`` of each query (-1 where the graph found fewer).
 
         Args:
             queries: ``(M, D)`` float32 queries.
-            num: vectors asked for per query (several may belong to one item).
-            allowed: boolean ``(N,)`` mask of the rows that may be returned, or None for all.
-                The lists visited grow as the allowed fraction shrinks, so a filtered query
-                sees about as many allowed vectors as an unfiltered one.
+            k: results the caller will keep; ``max(ef_search, 8 k)`` candidates are proposed.
+            allowed: boolean ``(N,)`` mask of the rows that may be returned, or None. The graph
+                is walked through every node but returns only allowed ones, with ``ef`` widened
+                by 1 / allowed fraction so a filtered query sees as many allowed candidates.
 
         Returns:
-            ``(M, num)`` int64 rows.
+            ``(M, ef)`` int64 rows.
         """
-        nprobe = self.params["nprobe"]
+        ef = max(self.params["ef_search"], CANDIDATES_PER_RESULT * k)
         if allowed is None:
-            params = faiss.SearchParametersIVF(nprobe=nprobe)
-        else:
-            fraction = max(float(allowed.mean()), 1e-9)
-            bitmap = np.packbits(allowed, bitorder="little")  # bit r = row r allowed
-            selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # n in bytes
-            nprobe = min(self.params["nlist"], math.ceil(nprobe / fraction))
-            params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
-        _, rows = self.index.search(queries, num, params=params)  # (M, num)
+            ef = min(ef, self.ntotal)
+            _, rows = self.index.search(queries, ef, params=faiss.SearchParametersHNSW(efSearch=ef))  # (M, ef)
+            return rows
+        ef = min(max(ef, min(MAX_EF, math.ceil(ef / max(float(allowed.mean()), 1e-9)))), self.ntotal)
+        bitmap = np.packbits(allowed, bitorder="little")  # bit r = row r allowed
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))  # n in bytes; both kept alive here
+        _, rows = self.index.search(queries, ef, params=faiss.SearchParametersHNSW(efSearch=ef, sel=selector))
         return rows

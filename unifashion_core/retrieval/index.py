@@ -9,14 +9,14 @@ An index directory holds, every array in the same row order::
     ids.jsonl            one {"id"} per line
     items.jsonl, item_offsets.npy, fields.json, field_codes.npy
                          each item's record and filterable fields (see payload.py)
-    image.ivf, text.ivf, caption.ivf
-                         FAISS IVF first stages over the vectors (kind ``ivf`` only, see ann.py)
+    image.hnsw, text.hnsw, caption.hnsw
+                         FAISS HNSW first stages, one vector per item (kind ``hnsw`` only, see ann.py)
     meta.json            format_version, fingerprint, manifest_sha256, split, num_items,
                          num_queries, dim, kind, ann, has_captions, created_with (+ caller fields)
 
 Scores: text -> image ``max_q <z_q, t>``; image -> text ``max_q <z_q, t>`` over the image's
 Q vectors; composed ``max_q <e, z_q> + w <e, c>``. ``flat`` scores every allowed item exactly;
-``ivf`` takes candidates from the first stages and re-ranks them exactly from the float16
+``hnsw`` takes candidates from the first stages and re-ranks them exactly from the float16
 vectors, so its scores are the exact ones and only the candidate set is approximate.
 Vectors are stored as given: the caller passes L2-normalised embeddings. The vectors stay
 row-addressable on disk, so a later layer can add and remove items and rebuild the first
@@ -48,7 +48,7 @@ from unifashion_core.retrieval.payload import (
 )
 
 FORMAT_VERSION = 2
-KINDS = ("flat", "ivf")
+KINDS = ("flat", "hnsw")
 IMAGE_VECTORS = "image_vectors.npy"
 TEXT_VECTORS = "text_vectors.npy"
 CAPTION_VECTORS = "caption_vectors.npy"
@@ -56,10 +56,10 @@ CAPTIONS = "captions.jsonl"
 IDS = "ids.jsonl"
 META = "meta.json"
 BUILD_META = "build.json"
-STAGES = {"image": "image.ivf", "text": "text.ivf", "caption": "caption.ivf"}
+STAGES = {"image": "image.hnsw", "text": "text.hnsw", "caption": "caption.hnsw"}
 
-CANDIDATE_FACTOR = 4  # the first stage proposes k * Q * 4 image vectors (k * 4 texts) per query
-EXACT_MAX_VECTORS = 1 << 16  # a filter allowing fewer vectors than this is scored exactly
+CANDIDATE_FACTOR = 4  # Qdrant's composed search fetches 4 k candidates from each vector
+EXACT_MAX_VECTORS = 1 << 14  # a filter allowing fewer vectors than this is scored exactly
 COPY_BLOCK = 10_000  # rows per shard when add_rows carries an index over
 _RESERVED = {"format_version", "num_items", "num_queries", "dim", "kind", "ann", "has_captions",
              "created_with"}
@@ -251,7 +251,7 @@ class IndexWriter:
         the partial build is removed afterwards.
 
         Args:
-            kind: ``flat`` (exact) or ``ivf`` (IVF first stages + exact re-rank).
+            kind: ``flat`` (exact) or ``hnsw`` (HNSW first stages + exact re-rank).
             order: the ids in the row order wanted (must be exactly the added ids); by
                 default the order in which they were added.
 
@@ -269,7 +269,7 @@ class IndexWriter:
                 "has_captions": has_captions, "created_with": f"unifashion {__version__}"}
         with atomic_dir(self.out) as tmp:
             self._write_arrays(tmp, positions, self._layout)
-            if kind == "ivf":
+            if kind == "hnsw":
                 meta["ann"] = build_stages(tmp, has_captions)
             write_json(tmp / META, meta)
         self.discard()
@@ -360,23 +360,29 @@ class CatalogueIndex(Protocol):
 def check_kind(kind: str) -> None:
     """Refuse an unknown index kind."""
     if kind not in KINDS:
-        raise UserError(f"unknown index kind {kind!r}; use flat (exact) or ivf (approximate + exact re-rank).")
+        raise UserError(f"unknown index kind {kind!r}; use flat (exact) or hnsw (approximate + exact re-rank).")
 
 
 def build_stages(path: Path, has_captions: bool) -> dict[str, Any]:
-    """Build the IVF first stages from the vector files in the index directory ``path``.
+    """Build the HNSW first stages from the vector files in the index directory ``path``: pooled
+    image vectors, texts and (when present) captions, one vector per item.
 
     Returns:
-        ``meta["ann"]``: each stage's parameters and the candidate factor.
+        ``meta["ann"]``: each stage's parameters.
     """
     image = np.load(path / IMAGE_VECTORS, mmap_mode="r")  # (N, Q, D)
-    arrays = {"image": (image.reshape(-1, image.shape[2]), image.shape[1]),
-              "text": (np.load(path / TEXT_VECTORS, mmap_mode="r"), 1)}
+    num_items, _, dim = image.shape
+    sources: dict[str, ann.Vectors] = {"image": lambda rows: ann.pooled(image[rows]),
+                                       "text": _float32_rows(path / TEXT_VECTORS)}
     if has_captions:
-        arrays["caption"] = (np.load(path / CAPTION_VECTORS, mmap_mode="r"), 1)
-    stages = {name: ann.build_stage(vectors, per_item, path / STAGES[name])
-              for name, (vectors, per_item) in arrays.items()}
-    return {**stages, "candidate_factor": CANDIDATE_FACTOR}
+        sources["caption"] = _float32_rows(path / CAPTION_VECTORS)
+    return {name: ann.build_stage(vectors, num_items, dim, path / STAGES[name]) for name, vectors in sources.items()}
+
+
+def _float32_rows(path: Path) -> "ann.Vectors":
+    """``rows -> float32 vectors`` of a memory-mapped ``(N, D)`` array."""
+    array = np.load(path, mmap_mode="r")
+    return lambda rows: np.asarray(array[rows], dtype=np.float32)
 
 
 class RetrievalIndex:
@@ -384,7 +390,7 @@ class RetrievalIndex:
 
     Every search returns ``(scores, rows)``, both ``(M, k)`` best first, where ``rows`` index
     :attr:`ids`. ``k`` may not exceed the catalogue; with a filter, fewer items may be
-    allowed than ``k`` and then every allowed item is returned (``k`` shrinks). An ``ivf``
+    allowed than ``k`` and then every allowed item is returned (``k`` shrinks). An ``hnsw``
     search that finds fewer candidates than ``k`` pads with row -1 and score -inf.
 
     Filters restrict a search to items whose fields match (``{"category": "dress",
@@ -434,7 +440,7 @@ class RetrievalIndex:
         return index
 
     def _check_consistent(self) -> None:
-        """Every file describes the same N items (and N * Q image vectors)."""
+        """Every file describes the same N items."""
         num_items, num_queries, dim = len(self.ids), self.meta["num_queries"], self.meta["dim"]
         expected = {IMAGE_VECTORS: (self.image_vectors.shape, (num_items, num_queries, dim)),
                     TEXT_VECTORS: (self.text_vectors.shape, (num_items, dim)),
@@ -445,7 +451,7 @@ class RetrievalIndex:
             expected[CAPTION_VECTORS] = (self.caption_vectors.shape, (num_items, dim))
             expected[CAPTIONS] = (len(self.captions or ()), num_items)
         for name, stage in self.stages.items():
-            expected[STAGES[name]] = (stage.ntotal, num_items * (num_queries if name == "image" else 1))
+            expected[STAGES[name]] = (stage.ntotal, num_items)
         for name, (found, wanted) in expected.items():
             if found != wanted:
                 raise UserError(f"index {self.path} is inconsistent: {name} holds {found} where {IDS} "
@@ -468,7 +474,7 @@ class RetrievalIndex:
 
     @property
     def kind(self) -> str:
-        """``flat`` or ``ivf``."""
+        """``flat`` or ``hnsw``."""
         return str(self.meta["kind"])
 
     @property
@@ -551,7 +557,7 @@ class RetrievalIndex:
         if self._exact(mask, 1):
             return exact_search(score, len(image_queries), _rows(mask), self.num_items, k, self.dim)
         flat = image_queries.reshape(-1, self.dim)  # (M * Q, D)
-        found = self.stages["text"].candidates(flat, k * CANDIDATE_FACTOR, mask)  # (M * Q, 4k)
+        found = self.stages["text"].candidates(flat, k, mask)  # (M * Q, ef)
         return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0],
                       found.reshape(len(image_queries), -1), k)
 
@@ -594,10 +600,9 @@ class RetrievalIndex:
         if self._exact(mask, self.num_queries):
             return exact_search(score, len(queries), _rows(mask), self.num_items, k,
                                 self.num_queries * self.dim)
-        found = self.stages["image"].candidates(queries, k * self.num_queries * CANDIDATE_FACTOR, mask)
+        found = self.stages["image"].candidates(queries, k, mask)  # (M, ef) by pooled image vector
         if caption_weight is not None:
-            found = np.concatenate([found, self.stages["caption"].candidates(queries, k * CANDIDATE_FACTOR, mask)],
-                                   axis=1)
+            found = np.concatenate([found, self.stages["caption"].candidates(queries, k, mask)], axis=1)
         return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0], found, k)
 
     def _exact(self, mask: Array | None, per_item: int) -> bool:
