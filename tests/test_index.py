@@ -91,9 +91,9 @@ def large() -> dict:
 
 
 @pytest.fixture(scope="module")
-def hnsw(large: dict, tmp_path_factory: pytest.TempPathFactory) -> RetrievalIndex:
-    """An hnsw index proposing 256 of 1,500 items for a top-10: the first stage really is partial."""
-    return build(tmp_path_factory.mktemp("hnsw") / "index", large, kind="hnsw", shard=500)
+def pq(large: dict, tmp_path_factory: pytest.TempPathFactory) -> RetrievalIndex:
+    """A pq index proposing 256 of 1,500 items for a top-10: the first stage really is partial."""
+    return build(tmp_path_factory.mktemp("pq") / "index", large, kind="pq", shard=500)
 
 
 def test_layout_meta_and_records(flat: RetrievalIndex, data: dict) -> None:
@@ -173,29 +173,29 @@ def test_exact_search_in_small_blocks_matches(flat: RetrievalIndex, data: dict,
     np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
 
 
-def test_hnsw_parity_with_exact(hnsw: RetrievalIndex, large: dict) -> None:
+def test_pq_parity_with_exact(pq: RetrievalIndex, large: dict) -> None:
     """ANN vs exact on clustered vectors: recall@10 >= 0.95 and every returned score exact."""
-    assert hnsw.meta["ann"]["image"]["ef_search"] == 256 and hnsw.meta["ann"]["image"]["ntotal"] == 1500
+    assert pq.meta["ann"]["image"]["candidates"] == 256 and pq.meta["ann"]["image"]["ntotal"] == 1500
     rng = np.random.default_rng(6)
     queries = clustered(rng, 40, 1, 32)[:, 0]
     image = image_scores(queries, large["image"])
     composed = image + torch.from_numpy(queries @ large["caption"].T)
     image_queries = clustered(rng, 40, 8, 32)
     texts = text_scores(image_queries, large["text"])
-    for (scores, items), full in ((hnsw.search_images(queries, 10), image),
-                                  (hnsw.search_composed(queries, 10), composed),
-                                  (hnsw.search_texts(image_queries, 10), texts)):
-        assert recall(items, brute_force(full, 10)[1]) >= 0.95
+    for (scores, items), full in ((pq.search_images(queries, 10), image),
+                                  (pq.search_composed(queries, 10), composed),
+                                  (pq.search_texts(image_queries, 10), texts)):
+        assert recall(items, brute_force(full, 10)[1]) >= 0.95, recall(items, brute_force(full, 10)[1])
         np.testing.assert_allclose(scores, np.take_along_axis(full.numpy(), items, axis=1), atol=1e-5)
         assert (np.diff(scores, axis=1) <= 1e-6).all()
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
-def test_filters_rank_only_the_allowed_items(kind: str, hnsw: RetrievalIndex, large: dict, tmp_path: Path,
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_filters_rank_only_the_allowed_items(kind: str, pq: RetrievalIndex, large: dict, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A filtered top-10 is the top-10 of the allowed items (exact for flat, recall >= 0.95 for hnsw
-    through the graph's selector, whose ef grows as the filter narrows)."""
-    index = hnsw if kind == "hnsw" else build(tmp_path / "flat", large, shard=500)
+    """A filtered top-10 is the top-10 of the allowed items (exact for flat, recall >= 0.95 for pq,
+    whose scan proposes allowed items only)."""
+    index = pq if kind == "pq" else build(tmp_path / "flat", large, shard=500)
     monkeypatch.setattr(index_module, "EXACT_MAX_VECTORS", 0)
     genders = np.array([r.fields["gender"] for r in large["records"]])
     categories = np.array([r.fields["category"] for r in large["records"]])
@@ -282,7 +282,7 @@ def test_add_rows_carries_an_index_over_for_compaction(flat: RetrievalIndex, dat
     new_ids = ["new-a", "new-b", "new-c"]
     writer.add(new_ids, new["image"], new["text"], new["caption"], new["captions"],
                [ItemRecord(i, "new", "images/new.png", {"category": "hat"}) for i in new_ids])
-    compacted = writer.finalize("hnsw")
+    compacted = writer.finalize("pq")
     assert compacted.ids == [data["ids"][row] for row in live] + new_ids
     np.testing.assert_array_equal(np.asarray(compacted.image_vectors[: len(live)]), flat.image_vectors[live])
     assert compacted.captions[:2] == [data["captions"][1], data["captions"][2]]
@@ -304,11 +304,11 @@ def test_finalize_is_atomic(data: dict, tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(ann.faiss, "write_index", broken_write)
     with pytest.raises(OSError, match="disk full"):
-        writer.finalize("hnsw")
+        writer.finalize("pq")
     assert (out / "old.txt").read_text() == "previous index"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".index.partial", "index"]
     monkeypatch.undo()
-    index = IndexWriter(out, META).finalize("hnsw")
+    index = IndexWriter(out, META).finalize("pq")
     assert index.num_items == 20 and index.item_at(3) == ItemRecord("item0003")
     assert not (out / "old.txt").exists()
 
@@ -341,7 +341,7 @@ def _short_texts(path: Path) -> None:
 
 
 def _other_stage(path: Path) -> None:
-    faiss.write_index(faiss.IndexFlatIP(16), str(path / "text.hnsw"))
+    faiss.write_index(faiss.IndexFlatIP(16), str(path / "text.pq"))
 
 
 def _truncated_vectors(path: Path) -> None:
@@ -352,13 +352,13 @@ def _truncated_vectors(path: Path) -> None:
 @pytest.mark.parametrize(("damage", "message"), [
     (_drop_last_id, "inconsistent: image_vectors.npy holds \\(90, 4, 16\\) where ids.jsonl implies \\(89, 4, 16\\)"),
     (_short_texts, "inconsistent: text_vectors.npy"),
-    (_other_stage, "inconsistent: text.hnsw holds 0 where ids.jsonl implies 90"),
+    (_other_stage, "inconsistent: text.pq holds 0 where ids.jsonl implies 90"),
     (_truncated_vectors, "damaged \\(image_vectors.npy"),
     (lambda path: (path / "field_codes.npy").unlink(), "incomplete \\(field_codes.npy is missing\\)"),
 ])
 def test_load_refuses_files_that_disagree(data: dict, tmp_path: Path, damage, message: str) -> None:
     path = tmp_path / "index"
-    build(path, data, kind="hnsw", shard=90)
+    build(path, data, kind="pq", shard=90)
     damage(path)
     with pytest.raises(UserError, match=message):
         RetrievalIndex.load(path)

@@ -82,10 +82,10 @@ def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
     assert own["score"] >= similar["results"][0]["score"] - 2e-3
 
 
-def test_hnsw_index_and_filtered_search(workspace, tmp_path, monkeypatch):
+def test_pq_index_and_filtered_search(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))  # keep the shared workspace's latest index
-    index = tmp_path / "hnsw"
-    result = runner.invoke(app, ["index", "--kind", "hnsw", "--checkpoint", str(workspace / "run" / "checkpoint"),
+    index = tmp_path / "pq"
+    result = runner.invoke(app, ["index", "--kind", "pq", "--checkpoint", str(workspace / "run" / "checkpoint"),
                                  "--data", str(workspace / "data"), "--out", str(index), "-q"])
     assert result.exit_code == 0, result.output
     query = ["search", "--text", "red striped shirt", "--index", str(index), "--json"]

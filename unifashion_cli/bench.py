@@ -214,7 +214,7 @@ def index(
     items: int = typer.Option(100_000, "--items", help="Catalogue size N."),
     queries: int = typer.Option(8, "--queries", help="Query vectors per image Q."),
     dim: int = typer.Option(256, "--dim", help="Embedding width D."),
-    kind: str = typer.Option("flat,hnsw", "--kind", help="Index kinds to build and query, comma-separated."),
+    kind: str = typer.Option("flat,pq", "--kind", help="Index kinds to build and query, comma-separated."),
     sample: int = typer.Option(200, "--sample", help="Queries per mode (latency and recall@10 against exact)."),
     clusters: int = typer.Option(0, "--clusters", help="Cluster centres of the synthetic items (0: N / 100)."),
     threads: int = typer.Option(1, "--threads", help="Threads per single query (batches use every core)."),

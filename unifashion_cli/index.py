@@ -13,7 +13,7 @@ def index(
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: workspace latest)."),
     split: str = typer.Option("test", "--split", help="Which split to index: train, val or test."),
     out_dir: Path | None = typer.Option(None, "--out", help="Index directory (default: workspace/index)."),
-    kind: str = typer.Option("flat", "--kind", help="flat (exact scan) or hnsw (HNSW candidates + exact re-rank: "
+    kind: str = typer.Option("flat", "--kind", help="flat (exact scan) or pq (PQ-scan candidates + exact re-rank: "
                              "large catalogues)."),
     captions: bool = typer.Option(False, "--captions", help="Also caption the gallery (composed retrieval w/ cap)."),
     backend: str = typer.Option("local", "--backend", help="local (files in --out) or qdrant (a Qdrant collection; "

@@ -25,7 +25,7 @@ class IndexSummary:
     Attributes:
         index: the index directory.
         split: the dataset split that was indexed.
-        kind: ``flat`` (exact), ``hnsw`` (HNSW first stages + exact re-rank) or ``qdrant``.
+        kind: ``flat`` (exact), ``pq`` (PQ-scan candidates + exact re-rank) or ``qdrant``.
         num_items: items in the index.
         skipped: unreadable images, each ``{"id", "reason", "path", "kind"}`` (also ``skipped.json``).
         fingerprint: the query model's fingerprint stored in the index.

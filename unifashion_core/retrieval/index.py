@@ -9,14 +9,15 @@ An index directory holds, every array in the same row order::
     ids.jsonl            one {"id"} per line
     items.jsonl, item_offsets.npy, fields.json, field_codes.npy
                          each item's record and filterable fields (see payload.py)
-    image.hnsw, text.hnsw, caption.hnsw
-                         FAISS HNSW first stages, one vector per item (kind ``hnsw`` only, see ann.py)
+    image.pq, text.pq, caption.pq
+                         FAISS 4-bit PQ codes scanned as first stages, one vector per item
+                         (kind ``pq`` only, see ann.py)
     meta.json            format_version, fingerprint, manifest_sha256, split, num_items,
                          num_queries, dim, kind, ann, has_captions, created_with (+ caller fields)
 
 Scores: text -> image ``max_q <z_q, t>``; image -> text ``max_q <z_q, t>`` over the image's
 Q vectors; composed ``max_q <e, z_q> + w <e, c>``. ``flat`` scores every allowed item exactly;
-``hnsw`` takes candidates from the first stages and re-ranks them exactly from the float16
+``pq`` takes candidates from the first stages and re-ranks them exactly from the float16
 vectors, so its scores are the exact ones and only the candidate set is approximate.
 Vectors are stored as given: the caller passes L2-normalised embeddings. The vectors stay
 row-addressable on disk, so a later layer can add and remove items and rebuild the first
@@ -48,7 +49,7 @@ from unifashion_core.retrieval.payload import (
 )
 
 FORMAT_VERSION = 2
-KINDS = ("flat", "hnsw")
+KINDS = ("flat", "pq")
 IMAGE_VECTORS = "image_vectors.npy"
 TEXT_VECTORS = "text_vectors.npy"
 CAPTION_VECTORS = "caption_vectors.npy"
@@ -56,7 +57,7 @@ CAPTIONS = "captions.jsonl"
 IDS = "ids.jsonl"
 META = "meta.json"
 BUILD_META = "build.json"
-STAGES = {"image": "image.hnsw", "text": "text.hnsw", "caption": "caption.hnsw"}
+STAGES = {"image": "image.pq", "text": "text.pq", "caption": "caption.pq"}
 
 CANDIDATE_FACTOR = 4  # Qdrant's composed search fetches 4 k candidates from each vector
 EXACT_MAX_VECTORS = 1 << 14  # a filter allowing fewer vectors than this is scored exactly
@@ -251,7 +252,7 @@ class IndexWriter:
         the partial build is removed afterwards.
 
         Args:
-            kind: ``flat`` (exact) or ``hnsw`` (HNSW first stages + exact re-rank).
+            kind: ``flat`` (exact) or ``pq`` (PQ-scan candidates + exact re-rank).
             order: the ids in the row order wanted (must be exactly the added ids); by
                 default the order in which they were added.
 
@@ -264,12 +265,14 @@ class IndexWriter:
             raise UserError(f"no items were added to the index {self.out}; nothing to build.")
         positions = self._positions(order)
         num_queries, dim, has_captions = self._layout
+        if kind == "pq":
+            ann.check_size(len(positions), dim)
         meta = {**self.meta, "format_version": FORMAT_VERSION, "num_items": len(positions),
                 "num_queries": num_queries, "dim": dim, "kind": kind, "ann": None,
                 "has_captions": has_captions, "created_with": f"unifashion {__version__}"}
         with atomic_dir(self.out) as tmp:
             self._write_arrays(tmp, positions, self._layout)
-            if kind == "hnsw":
+            if kind == "pq":
                 meta["ann"] = build_stages(tmp, has_captions)
             write_json(tmp / META, meta)
         self.discard()
@@ -360,11 +363,11 @@ class CatalogueIndex(Protocol):
 def check_kind(kind: str) -> None:
     """Refuse an unknown index kind."""
     if kind not in KINDS:
-        raise UserError(f"unknown index kind {kind!r}; use flat (exact) or hnsw (approximate + exact re-rank).")
+        raise UserError(f"unknown index kind {kind!r}; use flat (exact) or pq (approximate + exact re-rank).")
 
 
 def build_stages(path: Path, has_captions: bool) -> dict[str, Any]:
-    """Build the HNSW first stages from the vector files in the index directory ``path``: pooled
+    """Build the PQ-scan first stages from the vector files in the index directory ``path``: pooled
     image vectors, texts and (when present) captions, one vector per item.
 
     Returns:
@@ -390,7 +393,7 @@ class RetrievalIndex:
 
     Every search returns ``(scores, rows)``, both ``(M, k)`` best first, where ``rows`` index
     :attr:`ids`. ``k`` may not exceed the catalogue; with a filter, fewer items may be
-    allowed than ``k`` and then every allowed item is returned (``k`` shrinks). An ``hnsw``
+    allowed than ``k`` and then every allowed item is returned (``k`` shrinks). A ``pq``
     search that finds fewer candidates than ``k`` pads with row -1 and score -inf.
 
     Filters restrict a search to items whose fields match (``{"category": "dress",
@@ -474,7 +477,7 @@ class RetrievalIndex:
 
     @property
     def kind(self) -> str:
-        """``flat`` or ``hnsw``."""
+        """``flat`` or ``pq``."""
         return str(self.meta["kind"])
 
     @property
@@ -557,7 +560,7 @@ class RetrievalIndex:
         if self._exact(mask, 1):
             return exact_search(score, len(image_queries), _rows(mask), self.num_items, k, self.dim)
         flat = image_queries.reshape(-1, self.dim)  # (M * Q, D)
-        found = self.stages["text"].candidates(flat, k, mask)  # (M * Q, ef)
+        found = self.stages["text"].candidates(flat, k, mask)  # (M * Q, C)
         return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0],
                       found.reshape(len(image_queries), -1), k)
 
@@ -600,7 +603,7 @@ class RetrievalIndex:
         if self._exact(mask, self.num_queries):
             return exact_search(score, len(queries), _rows(mask), self.num_items, k,
                                 self.num_queries * self.dim)
-        found = self.stages["image"].candidates(queries, k, mask)  # (M, ef) by pooled image vector
+        found = self.stages["image"].candidates(queries, k, mask)  # (M, C) by pooled image vector
         if caption_weight is not None:
             found = np.concatenate([found, self.stages["caption"].candidates(queries, k, mask)], axis=1)
         return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0], found, k)
