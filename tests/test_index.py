@@ -353,7 +353,7 @@ def _truncated_vectors(path: Path) -> None:
     (_drop_last_id, "inconsistent: image_vectors.npy holds \\(90, 4, 16\\) where ids.jsonl implies \\(89, 4, 16\\)"),
     (_short_texts, "inconsistent: text_vectors.npy"),
     (_other_stage, "inconsistent: text.pq holds 0 where ids.jsonl implies 90"),
-    (_truncated_vectors, "damaged \\(image_vectors.npy"),
+    (_truncated_vectors, "image_vectors.npy is damaged or cut short"),
     (lambda path: (path / "field_codes.npy").unlink(), "incomplete \\(field_codes.npy is missing\\)"),
 ])
 def test_load_refuses_files_that_disagree(data: dict, tmp_path: Path, damage, message: str) -> None:

@@ -25,7 +25,6 @@ stages from them without re-embedding.
 """
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,15 @@ import numpy as np
 from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from unifashion_core.fileio import (
+    atomic_dir,
+    atomic_file,
+    read_json,
+    read_jsonl,
+    refuse_corrupt,
+    write_json,
+    write_jsonl,
+)
 from unifashion_core.retrieval import ann
 from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank
 from unifashion_core.retrieval.payload import (
@@ -151,7 +158,7 @@ class IndexWriter:
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir(parents=True)
             write_json(build, self.meta)
-        for stray in self.partial.glob("*.tmp"):
+        for stray in self.partial.glob(".shard-*.tmp-*"):  # a batch being written when a run was killed
             stray.unlink()
         for path in sorted(self.partial.glob("shard-*.npz")):
             with np.load(path, allow_pickle=False) as shard:
@@ -218,12 +225,8 @@ class IndexWriter:
             arrays["caption_vectors"] = np.asarray(caption_vectors, dtype=np.float16)
             arrays["captions"] = np.array(captions, dtype=str)
         path = self.partial / f"shard-{len(self._shards):06d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
         self._shards.append(path)
         self._ids.extend(ids)
         self._layout = layout
@@ -435,9 +438,10 @@ class RetrievalIndex:
         if meta["has_captions"]:
             vectors["caption"] = _open_array(path, CAPTION_VECTORS)
             captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
-        ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
-        stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
-                  for name in STAGES if meta["ann"] and name in meta["ann"]}
+        with refuse_corrupt(path, "rebuild it with `unifashion index --overwrite`", errors=(KeyError, TypeError)):
+            ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
+            stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
+                      for name in STAGES if meta["ann"] and name in meta["ann"]}
         index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
         index._check_consistent()
         return index
@@ -656,10 +660,8 @@ def _need(path: Path, name: str) -> Path:
 
 def _open_array(path: Path, name: str) -> Array:
     """A memory-mapped ``.npy`` of the index, or a UserError if it is missing or damaged."""
-    try:
-        return np.load(_need(path, name), mmap_mode="r")
-    except ValueError as exc:
-        raise UserError(f"index {path} is damaged ({name}: {exc}); rebuild it with `unifashion index`.") from exc
+    with refuse_corrupt(_need(path, name), "rebuild it with `unifashion index --overwrite`"):
+        return np.load(path / name, mmap_mode="r")
 
 
 def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
