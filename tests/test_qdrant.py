@@ -13,9 +13,10 @@ from tests.test_index import META, clustered, gallery, unit
 from unifashion_cli.main import app
 from unifashion_core.errors import UserError
 from unifashion_core.retrieval import qdrant as qdrant_module
-from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex, open_index
+from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
 from unifashion_core.retrieval.payload import ItemRecord
 from unifashion_core.retrieval.qdrant import QdrantIndex, QdrantTarget, point_id, write_collection
+from unifashion_core.retrieval.search import open_index
 
 runner = CliRunner()
 SCORE_TOLERANCE = 1e-5  # both compute float32 dot products of the same float16 values

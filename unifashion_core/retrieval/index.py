@@ -664,20 +664,6 @@ def _open_array(path: Path, name: str) -> Array:
         return np.load(path / name, mmap_mode="r")
 
 
-def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
-    """Open an index directory of either backend: a :class:`RetrievalIndex`, or a
-    ``qdrant.QdrantIndex`` when the directory names a Qdrant collection. Both search alike.
-
-    Raises:
-        UserError: as :meth:`RetrievalIndex.load` (and an unreachable or foreign collection).
-    """
-    if read_meta(Path(path)).get("backend") == "qdrant":
-        from unifashion_core.retrieval.qdrant import QdrantIndex
-
-        return QdrantIndex.open(path, expected_fingerprint)
-    return RetrievalIndex.load(path, expected_fingerprint)
-
-
 def check_fingerprint(path: str | Path, meta: dict[str, Any], expected: str | None) -> None:
     """Refuse an index (or collection) whose vectors another model made."""
     if expected is not None and meta.get("fingerprint") != expected:

@@ -10,7 +10,7 @@ fingerprint and layout, so a collection another model filled is refused.
 
 A build fills a new physical collection and then points the alias ``collection`` at it, so
 searches never see half a catalogue. A small local directory (``meta.json`` with ``backend:
-qdrant``) stands for the collection: ``open_index`` on it returns a :class:`QdrantIndex` with the
+qdrant``) stands for the collection: ``search.open_index`` on it returns a :class:`QdrantIndex` with the
 same search methods as :class:`RetrievalIndex`, except that the returned "rows" are point ids
 (pass them to :meth:`QdrantIndex.item_at`).
 """

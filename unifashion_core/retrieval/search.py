@@ -10,11 +10,25 @@ from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.index import CatalogueIndex, open_index, read_meta
+from unifashion_core.retrieval.index import CatalogueIndex, RetrievalIndex, read_meta
 from unifashion_core.retrieval.payload import Filter
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
+
+
+def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
+    """Open an index directory of either backend: an ``index.RetrievalIndex``, or a
+    ``qdrant.QdrantIndex`` when the directory names a Qdrant collection. Both search alike.
+
+    Raises:
+        UserError: as :meth:`RetrievalIndex.load` (and an unreachable or foreign collection).
+    """
+    if read_meta(Path(path)).get("backend") == "qdrant":
+        from unifashion_core.retrieval.qdrant import QdrantIndex
+
+        return QdrantIndex.open(path, expected_fingerprint)
+    return RetrievalIndex.load(path, expected_fingerprint)
 
 
 @dataclass(frozen=True)
