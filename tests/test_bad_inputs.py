@@ -64,7 +64,7 @@ Checkpoints, indexes, caches:
   49. a truncated training_state.pt under --resume          refused
   50. an index whose ids and vectors disagree               refused: inconsistent
   51. an index with image_vectors.npy cut short             refused: names the folder
-  52. an index.faiss of garbage                             refused
+  52. a first stage (image.pq) of garbage                   refused
   53. an index without meta.json                            refused
   54. a feature-cache file cut short                        refused: names the file, delete it
   55. train --resume into a run killed before its first checkpoint   converted: starts at step 0, says so
@@ -294,6 +294,12 @@ def _index(c: Corpus, tmp: Path, change: Callable[[Path], None]) -> Path:
     index = _copy(c.index, tmp / "index")
     change(index)
     return index
+
+
+def _garbage_stage(path: Path) -> None:
+    """Make the flat index claim a pq first stage whose FAISS file is garbage."""
+    _meta(path, kind="pq", ann={"image": {"candidates": 256}})
+    (path / "image.pq").write_bytes(b"garbage")
 
 
 def _meta(path: Path, **fields: object) -> None:
@@ -552,9 +558,9 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
     "index: image_vectors.npy cut short": (
         lambda c, t: ["search", "--text", "red", "--index", _index(c, t, lambda p: _truncate(p / "image_vectors.npy"))],
         lambda t: refused("index", "cut short", "rebuild")),
-    "index: index.faiss of garbage": (
+    "index: first stage image.pq of garbage": (
         lambda c, t: ["search", "--text", "red", "--checkpoint", c.checkpoint, "--index",
-                      _index(c, t, lambda p: (p / "index.faiss").write_bytes(b"garbage"))],
+                      _index(c, t, _garbage_stage)],
         lambda t: refused("cut short", "rebuild")),
     "index: no meta.json": (
         lambda c, t: ["search", "--text", "red", "--index", _index(c, t, lambda p: (p / "meta.json").unlink())],
@@ -600,7 +606,7 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
         lambda t: refused("--max-new-tokens")),
     "index --kind nosuch": (
         lambda c, t: ["index", "--kind", "nosuch", "--checkpoint", c.checkpoint, "--data", c.data, "--out", t / "i"],
-        lambda t: refused("flat, hnsw or ivfpq")),
+        lambda t: refused("flat", "pq")),
     "index --split nosuch": (
         lambda c, t: ["index", "--split", "nosuch", "--checkpoint", c.checkpoint, "--data", c.data, "--out", t / "i"],
         lambda t: refused("unknown split")),

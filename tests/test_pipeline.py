@@ -82,6 +82,28 @@ def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
     assert own["score"] >= similar["results"][0]["score"] - 2e-3
 
 
+def test_pq_index_and_filtered_search(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))  # keep the shared workspace's latest index
+    index = tmp_path / "pq"
+    result = runner.invoke(app, ["index", "--kind", "pq", "--checkpoint", str(workspace / "run" / "checkpoint"),
+                                 "--data", str(workspace / "data"), "--out", str(index), "-q"])
+    assert result.exit_code == 0, result.output
+    query = ["search", "--text", "red striped shirt", "--index", str(index), "--json"]
+    unfiltered = json.loads(runner.invoke(app, query).stdout)["results"]
+    assert {"category", "split"} <= unfiltered[0]["fields"].keys()
+    wanted = unfiltered[-1]["fields"]["category"]
+    result = runner.invoke(app, [*query, "-k", "3", "--filter", f"category={wanted}", "--filter", "split=test"])
+    assert result.exit_code == 0, result.output
+    filtered = json.loads(result.stdout)
+    assert filtered["query"]["filter"] == {"category": wanted, "split": "test"}
+    assert len(filtered["results"]) == 3 and all(r["fields"]["category"] == wanted for r in filtered["results"])
+    for flag, message in (("brand=acme", "cannot filter on 'brand'"), ("category", "is not FIELD=VALUE")):
+        result = runner.invoke(app, [*query, "--filter", flag])
+        assert result.exit_code == 2 and message in result.output
+    result = runner.invoke(app, [*query, "-k", "1000"])
+    assert result.exit_code == 2 and "-k must be between 1 and the number of indexed items" in result.output
+
+
 def test_search_refuses_an_index_built_by_another_model(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "other-ws"))  # keep the shared workspace's latest
     other = tmp_path / "other-run"

@@ -232,3 +232,25 @@ def paper_speed(
         return bench_paper_speed(recipe, overrides or [], only=tuple(only.split(",")), batch_size=batch_size, **kw)
 
     _run("paper-speed", out_dir, json_output, quiet, bench)
+
+
+@app.command()
+@handle_errors
+def index(
+    items: int = typer.Option(100_000, "--items", help="Catalogue size N."),
+    queries: int = typer.Option(8, "--queries", help="Query vectors per image Q."),
+    dim: int = typer.Option(256, "--dim", help="Embedding width D."),
+    kind: str = typer.Option("flat,pq", "--kind", help="Index kinds to build and query, comma-separated."),
+    sample: int = typer.Option(200, "--sample", help="Queries per mode (latency and recall@10 against exact)."),
+    clusters: int = typer.Option(0, "--clusters", help="Cluster centres of the synthetic items (0: N / 100)."),
+    threads: int = typer.Option(1, "--threads", help="Threads per single query (batches use every core)."),
+    seed: int = SEED, out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Index build time, disk, peak RSS, latency and recall@10 on seeded synthetic vectors (no model)."""
+    from unifashion_core.evaluation.bench_index import bench_index
+
+    def bench(**kw: Any) -> Any:
+        return bench_index(**kw, items=items, num_queries=queries, dim=dim, kinds=tuple(kind.split(",")),
+                           sample=sample, seed=seed, clusters=clusters, threads=threads)
+
+    _run("index", out_dir, json_output, quiet, bench)

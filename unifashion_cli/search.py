@@ -22,6 +22,8 @@ def search(
                                  "fusion, no phase 2) or auto (fused after phase 2, else zero-shot)."),
     image_weight: float = typer.Option(0.4, "--image-weight", help="Zero-shot: weight of image->image (text->image "
                                        "gets the rest)."),
+    filters: list[str] = typer.Option(None, "--filter", help="FIELD=VALUE on a manifest field (category, split, "
+                                      "any attribute); repeat it: one field with several values allows any of them."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG of query and results."),
     json_output: bool = typer.Option(False, "--json", help="Print results as JSON."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No warnings."),
@@ -49,7 +51,7 @@ def search(
         if not quiet:
             err.print(f"warning: {warning}")
     results = run_search(model, index, text, image, k, effective, caption_weight, not no_captions,
-                         composed=score or "fused", image_weight=image_weight)
+                         composed=score or "fused", image_weight=image_weight, filter=parse_filters(filters or []))
     if sheet is not None:
         contact_sheet(results, sheet, image, text)
     if json_output:
@@ -57,7 +59,7 @@ def search(
             {
                 "mode": effective,
                 "composed_score": score,
-                "query": {"text": text, "image": str(image) if image else None},
+                "query": {"text": text, "image": str(image) if image else None, "filter": parse_filters(filters or [])},
                 "results": results_as_dicts(results),
             }
         )
@@ -82,3 +84,17 @@ def _describe_score(score: str, image_weight: float, caption_weight: float, capt
                 "text->image (the checkpoint has no phase-2 training; --composed fused forces the fused score)")
     caption_term = f" + {caption_weight:g} x gallery captions" if captions else ""
     return f"composed score: fused (reference + text) embedding{caption_term}"
+
+
+def parse_filters(filters: list[str]) -> dict[str, str | list[str]] | None:
+    """``["gender=Men", "gender=Unisex", "category=shirt"]`` -> ``{"gender": ["Men", "Unisex"],
+    "category": "shirt"}``."""
+    from unifashion_core.errors import UserError
+
+    parsed: dict[str, list[str]] = {}
+    for entry in filters:
+        name, equals, value = entry.partition("=")
+        if not equals or not name.strip():
+            raise UserError(f"--filter {entry!r} is not FIELD=VALUE, e.g. --filter category=dress.")
+        parsed.setdefault(name.strip(), []).append(value)
+    return {name: values[0] if len(values) == 1 else values for name, values in parsed.items()} or None

@@ -7,7 +7,7 @@ training (``metrics.cir.zero_shot_scores``). ``auto`` takes ``fused`` for a phas
 ``zero-shot`` for any other.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT, zero_shot_scores
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.build import item_texts
-from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.index import CatalogueIndex, RetrievalIndex
+from unifashion_core.retrieval.index import read_meta as read_index_meta
+from unifashion_core.retrieval.payload import Filter
 from unifashion_core.retrieval.query_text import check_query_words, tokenizer_warnings
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
@@ -30,13 +31,30 @@ ZERO_SHOT_BLOCK = 65_536  # gallery items scored at a time by the zero-shot comp
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
 
 
+def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
+    """Open an index directory of either backend: an ``index.RetrievalIndex``, or a
+    ``qdrant.QdrantIndex`` when the directory names a Qdrant collection. Both search alike.
+
+    Raises:
+        UserError: as :meth:`RetrievalIndex.load` (and an unreachable or foreign collection).
+    """
+    if read_index_meta(Path(path)).get("backend") == "qdrant":
+        from unifashion_core.retrieval.qdrant import QdrantIndex
+
+        return QdrantIndex.open(path, expected_fingerprint)
+    return RetrievalIndex.load(path, expected_fingerprint)
+
+
 @dataclass(frozen=True)
 class SearchResult:
+    """One ranked item: its id, score, caption, image path and filterable fields."""
+
     rank: int
     id: str
     score: float
     caption: str
     image: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
@@ -62,10 +80,10 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
     return mode, warnings
 
 
-def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
-    """Load the query model and the index, refusing an index built by a different model."""
+def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, CatalogueIndex]:
+    """Load the query model and the index (local or Qdrant), refusing an index built by a different model."""
     loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
-    return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
+    return loaded.model, open_index(index_path, expected_fingerprint=loaded.fingerprint)
 
 
 def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
@@ -84,8 +102,7 @@ def composed_score(requested: str, index_path: str | Path, checkpoint: str | Pat
 
 
 def _index_checkpoint(index_path: str | Path) -> str:
-    index = RetrievalIndex.load(index_path)
-    path = index.meta.get("checkpoint", "")
+    path = read_index_meta(Path(index_path)).get("checkpoint", "")
     if not path or not Path(path).exists():
         raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
     return path
@@ -93,7 +110,7 @@ def _index_checkpoint(index_path: str | Path) -> str:
 
 def search(
     model: UniFashion,
-    index: RetrievalIndex,
+    index: CatalogueIndex,
     text: str | None = None,
     image: str | Path | None = None,
     k: int = 10,
@@ -102,18 +119,21 @@ def search(
     use_captions: bool = True,
     composed: str = "fused",
     image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+    filter: Filter | None = None,
 ) -> list[SearchResult]:
     """Run one query against an index and return the top ``k`` items, best first.
 
     Args:
         composed: the composed (image + text) score: ``fused`` or ``zero-shot`` (see the module).
         image_weight: the zero-shot score's image weight, in [0, 1].
+        filter: ``{field: value or [values]}`` on manifest fields (category, split, any attribute):
+            the ranking is restricted to the items that match.
     """
     from unifashion_core.models.vision import preprocess
 
     mode, _ = check_query(text, image, mode)
-    if k < 1:
-        raise UserError("-k must be at least 1.")
+    if not 1 <= k <= index.num_items:
+        raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
     if composed not in COMPOSED_SCORES[1:] or not 0.0 <= image_weight <= 1.0:
         raise UserError(f"composed score {composed!r} with image weight {image_weight}: choose fused or zero-shot "
                         "and a weight in [0, 1].")
@@ -125,50 +145,66 @@ def search(
         tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
         image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
     if mode == "t2i":
-        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k)
+        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k, filter)
     elif mode == "i2t":
-        scores, rows = index.search_texts(image_embeds, k)
+        scores, rows = index.search_texts(image_embeds, k, filter)
     elif mode == "i2i":
-        scores, rows = _search_by_image(index, image_embeds[0], k)
+        scores, rows = _search_by_image(index, image_embeds[0], k, filter)
     elif composed == "zero-shot":
-        scores, rows = _search_zero_shot(index, image_embeds, model.embed_texts([text]).numpy(), k, image_weight)
+        scores, rows = _search_zero_shot(index, image_embeds, model.embed_texts([text]).numpy(), k, image_weight,
+                                         filter)
     else:
         fused = model.embed_composed(tokens, [text]).numpy()
-        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
-    info = item_texts(index)
+        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions,
+                                             filter=filter)
+    data = Path(index.meta.get("data") or ".")
     results = []
     for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
-        item_id = index.ids[row]
-        entry = info.get(item_id, {"caption": "", "image": ""})
-        results.append(SearchResult(rank, item_id, float(score), entry["caption"], entry["image"]))
+        if row >= 0:
+            record = index.item_at(row)
+            image_path = str(data / record.image) if record.image else ""
+            results.append(SearchResult(rank, record.id, float(score), record.caption, image_path, record.fields))
     return results
 
 
-def _search_by_image(index: RetrievalIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image->image: max over query pairs of <z_q, z'_q'> (exact, through the index's vectors)."""
-    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, len(index.ids)))
+def _search_by_image(
+    index: CatalogueIndex, query: np.ndarray, k: int, filter: Filter | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
+    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
+                                                           filter)
     best: dict[int, float] = {}
     for scores, rows in zip(per_query_scores, per_query_rows, strict=True):
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
-            best[row] = max(best.get(row, -np.inf), score)
+            if row >= 0:
+                best[row] = max(best.get(row, -np.inf), score)
     ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
     return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
 
 
 def _search_zero_shot(
-    index: RetrievalIndex, reference: np.ndarray, text: np.ndarray, k: int, image_weight: float
+    index: CatalogueIndex, reference: np.ndarray, text: np.ndarray, k: int, image_weight: float,
+    filter: Filter | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Composed search by the zero-shot late fusion, exact over the index's vectors.
+    """Composed search by the zero-shot late fusion, exact over a local index's vectors (in blocks),
+    restricted to the items ``filter`` allows.
 
     Args:
         reference: ``(1, Q, D)`` reference image embeddings.
         text: ``(1, D)`` embedding of the modification text.
     """
+    if not isinstance(index, RetrievalIndex):
+        raise UserError("the zero-shot composed score needs a local index; with this backend use --composed fused "
+                        "(a phase-2 checkpoint).")
+    allowed = torch.from_numpy(index.items.allowed_rows(filter)) if filter else None  # (N,) bool
     chunks = []
     for rows in batch_slices(index.num_items, ZERO_SHOT_BLOCK):
         gallery = torch.from_numpy(np.asarray(index.image_vectors[rows], dtype=np.float32))  # (n, Q, D)
         chunks.append(zero_shot_scores(torch.from_numpy(reference), torch.from_numpy(text), gallery, image_weight))
-    top = torch.cat(chunks, dim=1).topk(min(k, index.num_items), dim=1)  # (1, k)
+    scores = torch.cat(chunks, dim=1)  # (1, N)
+    if allowed is not None:
+        scores[:, ~allowed] = -torch.inf
+    top = scores.topk(min(k, int(scores.isfinite().sum())), dim=1)  # (1, k)
     return top.values.numpy(), top.indices.numpy()
 
 
