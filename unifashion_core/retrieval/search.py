@@ -1,16 +1,19 @@
-"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries."""
+"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries
+against the live catalogue of an index (retrieval/catalogue.py)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from unifashion_core.checkpoint import load_checkpoint
-from unifashion_core.data.images import load_user_image
+from unifashion_core.data.images import as_image, load_user_image
 from unifashion_core.errors import UserError
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
+from unifashion_core.retrieval.index import read_meta
 from unifashion_core.retrieval.payload import Filter
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
@@ -29,89 +32,131 @@ class SearchResult:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
-    """Validate the query; return the effective mode and warnings (e.g. a truncated text)."""
+def check_query(
+    text: str | None, image: object | None, mode: str, names: tuple[str, str] = ("--text", "--image")
+) -> tuple[str, list[str]]:
+    """Validate the query; return the effective mode and warnings (e.g. a truncated text).
+
+    ``names`` are how messages call the text and the image (the CLI's options by default).
+    """
+    text_name, image_name = names
     if mode not in MODES:
         raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}.")
     warnings = []
     if text is not None and not text.strip():
-        raise UserError('the query text is empty; give some words, e.g. --text "red striped shirt".')
+        raise UserError(f'the query text is empty; give some words, e.g. {text_name} "red striped shirt".')
     if text is not None and len(text) > MAX_QUERY_CHARS:
         warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
     if text is None and image is None:
-        raise UserError("give --text, --image, or both (composed retrieval).")
+        raise UserError(f"give {text_name}, {image_name}, or both (composed retrieval).")
     if mode == "auto":
         mode = "cir" if text is not None and image is not None else ("t2i" if text is not None else "i2t")
     needs = {"t2i": (True, False), "i2t": (False, True), "i2i": (False, True), "cir": (True, True)}[mode]
     if needs != (text is not None, image is not None):
-        raise UserError(
-            f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + "."
-        )
+        wanted = " and ".join(name for name, needed in zip(names, needs, strict=True) if needed)
+        raise UserError(f"mode {mode} takes {wanted}{'' if all(needs) else ' only'}.")
     return mode, warnings
 
 
-def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
-    """Load the query model and the index, refusing an index built by a different model."""
-    loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
-    return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
+def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, CatalogueView]:
+    """Load the query model and the live catalogue of an index (its base and every change since).
+
+    Raises:
+        UserError: the index was built by a different model, or its checkpoint is gone.
+    """
+    loaded = load_checkpoint(checkpoint or index_checkpoint(index_path))
+    return loaded.model, Catalogue.open(index_path, expected_fingerprint=loaded.fingerprint).snapshot()
 
 
-def _index_checkpoint(index_path: str | Path) -> str:
-    index = RetrievalIndex.load(index_path)
-    path = index.meta.get("checkpoint", "")
+def index_checkpoint(index_path: str | Path) -> Path:
+    """The checkpoint that built an index (recorded in its meta), which must still exist."""
+    path = read_meta(Path(index_path)).get("checkpoint", "")
     if not path or not Path(path).exists():
         raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
-    return path
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Query:
+    """An embedded query, ready to rank.
+
+    Attributes:
+        mode: ``t2i``, ``i2t``, ``i2i`` or ``cir``.
+        vectors: t2i ``(1, D)`` text embedding; i2t and i2i ``(1, Q, D)`` image query
+            embeddings; cir ``(1, D)`` fused embedding.
+    """
+
+    mode: str
+    vectors: np.ndarray
+
+
+def embed_query(model: UniFashion, mode: str, text: str | None, image: Image.Image | None) -> Query:
+    """Embed a checked query (see :func:`check_query`) with the model, for :func:`rank`."""
+    from unifashion_core.models.vision import preprocess
+
+    if mode == "t2i":
+        return Query(mode, model.embed_texts([text]).numpy())
+    tokens = model.image_tokens(preprocess([image], model.vision).to(model.device))  # (1, T, C)
+    if mode == "cir":
+        return Query(mode, model.embed_composed(tokens, [text]).numpy())
+    return Query(mode, model.embed_images(tokens).numpy())
 
 
 def search(
     model: UniFashion,
-    index: RetrievalIndex,
+    index: CatalogueView,
     text: str | None = None,
-    image: str | Path | None = None,
+    image: str | Path | Image.Image | None = None,
     k: int = 10,
     mode: str = "auto",
     caption_weight: float = 1.0,
     use_captions: bool = True,
     filter: Filter | None = None,
 ) -> list[SearchResult]:
-    """Run one query against an index and return the top ``k`` items, best first.
+    """Run one query against a catalogue and return the top ``k`` items, best first.
 
-    ``filter`` (``{field: value or [values]}`` on manifest fields: category, split, any
-    attribute) restricts the ranking to the items that match.
+    ``image`` is a path or an already decoded image. ``filter`` (``{field: value or [values]}``
+    on manifest fields: category, split, any attribute) restricts the ranking to the items that
+    match.
     """
-    from unifashion_core.models.vision import preprocess
-
     mode, _ = check_query(text, image, mode)
     if not 1 <= k <= index.num_items:
         raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
     text = text[:MAX_QUERY_CHARS] if text is not None else None
-    tokens = image_embeds = None
-    if image is not None:
-        tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
-        image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
-    if mode == "t2i":
-        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k, filter)
-    elif mode == "i2t":
-        scores, rows = index.search_texts(image_embeds, k, filter)
-    elif mode == "i2i":
-        scores, rows = _search_by_image(index, image_embeds[0], k, filter)
+    query = embed_query(model, mode, text, None if image is None else as_image(image))
+    return rank(index, query, k, caption_weight, use_captions, filter)
+
+
+def rank(
+    index: CatalogueView,
+    query: Query,
+    k: int,
+    caption_weight: float = 1.0,
+    use_captions: bool = True,
+    filter: Filter | None = None,
+) -> list[SearchResult]:
+    """The top ``k`` items of the catalogue for an embedded query, best first."""
+    if query.mode == "t2i":
+        scores, rows = index.search_images(query.vectors, k, filter)
+    elif query.mode == "i2t":
+        scores, rows = index.search_texts(query.vectors, k, filter)
+    elif query.mode == "i2i":
+        scores, rows = _search_by_image(index, query.vectors[0], k, filter)
     else:
-        fused = model.embed_composed(tokens, [text]).numpy()
-        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions,
-                                             filter=filter)
-    data = Path(index.meta.get("data") or ".")
+        scores, rows = index.search_composed(query.vectors, k, caption_weight=caption_weight,
+                                             use_captions=use_captions, filter=filter)
     results = []
-    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
+    for rank_, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
         if row >= 0:
             record = index.item_at(row)
-            image_path = str(data / record.image) if record.image else ""
-            results.append(SearchResult(rank, record.id, float(score), record.caption, image_path, record.fields))
+            image_path = index.image_file(record.id)
+            results.append(SearchResult(rank_, record.id, float(score), record.caption,
+                                        str(image_path) if image_path else "", record.fields))
     return results
 
 
 def _search_by_image(
-    index: RetrievalIndex, query: np.ndarray, k: int, filter: Filter | None
+    index: CatalogueView, query: np.ndarray, k: int, filter: Filter | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
     per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
@@ -122,7 +167,7 @@ def _search_by_image(
             if row >= 0:
                 best[row] = max(best.get(row, -np.inf), score)
     ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
-    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
+    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]], dtype=np.int64)
 
 
 def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:

@@ -1,0 +1,268 @@
+"""The live catalogue: upserts, replacements and deletes over a base index, searched against brute force,
+replayed on open, seen by another process, compacted into a fresh index, and the errors a writer gets."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unifashion_core.errors import UserError
+from unifashion_core.retrieval import catalogue as catalogue_module
+from unifashion_core.retrieval.catalogue import (
+    Catalogue,
+    CatalogueBusy,
+    ItemBatch,
+    UnknownItem,
+    Upload,
+    compact,
+)
+from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
+from unifashion_core.retrieval.payload import ItemRecord
+
+Q, D = 4, 16
+META = {"fingerprint": "model-aaa", "manifest_sha256": "m1", "split": "test", "data": "/nowhere"}
+
+
+def unit(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    x = rng.standard_normal(shape).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float16).astype(np.float32)
+
+
+def items(prefix: str, count: int, seed: int, fields: dict | None = None) -> dict:
+    """``count`` items with vectors, captions and records (category alternates dress / shirt)."""
+    rng = np.random.default_rng(seed)
+    ids = [f"{prefix}{i:03d}" for i in range(count)]
+    records = [ItemRecord(item_id, f"text {item_id}", f"images/{item_id}.png",
+                          fields or {"category": ("dress", "shirt")[i % 2]}) for i, item_id in enumerate(ids)]
+    return {"ids": ids, "image": unit(rng, count, Q, D), "text": unit(rng, count, D), "caption": unit(rng, count, D),
+            "captions": [f"caption {item_id}" for item_id in ids], "records": records}
+
+
+def batch(data: dict, uploads: list[Upload | None] | None = None) -> ItemBatch:
+    return ItemBatch(data["records"], data["image"], data["text"], data["caption"], data["captions"],
+                     uploads or [None] * len(data["ids"]))
+
+
+@pytest.fixture
+def index_dir(tmp_path: Path) -> Path:
+    base = items("base", 40, seed=0)
+    writer = IndexWriter(tmp_path / "index", META)
+    writer.add(base["ids"], base["image"], base["text"], base["caption"], base["captions"], base["records"])
+    writer.finalize("flat")
+    return tmp_path / "index"
+
+
+class Reference:
+    """What the catalogue should hold: id -> vectors and record, updated as the test writes."""
+
+    def __init__(self, data: dict) -> None:
+        self.items: dict[str, tuple] = {}
+        self.add(data)
+
+    def add(self, data: dict) -> None:
+        for i, item_id in enumerate(data["ids"]):
+            self.items[item_id] = (data["image"][i], data["text"][i], data["caption"][i], data["records"][i])
+
+    def ranking(self, scores: torch.Tensor, ids: list[str], k: int) -> tuple[np.ndarray, list[list[str]]]:
+        top = torch.topk(scores, k, dim=1)
+        return top.values.numpy(), [[ids[j] for j in row] for row in top.indices.tolist()]
+
+    def search(self, kind: str, queries: np.ndarray, k: int, category: str | None = None) -> tuple:
+        ids = sorted(i for i, v in self.items.items() if category is None or v[3].fields.get("category") == category)
+        image = torch.from_numpy(np.stack([self.items[i][0] for i in ids]))  # (n, Q, D)
+        text = torch.from_numpy(np.stack([self.items[i][1] for i in ids]))
+        caption = torch.from_numpy(np.stack([self.items[i][2] for i in ids]))
+        q = torch.from_numpy(queries)
+        if kind == "texts":
+            scores = torch.einsum("mqd,nd->mqn", q, text).amax(1)
+        else:
+            scores = torch.einsum("md,nqd->mnq", q, image).amax(-1)
+            if kind == "composed":
+                scores = scores + 0.5 * q @ caption.T
+        return self.ranking(scores, ids, k)
+
+
+def check_against(view, reference: Reference, category: str | None = None) -> None:
+    """Every search kind of ``view`` equals brute force over the reference items (filter included)."""
+    rng = np.random.default_rng(7)
+    filter = {"category": category} if category else None
+    allowed = sum(1 for v in reference.items.values() if category is None or v[3].fields.get("category") == category)
+    k = min(12, allowed)
+    for kind, queries, run in (
+        ("images", unit(rng, 6, D), lambda q: view.search_images(q, k, filter)),
+        ("texts", unit(rng, 6, Q, D), lambda q: view.search_texts(q, k, filter)),
+        ("composed", unit(rng, 6, D), lambda q: view.search_composed(q, k, caption_weight=0.5, filter=filter)),
+    ):
+        scores, rows = run(queries)
+        ref_scores, ref_ids = reference.search(kind, queries, k, category)
+        assert [[view.item_at(r).id for r in row] for row in rows.tolist()] == ref_ids
+        np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+
+
+def test_upserts_replacements_and_deletes_rank_like_brute_force(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir, expected_fingerprint="model-aaa")
+    reference = Reference(items("base", 40, seed=0))
+    new = items("new", 15, seed=1)
+    catalogue.upsert(batch(new))
+    reference.add(new)
+    replaced = items("base", 5, seed=2)  # base000..base004 get new vectors and records
+    replaced["records"] = [ItemRecord(r.id, "replaced", "", {"category": "coat"}) for r in replaced["records"]]
+    catalogue.upsert(batch(replaced))
+    reference.add(replaced)
+    again = items("new", 3, seed=3)  # live items replaced by live items
+    catalogue.upsert(batch(again))
+    reference.add(again)
+    view = catalogue.delete(["base010", "new005", "base001"])
+    for gone in ("base010", "new005", "base001"):
+        del reference.items[gone]
+    assert view.num_items == len(reference.items) == 40 + 15 - 3 and view.seq == 4
+    assert view.item("base002").caption == "replaced" and view.item("new001").caption == "text new001"
+    assert not view.contains("base010") and view.contains("base011")
+    for category in (None, "dress", "coat"):
+        check_against(view, reference, category)
+    reopened = Catalogue.open(index_dir).snapshot()  # replayed from disk
+    assert reopened.num_items == view.num_items and reopened.seq == 4
+    check_against(reopened, reference)
+    check_against(reopened, reference, "coat")
+
+
+def test_a_snapshot_never_changes_and_another_process_sees_writes(index_dir: Path) -> None:
+    writer, reader = Catalogue.open(index_dir), Catalogue.open(index_dir)
+    before = reader.snapshot()
+    writer.upsert(batch(items("new", 3, seed=1)))
+    writer.delete(["base000"])
+    assert before.num_items == 40 and not before.contains("new000") and before.contains("base000")
+    after = reader.snapshot()
+    assert after.num_items == 42 and after.contains("new002") and not after.contains("base000")
+    with pytest.raises(UnknownItem):
+        after.item("base000")
+
+
+def test_filters_on_a_field_only_live_items_have(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    view = catalogue.upsert(batch(items("new", 4, seed=1, fields={"brand": "acme"})))
+    assert "brand" in view.field_names()
+    scores, rows = view.search_images(unit(np.random.default_rng(0), 2, D), 10, {"brand": ["acme"]})
+    assert rows.shape == (2, 4) and {view.item_at(r).id for r in rows[0]} == {f"new{i:03d}" for i in range(4)}
+    with pytest.raises(UserError, match="cannot filter on 'colour'"):
+        view.search_images(unit(np.random.default_rng(0), 1, D), 3, {"colour": "red"})
+    with pytest.raises(UserError, match="must be a string or a list of strings"):
+        view.search_images(unit(np.random.default_rng(0), 1, D), 3, {"brand": 3})
+    with pytest.raises(UserError, match="k must be between 1 and the catalogue size"):
+        view.search_images(unit(np.random.default_rng(0), 1, D), 45, None)
+
+
+def test_uploads_are_stored_by_content_and_served_from_the_index(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    data = items("up", 2, seed=4)
+    data["records"] = [ItemRecord(r.id, r.caption, "", r.fields) for r in data["records"]]
+    view = catalogue.upsert(batch(data, [Upload(b"png-bytes", ".png"), None]))
+    path = view.image_file("up000")
+    assert path.parent == index_dir.absolute() / "uploads" and path.read_bytes() == b"png-bytes"
+    assert view.image_file("up001") is None  # no image of its own and none in the data
+    assert view.image_file("base003") == Path("/nowhere/images/base003.png")
+
+
+def test_compact_folds_everything_into_a_fresh_index(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    reference = Reference(items("base", 40, seed=0))
+    new = items("new", 6, seed=1)
+    new["records"] = [ItemRecord(r.id, r.caption, "", r.fields) for r in new["records"]]
+    catalogue.upsert(batch(new, [Upload(f"image {i}".encode(), ".jpg") for i in range(6)]))
+    reference.add(new)
+    catalogue.delete(["base000", "new001"])
+    del reference.items["base000"], reference.items["new001"]
+    before = catalogue.snapshot()
+    summary = compact(index_dir)
+    assert (summary.num_items, summary.num_segments, summary.num_uploads) == (44, 2, 5)
+    assert not (index_dir / "live").exists()
+    base = RetrievalIndex.load(index_dir)
+    assert base.num_items == 44 and base.meta["generation"] == 1 and base.meta["compacted_segments"] == 2
+    assert base.meta["data"] == "/nowhere" and base.kind == "flat"
+    assert base.captions[base.row_of("new003")] == "caption new003"
+    after = catalogue.snapshot()  # the open catalogue picks up the new base
+    assert after.seq == 0 and after.base is not before.base and after.num_items == 44
+    check_against(after, reference)
+    assert after.image_file("new002").read_bytes() == b"image 2"
+    assert compact(index_dir).num_segments == 0  # nothing left to fold
+    catalogue.upsert(batch(items("more", 2, seed=5)))  # writes continue on the new base
+    assert Catalogue.open(index_dir).snapshot().num_items == 46
+
+
+def test_deleting_an_unknown_id_writes_nothing(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    with pytest.raises(UnknownItem, match="no item 'nope'"):
+        catalogue.delete(["base001", "nope"])
+    assert catalogue.snapshot().num_items == 40 and not list((index_dir / "live").glob("*.npz"))
+
+
+def test_bad_batches_are_refused(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    data = items("new", 2, seed=1)
+    with pytest.raises(ValueError, match="caption vectors"):
+        catalogue.upsert(ItemBatch(data["records"], data["image"], data["text"], None, None, [None, None]))
+    with pytest.raises(ValueError, match="image vectors"):
+        catalogue.upsert(batch({**data, "image": data["image"][:, :2]}))
+    twice = {**data, "records": [data["records"][0]] * 2}
+    with pytest.raises(UserError, match="unique"):
+        catalogue.upsert(batch(twice))
+    assert catalogue.snapshot().seq == 0
+
+
+def test_a_damaged_segment_is_refused_and_strays_are_cleaned(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    catalogue.upsert(batch(items("new", 2, seed=1)))
+    (index_dir / "live" / "000000000002.npz.tmp").write_bytes(b"half")  # a killed writer's leftover
+    catalogue.delete(["new000"])
+    assert sorted(p.name for p in (index_dir / "live").iterdir()) == ["000000000001.npz", "000000000002.npz"]
+    (index_dir / "live" / "000000000002.npz").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="is damaged"):
+        Catalogue.open(index_dir)
+
+
+def test_an_index_built_by_another_model_is_refused(index_dir: Path) -> None:
+    with pytest.raises(UserError, match="different model"):
+        Catalogue.open(index_dir, expected_fingerprint="model-bbb")
+
+
+def test_writers_wait_for_the_lock_then_give_up(index_dir: Path) -> None:
+    with catalogue_module._write_lock(index_dir.absolute()):
+        with pytest.raises(CatalogueBusy, match="locked by another writer"):
+            compact(index_dir, wait_s=0.2)
+
+
+def test_compacting_an_emptied_catalogue_is_refused(index_dir: Path) -> None:
+    catalogue = Catalogue.open(index_dir)
+    catalogue.delete([f"base{i:03d}" for i in range(40)])
+    assert catalogue.snapshot().num_items == 0
+    with pytest.raises(UserError, match="every item"):
+        compact(index_dir)
+
+
+def test_concurrent_searches_see_whole_items_only(index_dir: Path) -> None:
+    """While one thread upserts, every search result resolves to a complete record in its view."""
+    catalogue = Catalogue.open(index_dir)
+    queries = unit(np.random.default_rng(3), 1, D)
+    errors: list[str] = []
+    done = threading.Event()
+
+    def search() -> None:
+        while not done.is_set():
+            view = catalogue.snapshot()
+            scores, rows = view.search_images(queries, 5)
+            for row in rows[0].tolist():
+                record = view.item_at(row)
+                if record.caption != f"text {record.id}":
+                    errors.append(record.id)
+
+    thread = threading.Thread(target=search)
+    thread.start()
+    for step in range(20):
+        data = items(f"w{step}-", 3, seed=10 + step)
+        data["image"] = np.repeat(queries[:, None], 3 * Q, axis=0).reshape(3, Q, D)  # always the best hits
+        catalogue.upsert(batch(data))
+    done.set()
+    thread.join()
+    assert not errors and catalogue.snapshot().num_items == 100
