@@ -266,3 +266,62 @@ def test_concurrent_searches_see_whole_items_only(index_dir: Path) -> None:
     done.set()
     thread.join()
     assert not errors and catalogue.snapshot().num_items == 100
+
+
+def test_index_add_remove_and_compact_from_the_cli(tiny_index: Path, tiny_phase1: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from unifashion_cli.main import app
+    from unifashion_core.data.adapters.demo import prepare_demo
+    from unifashion_core.data.manifest import load_dataset
+
+    runner = CliRunner()
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    index, data = tmp_path / "index", tiny_phase1 / "data"
+    shutil.copytree(tiny_index, index)
+    dataset = load_dataset(data)
+    val, test = dataset.split("val"), dataset.split("test")
+
+    def run(*args: str) -> dict:
+        result = runner.invoke(app, [*args, "--index", str(index), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    added = run("index", "add", "--data", str(data), "--split", "val", "-q")
+    assert (added["added"], added["replaced"], added["images_copied"]) == (len(val), 0, False)
+    assert added["num_items"] == len(val) + len(test)
+    view = Catalogue.open(index).snapshot()
+    assert view.image_file(val[0].id) == dataset.image_path(val[0])  # the base's own dataset: no copy
+    found = run("search", "--text", "shirt", "--filter", "split=val", "-k", "4")["results"]
+    assert len(found) == 4 and {r["fields"]["split"] for r in found} == {"val"}
+    assert found[0]["image"] == str(dataset.image_path(dataset.by_id()[found[0]["id"]]))
+
+    removed = run("index", "remove", val[0].id, test[0].id)
+    assert removed["num_items"] == len(val) + len(test) - 2
+    refused = runner.invoke(app, ["index", "remove", "nope", "--index", str(index)])
+    assert refused.exit_code == 2 and "no item 'nope'" in refused.output
+
+    other = tmp_path / "other"
+    prepare_demo(other, num_items=12, image_size=32, seed=5)  # the same ids, other garments
+    again = run("index", "add", "--data", str(other), "-q")
+    known = {item.id for item in val[1:] + test[1:]}
+    assert again["images_copied"] and again["replaced"] == len(known & {i.id for i in load_dataset(other).items})
+    view = Catalogue.open(index).snapshot()
+    copied = view.image_file("demo-000003")
+    assert copied.parent == index.absolute() / "uploads"
+    assert copied.read_bytes() == (other / "images" / "demo-000003.png").read_bytes()
+
+    query = ("search", "--text", "blue dress", "--image", str(dataset.image_path(test[2])), "-k", "10")
+    before = run(*query)["results"]
+    writes = len(list((index / "live").glob("*.npz")))  # one per batch of 64 added, one per remove
+    compacted = run("index", "compact", "-q")
+    assert compacted["num_segments"] == writes == 3 and compacted["num_items"] == view.num_items
+    assert RetrievalIndex.load(index).num_items == view.num_items and not (index / "live").exists()
+    after = run(*query)["results"]
+    assert [(r["id"], r["image"]) for r in after] == [(r["id"], r["image"]) for r in before]
+    assert [r["score"] for r in after] == pytest.approx([r["score"] for r in before], abs=1e-6)
+    assert run("index", "compact")["num_segments"] == 0
