@@ -24,7 +24,6 @@ stages from them without re-embedding.
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,15 @@ import numpy as np
 
 from unifashion_core import __version__
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from unifashion_core.fileio import (
+    atomic_dir,
+    atomic_file,
+    read_json,
+    read_jsonl,
+    refuse_corrupt,
+    write_json,
+    write_jsonl,
+)
 from unifashion_core.retrieval import ann
 from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank
 from unifashion_core.retrieval.payload import (
@@ -146,7 +153,7 @@ class IndexWriter:
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir(parents=True)
             write_json(build, self.meta)
-        for stray in self.partial.glob("*.tmp"):
+        for stray in self.partial.glob(".shard-*.tmp-*"):  # a batch being written when a run was killed
             stray.unlink()
         for path in sorted(self.partial.glob("shard-*.npz")):
             with np.load(path, allow_pickle=False) as shard:
@@ -199,12 +206,8 @@ class IndexWriter:
             arrays["caption_vectors"] = np.asarray(caption_vectors, dtype=np.float16)
             arrays["captions"] = np.array(captions, dtype=str)
         path = self.partial / f"shard-{len(self._shards):06d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
         self._shards.append(path)
         self._ids.extend(ids)
         self._layout = layout
@@ -348,15 +351,16 @@ class RetrievalIndex:
         path = Path(path)
         meta = read_meta(path)
         check_fingerprint(path, meta, expected_fingerprint)
-        vectors = {"image": _open_array(path, IMAGE_VECTORS), "text": _open_array(path, TEXT_VECTORS)}
-        captions = None
-        if meta["has_captions"]:
-            vectors["caption"] = _open_array(path, CAPTION_VECTORS)
-            captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
-        ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
-        stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
-                  for name in STAGES if meta["ann"] and name in meta["ann"]}
-        index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
+        with refuse_corrupt(path, "rebuild it with `unifashion index --overwrite`", errors=(KeyError, TypeError)):
+            vectors = {"image": _open_array(path, IMAGE_VECTORS), "text": _open_array(path, TEXT_VECTORS)}
+            captions = None
+            if meta["has_captions"]:
+                vectors["caption"] = _open_array(path, CAPTION_VECTORS)
+                captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
+            ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
+            stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
+                      for name in STAGES if meta["ann"] and name in meta["ann"]}
+            index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
         index._check_consistent()
         return index
 
