@@ -214,9 +214,12 @@ def test_bad_batches_are_refused(index_dir: Path) -> None:
 def test_a_damaged_segment_is_refused_and_strays_are_cleaned(index_dir: Path) -> None:
     catalogue = Catalogue.open(index_dir)
     catalogue.upsert(batch(items("new", 2, seed=1)))
-    (index_dir / "live" / "000000000002.npz.tmp").write_bytes(b"half")  # a killed writer's leftover
+    (index_dir / "live" / ".000000000002.npz.tmp-99999-0a1b2c3d.npz").write_bytes(b"half")  # a killed writer's
+    (index_dir / "uploads").mkdir(exist_ok=True)
+    (index_dir / "uploads" / ".ab12.png.tmp-99999-0a1b2c3d.png").write_bytes(b"half")  # leftovers
     catalogue.delete(["new000"])
     assert sorted(p.name for p in (index_dir / "live").iterdir()) == ["000000000001.npz", "000000000002.npz"]
+    assert not list((index_dir / "uploads").iterdir())
     (index_dir / "live" / "000000000002.npz").write_bytes(b"garbage")
     with pytest.raises(UserError, match="is damaged"):
         Catalogue.open(index_dir)
@@ -325,3 +328,128 @@ def test_index_add_remove_and_compact_from_the_cli(tiny_index: Path, tiny_phase1
     assert [(r["id"], r["image"]) for r in after] == [(r["id"], r["image"]) for r in before]
     assert [r["score"] for r in after] == pytest.approx([r["score"] for r in before], abs=1e-6)
     assert run("index", "compact")["num_segments"] == 0
+
+
+# --- kill -9 -------------------------------------------------------------------------------------
+
+WRITER_SCRIPT = """
+import sys
+import numpy as np
+from unifashion_core.retrieval.catalogue import Catalogue, ItemBatch, Upload
+from unifashion_core.retrieval.payload import ItemRecord
+
+Q, D = {q}, {d}
+catalogue = Catalogue.open(sys.argv[1])
+for step in range(10_000):
+    if step % 4 == 3:  # every fourth write deletes the item written three steps before
+        catalogue.delete([f"w{{step - 3:05d}}"])
+    else:
+        rng = np.random.default_rng(step)
+        image = rng.standard_normal((1, Q, D)).astype(np.float32)
+        text = rng.standard_normal((1, D)).astype(np.float32)
+        record = ItemRecord(f"w{{step:05d}}", f"written at step {{step}}", "", {{"category": "dress"}})
+        catalogue.upsert(ItemBatch([record], image, text, text, ["c"], [Upload(f"bytes {{step}}".encode(), ".png")]))
+    print(step, flush=True)  # acknowledged: the write returned
+"""
+
+
+def ids_after(before: set[str], writes: int) -> set[str]:
+    """The item ids the writer script's first ``writes`` writes leave, from the ids ``before``."""
+    alive = set(before)
+    for step in range(writes):
+        if step % 4 == 3:
+            alive.discard(f"w{step - 3:05d}")
+        else:
+            alive.add(f"w{step:05d}")
+    return alive
+
+
+def held(path: Path) -> set[str]:
+    view = Catalogue.open(path).snapshot()
+    return {view.item_at(row).id for row in range(view.base.num_items + view.count)
+            if view.contains(view.item_at(row).id) and view.item(view.item_at(row).id) == view.item_at(row)}
+
+
+def test_a_writer_killed_at_random_moments_loses_no_acknowledged_write(index_dir: Path) -> None:
+    """SIGKILL a process that upserts and deletes in a loop, three times at seeded random moments: the
+    catalogue then holds every acknowledged write (and at most the one in flight), opens cleanly, and
+    takes writes and a compaction again."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rng, acknowledged, before = random.Random(12), 0, held(index_dir)
+    for _ in range(3):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT.format(q=Q, d=D), str(index_dir)],
+                                  stdout=subprocess.PIPE, text=True)
+        target = rng.randrange(2, 12)
+        lines = [writer.stdout.readline() for _ in range(target)]  # waits for `target` acknowledgements
+        time.sleep(rng.uniform(0.0, 0.05))  # then lands anywhere in a later write
+        writer.send_signal(signal.SIGKILL)
+        lines += writer.stdout.readlines()
+        assert writer.wait(timeout=60) == -signal.SIGKILL and all(lines)
+        done = int(lines[-1]) + 1  # steps of this run (each run starts again at step 0)
+        found = held(index_dir)
+        assert found in (ids_after(before, done), ids_after(before, done + 1)), "an acknowledged write was lost"
+        acknowledged, before = acknowledged + done, found
+    Catalogue.open(index_dir).upsert(batch(items("after", 2, seed=9)))  # cleans what a killed write left
+    assert not list((index_dir / "live").glob(".*")) and not list((index_dir / "uploads").glob(".*"))
+    expected = held(index_dir)
+    compact(index_dir)
+    assert held(index_dir) == expected and acknowledged >= 6
+
+
+def test_a_compaction_killed_at_any_moment_keeps_the_catalogue(index_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL `compact` at delays spread over its run time (one write before each): every time the
+    catalogue holds the same items (compacted or not), and the next compaction finishes the job."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    catalogue = Catalogue.open(index_dir)
+    for step in range(30):
+        catalogue.upsert(batch(items(f"s{step}-", 5, seed=100 + step)))
+    catalogue.delete([f"base{i:03d}" for i in range(0, 40, 3)])
+    started = time.perf_counter()
+    compact(shutil.copytree(index_dir, tmp_path / "timed"))
+    seconds = time.perf_counter() - started
+    script = ("import sys; from unifashion_core.retrieval.catalogue import compact; print('go', flush=True); "
+              "compact(sys.argv[1])")
+    statuses = []
+    for step in range(10):
+        catalogue.upsert(batch(items(f"k{step}-", 2, seed=200 + step)))
+        expected = held(index_dir)
+        process = subprocess.Popen([sys.executable, "-c", script, str(index_dir)], stdout=subprocess.PIPE, text=True)
+        process.stdout.readline()
+        time.sleep(seconds * step / 8)
+        process.send_signal(signal.SIGKILL)
+        statuses.append(process.wait(timeout=60))
+        assert held(index_dir) == expected
+    print("compaction exit statuses", statuses)
+    assert statuses.count(-signal.SIGKILL) >= 3, statuses
+    compact(index_dir)
+    assert held(index_dir) == expected and Catalogue.open(index_dir).snapshot().seq == 0
+    leftovers = {p.name for p in index_dir.parent.iterdir() if p.name.startswith(f".{index_dir.name}.")}
+    assert leftovers == {f".{index_dir.name}.lock"}, leftovers  # no half-built or set-aside directory
+
+
+def test_a_compaction_killed_between_its_two_renames_is_put_back(index_dir: Path) -> None:
+    """The one moment the index directory is absent: a killed compaction left only the previous
+    directory, renamed aside; opening the catalogue (or writing to it) puts it back."""
+    import subprocess
+    import sys
+
+    catalogue = Catalogue.open(index_dir)
+    catalogue.upsert(batch(items("new", 3, seed=1)))
+    expected = held(index_dir)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = index_dir.with_name(f".{index_dir.name}.old-{int(dead.stdout)}-0a1b2c3d")
+    index_dir.rename(aside)
+    assert held(index_dir) == expected and not aside.exists()
+    index_dir.rename(aside)
+    catalogue.delete(["new000"])  # a writer that held the old state puts it back too
+    assert held(index_dir) == expected - {"new000"}

@@ -118,7 +118,7 @@ def _open_rgb(source: Path | BinaryIO, name: str, max_pixels: int) -> Image.Imag
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError("too_large", f"{name} has more than the {max_pixels:,}-pixel limit") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError("unreadable", f"{name} is not in an image format this reads") from exc
+        raise ImageError("unreadable", f"{name} could not be decoded (not in an image format this reads)") from exc
     except _DECODE_ERRORS as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
         raise ImageError(reason, f"{name} could not be decoded ({exc})") from exc

@@ -39,7 +39,15 @@ import numpy as np
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import fsync_dir, read_jsonl, replace_dir, write_jsonl
+from unifashion_core.fileio import (
+    atomic_file,
+    fsync_dir,
+    read_jsonl,
+    remove_stale_siblings,
+    replace_dir,
+    restore_interrupted,
+    write_jsonl,
+)
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, top_k
 from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
@@ -436,13 +444,9 @@ def _read_segment(path: Path) -> dict[str, Array]:
 
 
 def _write_file(path: Path, write: Callable[[Any], None]) -> None:
-    """Write ``path`` through a temporary name, flushed to disk before the rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    """Write ``path`` through a temporary name, flushed to disk before the rename (``atomic_file``)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
         write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _lock_path(path: Path) -> Path:
@@ -473,7 +477,13 @@ def _write_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
 
 
 def _load_view(path: Path, expected_fingerprint: str | None) -> CatalogueView:
-    """The base index at ``path`` with every segment replayed."""
+    """The base index at ``path`` with every segment replayed.
+
+    A compaction killed between the two renames that swap the new base in left only the previous
+    directory (complete, with its segments): it is put back first.
+    """
+    with contextlib.suppress(OSError):  # another process put it back at the same moment
+        restore_interrupted(path)
     signature = _signature(path)
     base = RetrievalIndex.load(path, expected_fingerprint)
     uploads = {}
@@ -584,13 +594,15 @@ class Catalogue:
     def _write(self, make_segment: Callable[[CatalogueView], dict[str, Array]]) -> CatalogueView:
         """Catch up, build the next segment, write it durably, apply it."""
         with self._lock, _write_lock(self.path):
+            remove_stale_siblings(self.path)  # what a killed compaction left (no other writer runs now)
             try:
                 view = self._refreshed(self._view)
             except FileNotFoundError as exc:
                 raise UserError(f"the index {self.path} is gone; nothing was written.") from exc
             (self.path / LIVE).mkdir(exist_ok=True)
-            for stray in (self.path / LIVE).glob("*.tmp"):  # left by a writer that was killed
-                stray.unlink()
+            for folder in (LIVE, UPLOADS):  # what a writer that was killed mid-write left
+                for stray in (self.path / folder).glob(".*.tmp-*"):
+                    stray.unlink()
             nothing = np.array([], dtype=str)
             arrays = {"ids": nothing, "records": nothing, "uploads": nothing, "deleted": nothing,
                       **make_segment(view), "version": np.array(SEGMENT_VERSION)}
@@ -649,6 +661,7 @@ def compact(path: str | Path, progress: Progress = NullProgress(), wait_s: float
     """
     path = Path(path).absolute()
     with _write_lock(path, wait_s):
+        remove_stale_siblings(path)  # what a killed compaction left
         view = _load_view(path, None)
         if view.seq == 0:
             return CompactSummary(path, view.num_items, 0, len(view.uploads))
