@@ -37,6 +37,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=90.0, help="time limit per query kind")
     parser.add_argument("--cli-runs", type=int, default=3, help="cold `unifashion search` runs")
     parser.add_argument("--k", type=int, default=10, help="results per query")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: torch's, one per core)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     return parser.parse_args()
 
@@ -68,9 +69,10 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def start_server(index: Path, port: int) -> subprocess.Popen:
+def start_server(index: Path, port: int, threads: int | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "unifashion_cli.main", "serve", "--index", str(index), "--port", str(port),
                "--read-only", "--no-generate", "--log-level", "warning"]
+    command += ["--threads", str(threads)] if threads else []
     server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -177,10 +179,10 @@ def main() -> None:
     index = resolve_index(args.index)
     texts, images = queries(index, args.data)
     report = {"index": str(index), "clients": args.clients, "requests_per_kind": args.requests,
-              "max_seconds_per_kind": args.max_seconds, "k": args.k, "cpus": os.cpu_count(),
+              "max_seconds_per_kind": args.max_seconds, "k": args.k, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg()[0]}
     port = free_port()
-    server = start_server(index, port)
+    server = start_server(index, port, args.threads)
     try:
         warm = {kind: bodies(kind, texts, images, args.k, 2 * args.clients) for kind in ("text", "image", "composed")}
         for work in warm.values():
@@ -206,7 +208,8 @@ def main() -> None:
 
 def print_report(report: dict) -> None:
     print(f"index {report['index']}; {report['clients']} clients, up to {report['requests_per_kind']} requests "
-          f"or {report['max_seconds_per_kind']:.0f} s per kind; {report['cpus']} CPUs, load average "
+          f"or {report['max_seconds_per_kind']:.0f} s per kind; server --threads {report['threads'] or 'default'}; "
+          f"{report['cpus']} CPUs, load average "
           f"{report['load_average_start']:.1f} -> {report['load_average_end']:.1f}")
     print(f"{'kind':<10}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}")
     for kind in ("text", "image", "composed"):

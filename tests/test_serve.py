@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -262,6 +263,37 @@ def test_health_metrics_docs_and_gallery(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and 'id="query-text"' in page.text and "http" not in page.text.split("<body>")[1]
     assert client.get("/static/app.js").status_code == 200
+
+
+def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClient, data, monkeypatch) -> None:
+    import threading
+
+    from unifashion_core.retrieval.search import embed_query
+
+    dataset, test_items = data
+    service = client.app.state.service
+    batcher, model = service._batcher, service.model
+    texts = [f"a {colour} striped shirt" for colour in ("red", "blue", "green", "black", "white", "pink")]
+    image = Image.open(dataset.image_path(test_items[2])).convert("RGB")
+    asked = [("t2i", text, None) for text in texts] + [("cir", "in blue", image), ("i2i", None, image)]
+    calls: list[int] = []
+    embed_texts = model.embed_texts
+    monkeypatch.setattr(model, "embed_texts", lambda batch: calls.append(len(batch)) or embed_texts(batch))
+    answers: dict[int, object] = {}
+    with batcher.model_lock:  # the model is busy: every query waits, then one pass per mode embeds them
+        threads = [threading.Thread(target=lambda i=i, q=q: answers.__setitem__(i, batcher.embed(*q)))
+                   for i, q in enumerate(asked)]
+        for thread in threads:
+            thread.start()
+        while len(batcher._pending) < len(asked):
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(60)
+    assert calls[0] == len(texts)  # the six texts in one pass
+    for i, (mode, text, picture) in enumerate(asked):
+        alone = embed_query(model, mode, text, picture)
+        assert answers[i].mode == mode and answers[i].vectors.shape == alone.vectors.shape
+        np.testing.assert_allclose(answers[i].vectors, alone.vectors, atol=1e-5)
 
 
 def test_read_only_server_without_generator(built: Path, tmp_path: Path, data) -> None:

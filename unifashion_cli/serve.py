@@ -25,6 +25,8 @@ def serve(
     max_pixels: int = typer.Option(16_000_000, "--max-pixels", help="Larger images get 413."),
     no_generate: bool = typer.Option(False, "--no-generate", help="Do not load the generator (less memory; "
                                      "POST /generate answers 501)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads per worker (default: one per core; "
+                                       "1 leaves a core to the HTTP side on a small machine)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's: warning hides the access log."),
 ) -> None:
     """Serve search, items, captions and generation over HTTP, with a web gallery at / and the API at /docs."""
@@ -41,7 +43,7 @@ def serve(
     settings = ServeSettings(index=workspace.resolve("index", index_dir), checkpoint=checkpoint, host=host, port=port,
                              api_key_env=api_key_env, read_only=read_only,
                              max_body_bytes=int(max_body_mb * 2**20), max_pixels=max_pixels,
-                             generate=not no_generate, workers=workers)
+                             generate=not no_generate, workers=workers, threads=threads)
     check_exposure(settings)
     _check_port(host, port)
     if workers == 1:

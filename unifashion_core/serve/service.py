@@ -1,7 +1,8 @@
 """What the server's endpoints do, without HTTP: the model and the live catalogue, loaded once.
 
 Model calls are serialised by one lock (the tokenizer is not safe to share between threads, and
-two inferences at once on a small CPU only share the same cores); ranking, item look-ups and the
+two inferences at once on a small CPU only share the same cores); search queries that wait for it
+are embedded together (:mod:`unifashion_core.serve.batcher`). Ranking, item look-ups and the
 durable writes run outside it, on a :class:`CatalogueView` snapshot.
 """
 
@@ -19,8 +20,9 @@ from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
 from unifashion_core.retrieval.index import check_fingerprint
 from unifashion_core.retrieval.index import read_meta as read_index_meta
 from unifashion_core.retrieval.payload import Filter
-from unifashion_core.retrieval.search import Query, SearchResult, check_query, embed_query, index_checkpoint, rank
+from unifashion_core.retrieval.search import Query, SearchResult, check_query, index_checkpoint, rank
 from unifashion_core.retrieval.upsert import NewItem, embed_items
+from unifashion_core.serve.batcher import QueryBatcher
 from unifashion_core.serve.settings import ServeSettings
 
 
@@ -79,6 +81,10 @@ class Service:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
+        if settings.threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.threads)
         checkpoint = settings.checkpoint or index_checkpoint(settings.index)
         self.heads: tuple[str, ...] = _heads(settings, checkpoint)
         self.loaded: LoadedCheckpoint = load_checkpoint(checkpoint, heads=self.heads)
@@ -88,6 +94,7 @@ class Service:
             raise UserError(f"the index {settings.index} has gallery captions, so an upsert must caption its images, "
                             f"but the checkpoint {self.loaded.path} has no caption head; serve it with --read-only.")
         self._model_lock = threading.Lock()
+        self._batcher = QueryBatcher(self.model, self._model_lock)
 
     @property
     def model(self) -> Any:
@@ -116,8 +123,7 @@ class Service:
             query = Query(mode, view.image_vectors_of(item)[None])  # (1, Q, D)
         else:
             picture = self.item_image(view, item) if item is not None else image
-            with self._model_lock:
-                query = embed_query(self.model, mode, text, picture)
+            query = self._batcher.embed(mode, text, picture)  # with the queries that arrive meanwhile
         if view.num_items == 0:
             return SearchAnswer(mode, [], 0)
         results = rank(view, query, min(k, view.num_items), caption_weight, use_captions, filter)

@@ -33,6 +33,7 @@ class ServeSettings:
         max_pixels: larger images get 413.
         generate: load the generator head (``POST /generate``) when the checkpoint has one.
         workers: uvicorn worker processes (each loads the model; writes are shared through the index).
+        threads: torch's threads per worker for the model (None: torch's default, one per core).
     """
 
     index: Path
@@ -45,6 +46,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     generate: bool = True
     workers: int = 1
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -53,6 +55,8 @@ class ServeSettings:
             raise UserError("the body limit must be at least 1 KiB and the pixel limit at least 1.")
         if not 1 <= self.workers <= 64:
             raise UserError(f"--workers must be between 1 and 64, got {self.workers}.")
+        if self.threads is not None and not 1 <= self.threads <= 256:
+            raise UserError(f"--threads must be between 1 and 256, got {self.threads}.")
 
     def api_key(self) -> str | None:
         """The API key from ``api_key_env``.
