@@ -285,7 +285,7 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
                    for i, q in enumerate(asked)]
         for thread in threads:
             thread.start()
-        while len(batcher._pending) < len(asked):
+        while batcher._queue.qsize() < len(asked) - 1:  # the model thread holds the first, waiting for the lock
             time.sleep(0.01)
     for thread in threads:
         thread.join(60)

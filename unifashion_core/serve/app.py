@@ -8,10 +8,12 @@ the server: images are addressed by item id.
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import mimetypes
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -254,17 +256,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: ServeSettings, service: Service | None = None) -> FastAPI:
-    """The server's app; the model and the catalogue are loaded once, here (unless ``service`` is given).
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The server's app; the model and the catalogue are loaded once, here.
 
     Raises:
         UserError: writes exposed off loopback without a key, an index built by another model, ...
     """
     check_exposure(settings)
-    app = FastAPI(title="unifashion", version=__version__, docs_url="/docs", redoc_url=None,
+    service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="unifashion", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan,
                   description="Search a fashion catalogue by text, image or both; keep it up to date by id; "
                               "caption and generate garments. Errors are JSON `{\"error\": \"...\"}`.")
-    app.state.service = service or Service(settings)
+    app.state.service = service
     app.state.metrics = Metrics()
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

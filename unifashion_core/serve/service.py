@@ -96,6 +96,10 @@ class Service:
         self._model_lock = threading.Lock()
         self._batcher = QueryBatcher(self.model, self._model_lock)
 
+    def close(self) -> None:
+        """Stop the model thread (the server is shutting down)."""
+        self._batcher.close()
+
     @property
     def model(self) -> Any:
         """The query model (eval mode)."""
