@@ -193,6 +193,10 @@ def test_every_error_is_json_with_the_right_status(client: TestClient, data) -> 
     check_error(client.post("/search", files={"image": ("q.png", image, "image/png")}, data={"colour": "red"}), 422,
                 "unknown field")
     check_error(client.post("/search", data={"text": "red", "filter": "{oops"}, files={"x": ("a", b"", "")}), 422)
+    check_error(client.post("/search", files=[("image", ("a.png", image, "image/png")),
+                                              ("image", ("b.png", image, "image/png"))]), 422, "twice")
+    check_error(client.post("/search", content=b"xx", headers={"Content-Type": "multipart/form-data"}), 400,
+                "boundary")
     for k in (0, 101, "ten"):
         check_error(client.post("/search", json={"text": "red", "k": k}), 422, "k")
     check_error(client.post("/search", json={"text": "red", "mode": "sideways"}), 422, "mode")

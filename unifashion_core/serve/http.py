@@ -215,6 +215,8 @@ async def read_request(
         if isinstance(value, UploadFile):
             if name != "image":
                 raise ApiError(422, f"unknown file field {name!r}; send the image as the file field 'image'")
+            if image is not None:
+                raise ApiError(422, "send one image file (the file field 'image' is given twice)")
             image = value if value.filename or value.size else None  # a browser's empty file input
         elif name == "image":
             raise ApiError(422, "the field 'image' must be a file")
