@@ -67,8 +67,9 @@ def test_training_killed_twice_then_resumed_equals_an_uninterrupted_run(tiny_pha
     total = _lines(tmp_path / "straight" / "metrics.jsonl")  # one line per step
     run, rng, statuses = tmp_path / "killed", random.Random(14), []
     metrics = run / "metrics.jsonl"
-    for attempt in range(2):  # seed 14: first during start-up, before any checkpoint; then after step 5
-        base, work, delay = _lines(metrics), rng.randrange(0, total - 1), rng.uniform(0.0, 0.5)
+    for attempt in range(2):  # first during start-up, before any checkpoint; then after a random step
+        base, delay = _lines(metrics), rng.uniform(0.0, 0.5)
+        work = rng.randrange(1, total - 1) if attempt else 0
         command = _train(data, run, *(["--resume"] if attempt else []))
         statuses.append(_kill_at(command, home, lambda base=base: _lines(metrics) - base, work, delay))
         if attempt == 0:  # killed with no checkpoint: the next --resume starts the run from step 0
