@@ -282,11 +282,24 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
     asked = [("t2i", text, None) for text in texts] + [("cir", "in blue", image), ("i2i", None, image)]
     calls: list[int] = []
     embed_texts = model.embed_texts
-    monkeypatch.setattr(model, "embed_texts", lambda batch: calls.append(len(batch)) or embed_texts(batch))
+
+    def counted(batch: list[str]):
+        calls.append(len(batch))
+        if "boom" in batch:
+            raise ValueError("a query the model cannot take")
+        return embed_texts(batch)
+
+    monkeypatch.setattr(model, "embed_texts", counted)
     answers: dict[int, object] = {}
+
+    def ask(i: int, query: tuple) -> None:
+        try:
+            answers[i] = batcher.embed(*query)
+        except ValueError as exc:
+            answers[i] = exc
+
     with batcher.model_lock:  # the model is busy: every query waits, then one pass per mode embeds them
-        threads = [threading.Thread(target=lambda i=i, q=q: answers.__setitem__(i, batcher.embed(*q)))
-                   for i, q in enumerate(asked)]
+        threads = [threading.Thread(target=ask, args=(i, q)) for i, q in enumerate(asked)]
         for thread in threads:
             thread.start()
         while batcher._queue.qsize() < len(asked) - 1:  # the model thread holds the first, waiting for the lock
@@ -294,6 +307,18 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
     for thread in threads:
         thread.join(60)
     assert calls[0] == len(texts)  # the six texts in one pass
+    calls.clear()
+    with batcher.model_lock:  # a failing query in a batch fails alone: the batch is retried one by one
+        threads = [threading.Thread(target=ask, args=(i, ("t2i", text, None)))
+                   for i, text in zip((100, 101, 102), ("red", "boom", "blue"), strict=True)]
+        for thread in threads:
+            thread.start()
+        while batcher._queue.qsize() < 2:
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(60)
+    assert calls == [3, 1, 1, 1] and isinstance(answers[101], ValueError)
+    assert answers[100].vectors.shape == answers[102].vectors.shape == (1, answers[0].vectors.shape[1])
     for i, (mode, text, picture) in enumerate(asked):
         alone = embed_query(model, mode, text, picture)
         assert answers[i].mode == mode and answers[i].vectors.shape == alone.vectors.shape

@@ -84,20 +84,26 @@ class QueryBatcher:
         """Embed ``jobs``, one batch per mode, and wake their owners (errors go to the batch's jobs)."""
         try:
             for mode in dict.fromkeys(job.mode for job in jobs):
-                batch = [job for job in jobs if job.mode == mode]
-                try:
-                    vectors = self._vectors(mode, batch)
-                except Exception as exc:  # noqa: BLE001 - handed to each request of the batch
-                    for job in batch:
-                        job.error = exc
-                    continue
-                for i, job in enumerate(batch):
-                    job.vectors = vectors[i : i + 1]
+                self._embed([job for job in jobs if job.mode == mode])
         finally:
             for job in jobs:
                 if job.vectors is None and job.error is None:  # no owner may wait forever
                     job.error = RuntimeError("the query was not embedded.")
                 job.done.set()
+
+    def _embed(self, batch: list[_Job]) -> None:
+        """Embed a batch of one mode; if it fails, each query alone, so one bad query fails only itself."""
+        try:
+            vectors = self._vectors(batch[0].mode, batch)
+        except Exception as exc:  # noqa: BLE001 - handed to the request that asked
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for job in batch:
+                self._embed([job])
+            return
+        for i, job in enumerate(batch):
+            job.vectors = vectors[i : i + 1]
 
     def _vectors(self, mode: str, batch: list[_Job]) -> np.ndarray:
         """t2i and cir ``(B, D)``; i2t and i2i ``(B, Q, D)``."""
