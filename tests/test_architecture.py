@@ -73,15 +73,17 @@ def _floor(module: str) -> str:
 # Who may not import whom: each floor stands only on the floors below it.
 FORBIDDEN = {
     "data": {"models", "losses", "checkpoint", "features", "metrics", "train", "retrieval", "inference",
-             "evaluation", "walkthrough"},
-    "models": {"checkpoint", "features", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough"},
-    "metrics": {"checkpoint", "features", "train", "retrieval", "inference", "evaluation", "walkthrough"},
-    "checkpoint": {"features", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough"},
-    "features": {"checkpoint", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough"},
-    "train": {"retrieval", "inference", "evaluation", "walkthrough"},
-    "retrieval": {"train", "inference", "evaluation", "walkthrough"},
-    "inference": {"train", "retrieval", "evaluation", "walkthrough"},
-    "evaluation": {"walkthrough"},
+             "evaluation", "walkthrough", "serve"},
+    "models": {"checkpoint", "features", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough",
+               "serve"},
+    "metrics": {"checkpoint", "features", "train", "retrieval", "inference", "evaluation", "walkthrough", "serve"},
+    "checkpoint": {"features", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough", "serve"},
+    "features": {"checkpoint", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough", "serve"},
+    "train": {"retrieval", "inference", "evaluation", "walkthrough", "serve"},
+    "retrieval": {"train", "inference", "evaluation", "walkthrough", "serve"},
+    "inference": {"train", "retrieval", "evaluation", "walkthrough", "serve"},
+    "evaluation": {"walkthrough", "serve"},
+    "serve": {"train", "evaluation", "walkthrough"},
 }
 
 

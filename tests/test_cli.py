@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("prepare", "train", "index", "search", "caption", "generate", "bench", "demo", "recipes")
+COMMANDS = ("prepare", "train", "index", "search", "serve", "caption", "generate", "bench", "demo", "recipes")
 BENCH_SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "queries", "ablation", "speed",
                   "paper-speed")
 runner = CliRunner()

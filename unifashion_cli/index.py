@@ -1,4 +1,5 @@
-"""`unifashion index`: embed a catalogue split into a local index or a Qdrant collection (resumable)."""
+"""`unifashion index`: embed a catalogue split into a local index or a Qdrant collection (resumable);
+`add`, `remove` and `compact` change a local index's live catalogue without a rebuild."""
 
 from pathlib import Path
 
@@ -6,9 +7,19 @@ import typer
 
 from unifashion_cli.console import RichProgress, handle_errors, out, print_json
 
+app = typer.Typer(
+    help="Build an index of a split's images and texts (bare `unifashion index`), or change its live catalogue "
+         "without a rebuild: add, remove, compact.",
+    add_completion=False,
+)
 
+INDEX_OPTION = typer.Option(None, "--index", help="Index directory (default: workspace latest).")
+
+
+@app.callback(invoke_without_command=True)
 @handle_errors
 def index(
+    ctx: typer.Context,
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Model checkpoint (default: workspace latest)."),
     data: Path | None = typer.Option(None, "--data", help="Prepared dataset (default: workspace latest)."),
     split: str = typer.Option("test", "--split", help="Which split to index: train, val or test."),
@@ -29,6 +40,8 @@ def index(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
     """Build an index of a split's images and texts; an interrupted build resumes when re-run."""
+    if ctx.invoked_subcommand is not None:
+        return
     from unifashion_cli import workspace
     from unifashion_core.errors import UserError
     from unifashion_core.retrieval.build import build_index
@@ -75,3 +88,73 @@ def _qdrant_target(backend: str, url: str | None, path: Path | None, collection:
     except ImportError as exc:
         raise UserError("--backend qdrant needs qdrant-client: pip install 'unifashion[qdrant]'.") from exc
     return QdrantTarget(url, str(path) if path else None, collection, shards, replicas)
+
+
+@app.command("add")
+@handle_errors
+def add(
+    data: Path = typer.Option(..., "--data", help="Prepared dataset whose items to add (or replace, by id)."),
+    split: str | None = typer.Option(None, "--split", help="Only this split (default: every item)."),
+    index_dir: Path | None = INDEX_OPTION,
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Query model (default: the index's)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Items embedded and written per batch."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Embed a dataset's items and upsert them into the live catalogue (durable; searches see them at once)."""
+    from unifashion_cli import workspace
+    from unifashion_core.errors import UserError
+    from unifashion_core.retrieval.upsert import add_dataset
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1.")
+    with RichProgress(quiet) as progress:
+        summary = add_dataset(workspace.resolve("index", index_dir), workspace.resolve("data", data), split,
+                              checkpoint, batch_size, progress)
+    if json_output:
+        print_json({"index": str(summary.index), "added": summary.num_added, "replaced": summary.num_replaced,
+                    "num_skipped": len(summary.skipped), "skipped": list(summary.skipped),
+                    "num_items": summary.num_items, "images_copied": summary.uploads})
+    else:
+        out.print(f"added {summary.num_added} and replaced {summary.num_replaced} items in {summary.index} "
+                  f"({len(summary.skipped)} unreadable images skipped); it now holds {summary.num_items} items")
+
+
+@app.command("remove")
+@handle_errors
+def remove(
+    ids: list[str] = typer.Argument(..., help="Ids of the items to remove."),
+    index_dir: Path | None = INDEX_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Remove items from the live catalogue (durable); an unknown id removes nothing."""
+    from unifashion_cli import workspace
+    from unifashion_core.retrieval.catalogue import Catalogue
+
+    view = Catalogue.open(workspace.resolve("index", index_dir)).delete(ids)
+    if json_output:
+        print_json({"index": str(view.path), "removed": sorted(set(ids)), "num_items": view.num_items})
+    else:
+        out.print(f"removed {len(set(ids))} items from {view.path}; it now holds {view.num_items} items")
+
+
+@app.command("compact")
+@handle_errors
+def compact(
+    index_dir: Path | None = INDEX_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
+) -> None:
+    """Fold the live catalogue's changes into a fresh index, atomically (a running server picks it up)."""
+    from unifashion_cli import workspace
+    from unifashion_core.retrieval.catalogue import compact as compact_index
+
+    with RichProgress(quiet) as progress:
+        summary = compact_index(workspace.resolve("index", index_dir), progress)
+    if json_output:
+        print_json({"index": str(summary.index), "num_items": summary.num_items,
+                    "num_segments": summary.num_segments, "num_uploads": summary.num_uploads})
+    elif summary.num_segments == 0:
+        out.print(f"{summary.index} has no changes to fold in ({summary.num_items} items)")
+    else:
+        out.print(f"folded {summary.num_segments} writes into {summary.index}: {summary.num_items} items")

@@ -1,14 +1,16 @@
 """Captioning and generation entry points: check inputs first, then run numbered steps."""
 
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from unifashion_core.batching import batch_slices
-from unifashion_core.checkpoint import load_checkpoint
-from unifashion_core.data.images import ImageError, load_user_image, open_image
+from unifashion_core.checkpoint import LoadedCheckpoint, load_checkpoint
+from unifashion_core.data.images import ImageError, as_image, load_user_image, open_image
 from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress, Progress
@@ -101,8 +103,10 @@ def caption_images(
 
 @dataclass(frozen=True)
 class GenerationRequest:
+    """What to generate; ``image`` is a path or an already decoded image (e.g. an upload)."""
+
     text: str | None = None
-    image: str | Path | None = None
+    image: str | Path | Image.Image | None = None
     person: str | Path | None = None
     mask: str | Path | None = None
     sketch: str | Path | None = None
@@ -142,14 +146,20 @@ def generate_images(
     checkpoint: str | Path, request: GenerationRequest, progress: Progress = NullProgress()
 ) -> tuple[list[Any], dict[str, Any]]:
     """Generate ``num_images`` PIL images for a request; returns (images, settings for metadata)."""
-    from PIL import Image
-
-    from unifashion_core.models.vision import preprocess
-
     # 1. check inputs (cheap, before loading anything)
     check_request(request)
-    # 2. load the model with its generator head; unset sampling options come from its recipe
-    loaded = load_checkpoint(checkpoint, heads=("generate",))
+    # 2. load the model with its generator head
+    return generate_with(load_checkpoint(checkpoint, heads=("generate",)), request, progress)
+
+
+def generate_with(
+    loaded: LoadedCheckpoint, request: GenerationRequest, progress: Progress = NullProgress()
+) -> tuple[list[Any], dict[str, Any]]:
+    """:func:`generate_images` with a model already loaded (with its generator head), e.g. by a server."""
+    from unifashion_core.models.vision import preprocess
+
+    check_request(request)
+    # 1. unset sampling options come from the checkpoint's recipe
     model, head = loaded.model, loaded.model.generator
     g = model.config.generator
     request = replace(
@@ -160,16 +170,16 @@ def generate_images(
         guidance=g.guidance_scale if request.guidance is None else request.guidance,
     )
     n = request.num_images
-    # 3. condition: text only, image (+ text), or the inpainting inputs
+    # 2. condition: text only, image (+ text), or the inpainting inputs
     tokens = None
     if request.image is not None:
-        pixels = preprocess([load_user_image(request.image)], model.vision)
+        pixels = preprocess([as_image(request.image)], model.vision)
         tokens = model.image_tokens(pixels).expand(n, -1, -1)
     texts = [request.text] * n if request.text else None
     with torch.no_grad():
         queries = model.generation_queries(tokens, texts)
     inpaint = _inpainting_inputs(request, head, n) if request.person is not None else {}
-    # 4. sample
+    # 3. sample
     progress.start("generate", None)
     result = head.sample(
         queries,
@@ -184,7 +194,7 @@ def generate_images(
     arrays = (result.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     settings = {
         "text": request.text,
-        "image": str(request.image) if request.image else None,
+        "image": _describe(request.image),
         "person": str(request.person) if request.person else None,
         "sampler": request.sampler,
         "steps": request.steps,
@@ -229,22 +239,40 @@ def _inpainting_inputs(request: GenerationRequest, head: Any, n: int) -> dict[st
 def _to_tensor(image: Any, height: int, width: int) -> torch.Tensor:
     """A PIL image resized (bicubic) to (height, width) as (1, 3, H, W) in [0, 1]."""
     import numpy as np
-    from PIL import Image
 
     resized = image.resize((width, height), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(resized, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
 
 
-def save_png(image: Any, path: str | Path, settings: dict[str, Any]) -> Path:
-    """Save a PNG with the generation settings in its text metadata (written atomically)."""
+def _describe(image: str | Path | Image.Image | None) -> str | None:
+    """How the settings name the reference image: its path, or that it was uploaded."""
+    if image is None:
+        return None
+    return "(uploaded image)" if isinstance(image, Image.Image) else str(image)
+
+
+def _png_info(settings: dict[str, Any]) -> Any:
+    """The generation settings as PNG text chunks ``unifashion:KEY``."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     for key, value in settings.items():
         info.add_text(f"unifashion:{key}", str(value))
+    return info
+
+
+def save_png(image: Any, path: str | Path, settings: dict[str, Any]) -> Path:
+    """Save a PNG with the generation settings in its text metadata (written atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    image.save(tmp, pnginfo=info)
+    image.save(tmp, pnginfo=_png_info(settings))
     tmp.replace(path)
     return path
+
+
+def png_bytes(image: Any, settings: dict[str, Any]) -> bytes:
+    """A PNG file's bytes with the generation settings in its text metadata (as :func:`save_png`)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(settings))
+    return buffer.getvalue()

@@ -4,12 +4,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import torch
+
 from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
 from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.manifest import SkipLog, load_dataset
 from unifashion_core.features import load_pixels
 from unifashion_core.fileio import write_json
+from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.retrieval.index import IndexWriter, check_kind
 from unifashion_core.retrieval.payload import ItemRecord
@@ -39,6 +43,39 @@ class IndexSummary:
     skipped: tuple[dict[str, Any], ...]
     fingerprint: str
     captions: bool
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """What the index stores for a batch of B items.
+
+    Attributes:
+        image_vectors: ``(B, Q, D)`` image query embeddings.
+        text_vectors: ``(B, D)`` embeddings of the items' texts.
+        caption_vectors: ``(B, D)`` embeddings of generated gallery captions, or None.
+        captions: the B generated captions, or None.
+    """
+
+    image_vectors: np.ndarray
+    text_vectors: np.ndarray
+    caption_vectors: np.ndarray | None
+    captions: list[str] | None
+
+
+def embed_batch(model: UniFashion, pixel_values: torch.Tensor, texts: list[str], captions: bool) -> EmbeddedBatch:
+    """Embed B items (their images and texts) as an index stores them.
+
+    Args:
+        model: the query model.
+        pixel_values: ``(B, 3, S, S)`` preprocessed images.
+        texts: the B items' texts.
+        captions: also caption the images (the model's captioner, its default style) and embed
+            the captions (composed retrieval "w/ cap").
+    """
+    tokens = model.image_tokens(pixel_values.to(model.device))  # (B, T, C)
+    generated = model.caption_images(tokens, batch_size=32, task="caption gallery") if captions else None
+    return EmbeddedBatch(model.embed_images(tokens).numpy(), model.embed_texts(texts).numpy(),
+                         None if generated is None else model.embed_texts(generated).numpy(), generated)
 
 
 def build_index(
@@ -80,12 +117,9 @@ def build_index(
     for rows in batch_slices(len(todo), batch_size):
         kept, pixels = load_pixels(dataset, todo[rows], model.vision, skipped)
         if kept:
-            tokens = model.image_tokens(pixels.to(model.device))
-            generated = model.caption_images(tokens, batch_size=32, task="caption gallery") if captions else None
-            writer.add([i.id for i in kept], model.embed_images(tokens).numpy(),
-                       model.embed_texts([i.text(field) for i in kept]).numpy(),
-                       None if generated is None else model.embed_texts(generated).numpy(), generated,
-                       [ItemRecord.from_manifest(i) for i in kept])
+            embedded = embed_batch(model, pixels, [i.text(field) for i in kept], captions)
+            writer.add([i.id for i in kept], embedded.image_vectors, embedded.text_vectors,
+                       embedded.caption_vectors, embedded.captions, [ItemRecord.from_manifest(i) for i in kept])
         progress.advance("index", rows.stop - rows.start)
     done = writer.done_ids()
     order = [item.id for item in items if item.id in done]

@@ -100,3 +100,19 @@ def rerank(score: Callable[[int, Array], Array], candidates: Array, k: int) -> S
             out_scores[query, : columns.shape[1]] = best[0]
             out_rows[query, : columns.shape[1]] = rows[columns[0]]
     return out_scores, out_rows
+
+
+def zero_shot_scorer(references: Array, texts: Array, image_weight: float) -> Callable[[slice, Array], Array]:
+    """A scorer for :func:`exact_search`: the zero-shot composed score (``metrics.cir.zero_shot_scores``)
+    of query rows ``rows`` (references ``(M, Q, D)``, modification texts ``(M, D)``) against
+    items ``(n, Q, D)``, as ``(m, n)``."""
+    import torch  # only composed searches that use it pay for torch here
+
+    from unifashion_core.metrics.cir import zero_shot_scores
+
+    def score(rows: slice, items: Array) -> Array:
+        gallery = torch.from_numpy(np.asarray(items, dtype=np.float32))  # (n, Q, D)
+        return zero_shot_scores(torch.from_numpy(references[rows]), torch.from_numpy(texts[rows]), gallery,
+                                image_weight).numpy()
+
+    return score

@@ -45,7 +45,7 @@ from unifashion_core.fileio import (
     write_jsonl,
 )
 from unifashion_core.retrieval import ann
-from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank
+from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank, zero_shot_scorer
 from unifashion_core.retrieval.payload import (
     FIELD_CODES,
     ITEM_OFFSETS,
@@ -433,16 +433,16 @@ class RetrievalIndex:
         path = Path(path)
         meta = read_meta(path)
         check_fingerprint(path, meta, expected_fingerprint)
-        vectors = {"image": _open_array(path, IMAGE_VECTORS), "text": _open_array(path, TEXT_VECTORS)}
-        captions = None
-        if meta["has_captions"]:
-            vectors["caption"] = _open_array(path, CAPTION_VECTORS)
-            captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
         with refuse_corrupt(path, "rebuild it with `unifashion index --overwrite`", errors=(KeyError, TypeError)):
+            vectors = {"image": _open_array(path, IMAGE_VECTORS), "text": _open_array(path, TEXT_VECTORS)}
+            captions = None
+            if meta["has_captions"]:
+                vectors["caption"] = _open_array(path, CAPTION_VECTORS)
+                captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
             ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
             stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
                       for name in STAGES if meta["ann"] and name in meta["ann"]}
-        index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
+            index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
         index._check_consistent()
         return index
 
@@ -591,6 +591,27 @@ class RetrievalIndex:
         mask, k = self._allowed(filter, allowed, k)
         with_captions = use_captions and self.caption_vectors is not None
         return self._rank_images(fused, k, mask, caption_weight if with_captions else None)
+
+    def search_zero_shot(
+        self, references: Array, texts: Array, k: int, image_weight: float, filter: Filter | None = None,
+        allowed: Array | None = None,
+    ) -> SearchResult:
+        """Composed retrieval by the zero-shot late fusion (``metrics.cir.zero_shot_scores``): an exact
+        scan of the image vectors, for checkpoints without phase-2 training.
+
+        Args:
+            references: ``(M, Q, D)`` reference image embeddings.
+            texts: ``(M, D)`` embeddings of the modification texts.
+            k, filter, allowed: as in :meth:`search_images`.
+            image_weight: weight of the image->image term, in [0, 1].
+        """
+        references, texts = self._check_queries(references, 3), self._check_queries(texts, 2)
+        mask, k = self._allowed(filter, allowed, k)
+        if k == 0:
+            return _empty(len(texts))
+        score = zero_shot_scorer(references, texts, image_weight)
+        return exact_search(lambda rows, items: score(rows, self.image_vectors[items]), len(texts), _rows(mask),
+                            self.num_items, k, self.num_queries * self.dim)
 
     def _rank_images(self, queries: Array, k: int, mask: Array | None, caption_weight: float | None) -> SearchResult:
         """Top ``k`` items by the image term (+ the caption term when ``caption_weight`` is set)."""

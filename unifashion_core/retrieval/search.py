@@ -1,4 +1,5 @@
-"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries.
+"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries
+against the live catalogue of a local index (retrieval/catalogue.py) or a Qdrant collection.
 
 Composed queries use one of two scores (``COMPOSED_SCORES``): ``fused``, the Q-Former's fused
 (image + text) embedding that phase 2 trains (plus gallery captions when indexed), or
@@ -12,22 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+from PIL import Image
 
-from unifashion_core.batching import batch_slices
 from unifashion_core.checkpoint import load_checkpoint, read_meta
-from unifashion_core.data.images import load_user_image
+from unifashion_core.data.images import as_image, load_user_image
 from unifashion_core.errors import UserError
-from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT, zero_shot_scores
+from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT
 from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
 from unifashion_core.retrieval.index import CatalogueIndex, RetrievalIndex
 from unifashion_core.retrieval.index import read_meta as read_index_meta
-from unifashion_core.retrieval.payload import Filter
+from unifashion_core.retrieval.payload import Filter, ItemRecord
 from unifashion_core.retrieval.query_text import check_query_words, tokenizer_warnings
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
 COMPOSED_SCORES = ("auto", "fused", "zero-shot")
-ZERO_SHOT_BLOCK = 65_536  # gallery items scored at a time by the zero-shot composed score
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
 
 
@@ -57,33 +57,47 @@ class SearchResult:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
-    """Validate the query; return the effective mode and warnings (e.g. a truncated text)."""
+def check_query(
+    text: str | None, image: object | None, mode: str, names: tuple[str, str] = ("--text", "--image")
+) -> tuple[str, list[str]]:
+    """Validate the query; return the effective mode and warnings (e.g. a truncated text).
+
+    ``names`` are how messages call the text and the image (the CLI's options by default).
+    """
+    text_name, image_name = names
     if mode not in MODES:
         raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}.")
     warnings = []
     if text is not None and not text.strip():
-        raise UserError('the query text is empty; give some words, e.g. --text "red striped shirt".')
+        raise UserError(f'the query text is empty; give some words, e.g. {text_name} "red striped shirt".')
     if text is not None:
         check_query_words(text)
     if text is not None and len(text) > MAX_QUERY_CHARS:
         warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
     if text is None and image is None:
-        raise UserError("give --text, --image, or both (composed retrieval).")
+        raise UserError(f"give {text_name}, {image_name}, or both (composed retrieval).")
     if mode == "auto":
         mode = "cir" if text is not None and image is not None else ("t2i" if text is not None else "i2t")
     needs = {"t2i": (True, False), "i2t": (False, True), "i2i": (False, True), "cir": (True, True)}[mode]
     if needs != (text is not None, image is not None):
-        raise UserError(
-            f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + "."
-        )
+        wanted = " and ".join(name for name, needed in zip(names, needs, strict=True) if needed)
+        raise UserError(f"mode {mode} takes {wanted}{'' if all(needs) else ' only'}.")
     return mode, warnings
 
 
-def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, CatalogueIndex]:
-    """Load the query model and the index (local or Qdrant), refusing an index built by a different model."""
-    loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
-    return loaded.model, open_index(index_path, expected_fingerprint=loaded.fingerprint)
+def load_searcher(
+    index_path: str | Path, checkpoint: str | Path | None
+) -> tuple[UniFashion, CatalogueView | CatalogueIndex]:
+    """Load the query model and the index: the live catalogue of a local index (its base and every
+    change since), or a Qdrant collection.
+
+    Raises:
+        UserError: the index was built by a different model, or its checkpoint is gone.
+    """
+    loaded = load_checkpoint(checkpoint or index_checkpoint(index_path))
+    if read_index_meta(Path(index_path)).get("backend") == "qdrant":
+        return loaded.model, open_index(index_path, expected_fingerprint=loaded.fingerprint)
+    return loaded.model, Catalogue.open(index_path, expected_fingerprint=loaded.fingerprint).snapshot()
 
 
 def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
@@ -97,22 +111,54 @@ def composed_score(requested: str, index_path: str | Path, checkpoint: str | Pat
         raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
     if requested != "auto":
         return requested
-    phase = read_meta(checkpoint or _index_checkpoint(index_path)).get("phase", 1)
+    phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1)
     return "fused" if phase == 2 else "zero-shot"
 
 
-def _index_checkpoint(index_path: str | Path) -> str:
+def index_checkpoint(index_path: str | Path) -> Path:
+    """The checkpoint that built an index (recorded in its meta), which must still exist."""
     path = read_index_meta(Path(index_path)).get("checkpoint", "")
     if not path or not Path(path).exists():
         raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
-    return path
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Query:
+    """An embedded query, ready to rank.
+
+    Attributes:
+        mode: ``t2i``, ``i2t``, ``i2i`` or ``cir``.
+        vectors: t2i ``(1, D)`` text embedding; i2t, i2i and zero-shot cir ``(1, Q, D)`` image
+            query embeddings; fused cir ``(1, D)`` fused embedding.
+        texts: zero-shot cir only: ``(1, D)`` embedding of the modification text.
+    """
+
+    mode: str
+    vectors: np.ndarray
+    texts: np.ndarray | None = None
+
+
+def embed_query(model: UniFashion, mode: str, text: str | None, image: Image.Image | None,
+                composed: str = "fused") -> Query:
+    """Embed a checked query (see :func:`check_query`) with the model, for :func:`rank`."""
+    from unifashion_core.models.vision import preprocess
+
+    if mode == "t2i":
+        return Query(mode, model.embed_texts([text]).numpy())
+    tokens = model.image_tokens(preprocess([image], model.vision).to(model.device))  # (1, T, C)
+    if mode == "cir" and composed == "fused":
+        return Query(mode, model.embed_composed(tokens, [text]).numpy())
+    if mode == "cir":
+        return Query(mode, model.embed_images(tokens).numpy(), model.embed_texts([text]).numpy())
+    return Query(mode, model.embed_images(tokens).numpy())
 
 
 def search(
     model: UniFashion,
-    index: CatalogueIndex,
+    index: CatalogueView | CatalogueIndex,
     text: str | None = None,
-    image: str | Path | None = None,
+    image: str | Path | Image.Image | None = None,
     k: int = 10,
     mode: str = "auto",
     caption_weight: float = 1.0,
@@ -121,7 +167,9 @@ def search(
     image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
     filter: Filter | None = None,
 ) -> list[SearchResult]:
-    """Run one query against an index and return the top ``k`` items, best first.
+    """Run one query against a catalogue and return the top ``k`` items, best first.
+
+    ``image`` is a path or an already decoded image.
 
     Args:
         composed: the composed (image + text) score: ``fused`` or ``zero-shot`` (see the module).
@@ -129,8 +177,6 @@ def search(
         filter: ``{field: value or [values]}`` on manifest fields (category, split, any attribute):
             the ranking is restricted to the items that match.
     """
-    from unifashion_core.models.vision import preprocess
-
     mode, _ = check_query(text, image, mode)
     if not 1 <= k <= index.num_items:
         raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
@@ -140,35 +186,53 @@ def search(
     text = text[:MAX_QUERY_CHARS] if text is not None else None
     if text is not None:
         tokenizer_warnings(model.tokenizer, text)
-    tokens = image_embeds = None
-    if image is not None:
-        tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
-        image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
-    if mode == "t2i":
-        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k, filter)
-    elif mode == "i2t":
-        scores, rows = index.search_texts(image_embeds, k, filter)
-    elif mode == "i2i":
-        scores, rows = _search_by_image(index, image_embeds[0], k, filter)
-    elif composed == "zero-shot":
-        scores, rows = _search_zero_shot(index, image_embeds, model.embed_texts([text]).numpy(), k, image_weight,
-                                         filter)
+    query = embed_query(model, mode, text, None if image is None else as_image(image), composed)
+    return rank(index, query, k, caption_weight, use_captions, filter, image_weight)
+
+
+def rank(
+    index: CatalogueView | CatalogueIndex,
+    query: Query,
+    k: int,
+    caption_weight: float = 1.0,
+    use_captions: bool = True,
+    filter: Filter | None = None,
+    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+) -> list[SearchResult]:
+    """The top ``k`` items of the catalogue for an embedded query, best first."""
+    if query.mode == "t2i":
+        scores, rows = index.search_images(query.vectors, k, filter)
+    elif query.mode == "i2t":
+        scores, rows = index.search_texts(query.vectors, k, filter)
+    elif query.mode == "i2i":
+        scores, rows = _search_by_image(index, query.vectors[0], k, filter)
+    elif query.texts is not None:
+        if not hasattr(index, "search_zero_shot"):
+            raise UserError("the zero-shot composed score needs a local index; with this backend use "
+                            "--composed fused (a phase-2 checkpoint).")
+        scores, rows = index.search_zero_shot(query.vectors, query.texts, k, image_weight, filter)
     else:
-        fused = model.embed_composed(tokens, [text]).numpy()
-        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions,
-                                             filter=filter)
-    data = Path(index.meta.get("data") or ".")
+        scores, rows = index.search_composed(query.vectors, k, caption_weight=caption_weight,
+                                             use_captions=use_captions, filter=filter)
     results = []
-    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
+    for rank_, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
         if row >= 0:
             record = index.item_at(row)
-            image_path = str(data / record.image) if record.image else ""
-            results.append(SearchResult(rank, record.id, float(score), record.caption, image_path, record.fields))
+            image_path = _image_file(index, record)
+            results.append(SearchResult(rank_, record.id, float(score), record.caption,
+                                        str(image_path) if image_path else "", record.fields))
     return results
 
 
+def _image_file(index: CatalogueView | CatalogueIndex, record: ItemRecord) -> Path | None:
+    """Where a result's image is on this machine: an upload of the live catalogue, or a dataset file."""
+    if isinstance(index, CatalogueView):
+        return index.image_file(record.id)
+    return Path(index.meta.get("data") or ".") / record.image if record.image else None
+
+
 def _search_by_image(
-    index: CatalogueIndex, query: np.ndarray, k: int, filter: Filter | None
+    index: CatalogueView | CatalogueIndex, query: np.ndarray, k: int, filter: Filter | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
     per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
@@ -179,33 +243,7 @@ def _search_by_image(
             if row >= 0:
                 best[row] = max(best.get(row, -np.inf), score)
     ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
-    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
-
-
-def _search_zero_shot(
-    index: CatalogueIndex, reference: np.ndarray, text: np.ndarray, k: int, image_weight: float,
-    filter: Filter | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Composed search by the zero-shot late fusion, exact over a local index's vectors (in blocks),
-    restricted to the items ``filter`` allows.
-
-    Args:
-        reference: ``(1, Q, D)`` reference image embeddings.
-        text: ``(1, D)`` embedding of the modification text.
-    """
-    if not isinstance(index, RetrievalIndex):
-        raise UserError("the zero-shot composed score needs a local index; with this backend use --composed fused "
-                        "(a phase-2 checkpoint).")
-    allowed = torch.from_numpy(index.items.allowed_rows(filter)) if filter else None  # (N,) bool
-    chunks = []
-    for rows in batch_slices(index.num_items, ZERO_SHOT_BLOCK):
-        gallery = torch.from_numpy(np.asarray(index.image_vectors[rows], dtype=np.float32))  # (n, Q, D)
-        chunks.append(zero_shot_scores(torch.from_numpy(reference), torch.from_numpy(text), gallery, image_weight))
-    scores = torch.cat(chunks, dim=1)  # (1, N)
-    if allowed is not None:
-        scores[:, ~allowed] = -torch.inf
-    top = scores.topk(min(k, int(scores.isfinite().sum())), dim=1)  # (1, k)
-    return top.values.numpy(), top.indices.numpy()
+    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]], dtype=np.int64)
 
 
 def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:
