@@ -196,7 +196,7 @@ def test_demo_parity_through_the_cli(tiny_phase1: Path, tmp_path: Path, monkeypa
         assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "remote" / "meta.json").read_text())["backend"] == "qdrant"
     image = next(iter((tiny_phase1 / "data" / "images").rglob("*.png")))
-    queries = [["--text", "red striped shirt"], ["--image", str(image)], ["--image", str(image), "--text", "in blue"],
+    queries = [["--text", "red striped shirt"], ["--image", str(image)], ["--image", str(image), "--text", "in blue", "--composed", "fused"],
                ["--text", "a dress", "--filter", "split=test", "--filter", "category=dress"]]
     for query in queries:
         found = []
@@ -207,5 +207,9 @@ def test_demo_parity_through_the_cli(tiny_phase1: Path, tmp_path: Path, monkeypa
         assert [r["id"] for r in found[0]] == [r["id"] for r in found[1]] and found[0]
         np.testing.assert_allclose([r["score"] for r in found[1]], [r["score"] for r in found[0]], atol=1e-4)
         assert [r["fields"] for r in found[0]] == [r["fields"] for r in found[1]]
+    zero_shot = ["search", "--image", str(image), "--text", "in blue", "--composed", "zero-shot", "-k", "5"]
+    result = runner.invoke(app, [*zero_shot, "--index", str(tmp_path / "remote")])
+    assert result.exit_code == 2 and "needs a local index" in result.output
+    assert runner.invoke(app, [*zero_shot, "--index", str(tmp_path / "local")]).exit_code == 0
     result = runner.invoke(app, ["index", "--out", str(tmp_path / "x"), "--backend", "qdrant", *common])
     assert result.exit_code == 2 and "--qdrant-url" in result.output

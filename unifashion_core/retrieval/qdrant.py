@@ -18,6 +18,7 @@ same search methods as :class:`RetrievalIndex`, except that the returned "rows" 
 import hashlib
 import os
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -127,7 +128,7 @@ def write_collection(writer: IndexWriter, target: QdrantTarget) -> None:
     client = target.connect()
     try:
         previous = _alias_target(client, target.collection)
-        physical = f"{target.collection}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        physical = f"{target.collection}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         names, seen = set(), set()
         meta = {**writer.meta, "format_version": FORMAT_VERSION, "backend": "qdrant", "kind": "qdrant",
                 "num_queries": num_queries, "dim": dim, "has_captions": has_captions,

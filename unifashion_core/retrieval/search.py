@@ -102,7 +102,8 @@ def load_searcher(
 
 def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
     """The composed score a search uses: ``requested``, or for ``auto`` the one the query model has
-    been trained for (``fused`` after phase 2, else ``zero-shot``).
+    been trained for (``fused`` after phase 2, else ``zero-shot``). A Qdrant collection has only the
+    ``fused`` score (the zero-shot score is an exact scan of local vectors).
 
     Raises:
         UserError: an unknown score name.
@@ -111,6 +112,8 @@ def composed_score(requested: str, index_path: str | Path, checkpoint: str | Pat
         raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
     if requested != "auto":
         return requested
+    if read_index_meta(Path(index_path)).get("backend") == "qdrant":
+        return "fused"
     phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1)
     return "fused" if phase == 2 else "zero-shot"
 
