@@ -319,3 +319,18 @@ def test_demo_walkthrough_shows_a_tryon_row(tiny_phase1, tmp_path):
         assert result.shape == person.shape and np.array_equal(result[kept], person[kept])
     lines = "\n".join(_render_tryon(stage))
     assert "| person | garment | mask | result |" in lines and stage["examples"][0]["result"] in lines
+
+
+@pytest.mark.slow
+def test_bench_tryon_on_the_vitonhd_examples(shared_data, tiny_phase1, tmp_path):
+    """Seven real people with derived masks, dressed from their own garment's MGD caption."""
+    from unifashion_core.data.prepare import prepare
+    from unifashion_core.evaluation.bench_tryon import bench_tryon
+
+    prepare("vitonhd", tmp_path / "viton", shared_data / "vitonhd-examples")
+    with pytest.raises(UserError, match="--queries text"):
+        bench_tryon(tiny_phase1 / "phase1", tmp_path / "viton", tmp_path / "bench")
+    report = bench_tryon(tiny_phase1 / "phase1", tmp_path / "viton", tmp_path / "bench", queries="text", steps=2)
+    assert report["paired"]["num_pairs"] == 7 and report["unpaired"]["num_pairs"] == 14
+    assert report["paired"]["model"]["changed_outside_mask"] == 0.0
+    assert report["design"]["num_items"] == 14

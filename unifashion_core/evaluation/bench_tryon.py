@@ -112,9 +112,11 @@ def bench_tryon(
     }
     inputs = run.inputs(items)
     report["paired"] = run.paired(items, inputs, with_sketch, Path(out))
-    report["unpaired"] = run.unpaired(items, torch.from_numpy((inputs.pixel_values + 1) / 2), with_sketch)
+    garments = [item for item in dataset.split(split) if "unpaired_person" in item.attributes][: max_items or None]
+    report["unpaired"] = run.unpaired(garments, torch.from_numpy((inputs.pixel_values + 1) / 2), with_sketch)
     if head.use_sketch:
-        report["design"] = run.design(dataset.split(split)[: max_items or None], Path(out))
+        garments = [item for item in dataset.split(split) if item.image != item.extras.get("person")]
+        report["design"] = run.design(garments[: max_items or None], Path(out))
     return write_report("tryon", out, report, _markdown(report))
 
 
@@ -161,7 +163,8 @@ class _Run:
         return {"num_pairs": len(items), **scores}
 
     def unpaired(self, items: list[Item], truth: torch.Tensor, with_sketch: bool) -> dict[str, Any]:
-        """The model on each person wearing another garment, against the real persons ``truth``."""
+        """The model on each person dressed in another garment (``items``: the garments, which name
+        the person), against the real persons ``truth``."""
         by_id = self.dataset.by_id()
         pairs = [(item, by_id[other]) for item in items
                  if (other := item.attributes.get("unpaired_person")) in by_id and has_tryon(by_id[other])]
