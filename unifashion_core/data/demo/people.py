@@ -21,7 +21,7 @@ Coordinates are in 0..100 canvas units like the garments'.
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
 from unifashion_core.data.demo.attributes import PALETTE, Attributes
 from unifashion_core.data.demo.drawing import (
@@ -151,7 +151,13 @@ def _dress(image: Image.Image, attributes: Attributes, colour: str | tuple[int, 
 
 
 def _grow(mask: Image.Image, pixels: int) -> Image.Image:
-    return mask.filter(ImageFilter.MaxFilter(2 * pixels + 1)) if pixels > 0 else mask
+    """``mask`` widened by ``pixels`` in every direction (a square maximum filter, separable)."""
+    array = np.asarray(mask)
+    for axis in (0, 1):
+        padded = np.pad(array, [(pixels, pixels) if a == axis else (0, 0) for a in (0, 1)])
+        length = array.shape[axis]
+        array = np.max([np.take(padded, range(k, k + length), axis=axis) for k in range(2 * pixels + 1)], axis=0)
+    return Image.fromarray(array)
 
 
 def draw_person(attributes: Attributes, image_size: int, rng: np.random.Generator, vertical: bool) -> TryOnImages:
