@@ -8,11 +8,13 @@ import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.data.images import ImageError, open_image
 from unifashion_core.data.manifest import Dataset, Item, SkipLog
+from unifashion_core.fileio import refuse_corrupt
 from unifashion_core.progress import NullProgress, Progress
 
 
@@ -66,7 +68,8 @@ def image_tokens(
     if cache_dir is not None:
         cache_file = Path(cache_dir) / f"tokens-{vision_fingerprint(vision)}.safetensors"
         if cache_file.is_file():
-            cache = load_file(cache_file)
+            with refuse_corrupt(cache_file, "delete it and the features are recomputed", errors=(SafetensorError,)):
+                cache = load_file(cache_file)
     skipped = SkipLog()
     todo = [item for item in items if item.id not in cache]
     progress.start("vision features", len(todo))

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from unifashion_core.checkpoint import save_checkpoint
+from unifashion_core.checkpoint import read_weights, save_checkpoint
 from unifashion_core.config import QUERY_SOURCES, Recipe
 from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
@@ -22,7 +21,7 @@ from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
 from unifashion_core.train.loop import MetricsLog, run_stage
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 
 STAGE_HEADS = {"caption": "caption", "generate": "generate"}
 
@@ -49,15 +48,17 @@ def run_training(
     """
     dataset = load_dataset(data)
     out = Path(out)
-    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, progress)
     torch.manual_seed(recipe.seed)
     heads = tuple(STAGE_HEADS[s] for s in recipe.train.stages if s in STAGE_HEADS)
     model = build_model(recipe.model, recipe.data.max_text_length, heads)
     if meta is not None:
-        model.load_state_dict(load_file(str(out / "checkpoint" / "model.safetensors")), strict=False)
+        model.load_state_dict(read_weights(out / "checkpoint"), strict=False)
     accelerator = build_accelerator(recipe)
     model.to(accelerator.device)
     context = _TrainingData.load(model, dataset, recipe, feature_cache_dir(cache_dir, dataset), progress)
+    if meta is None:
+        start_run_dir(out, recipe)  # only now: a run that could not be set up leaves nothing behind
     done = list(meta.get("stages_done", [])) if meta else []
     metrics_log = MetricsLog(out / "metrics.jsonl")
     results: dict[str, Any] = dict(meta.get("metrics", {})) if meta else {}
