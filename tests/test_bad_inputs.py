@@ -25,7 +25,7 @@ Images given to a command (search/caption/generate as the query):
   13. caption --image on a folder of good and bad images    converted: bad ones skipped and counted
   14. caption --image on an empty folder                    refused: holds no images
   15. generate --image broken                               refused
-  16. generate --person/--mask on a generator without inpainting   refused
+  16. generate --person with a broken --mask (try-on)        refused: could not be decoded
   17. prepare fashion-product over every image kind above   converted: bad ones skipped by reason
 Data files:
   18. styles.csv with a row of too few fields               converted: row skipped as malformed_row
@@ -430,10 +430,10 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
         lambda c, t: ["generate", "--image", c.files / "truncated.png", "--out", t / "g.png", "--checkpoint",
                       c.checkpoint, "--steps", "2", "-q"],
         lambda t: refused("truncated.png")),
-    "generate: --person/--mask without inpainting": (
-        lambda c, t: ["generate", "--person", c.files / "good.png", "--mask", c.files / "good.png", "--text", "red",
+    "generate: --person with a broken --mask": (  # a generator without inpainting: test_tryon.py
+        lambda c, t: ["generate", "--person", c.files / "good.png", "--mask", c.files / "garbage.png", "--text", "red",
                       "--out", t / "g.png", "--checkpoint", c.checkpoint, "--steps", "2", "-q"],
-        lambda t: refused("inpainting")),
+        lambda t: refused("could not be decoded")),
     "prepare: every image kind in a catalogue": (
         _product_folder,
         lambda t: converted(_report(t, items=6, **{"item:unreadable": 1, "item:empty": 1, "item:truncated": 1,
