@@ -33,6 +33,7 @@ QUICK_OVERRIDES = [
 # twice as much); the plain generator stays at 32 px.
 TRYON_OVERRIDES = ["model.generator.tryon.resolution=64"]
 TRYON_EXAMPLES = 3  # test people dressed for the report's try-on rows
+TRYON_BENCH_ITEMS = 40  # bench tryon: all 18 test people; 40 garments designed from sketches (x2 samples)
 TEXT_QUERIES = ("red striped long-sleeve shirt", "blue dress", "black trousers")
 GENERATION_PROMPTS = ("red solid t-shirt", "blue polka-dot dress", "green checked skirt", "yellow striped shirt")
 
@@ -202,8 +203,8 @@ def _tryon(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str,
 
     result: dict[str, Any] = {"examples": _dress_examples(paths, progress)}
     if not quick:
-        report = bench_tryon(paths["run"] / "checkpoint", paths["data"], paths["bench"] / "tryon", max_items=100,
-                             cache_dir=paths["cache"], progress=progress)
+        report = bench_tryon(paths["run"] / "checkpoint", paths["data"], paths["bench"] / "tryon",
+                             max_items=TRYON_BENCH_ITEMS, cache_dir=paths["cache"], progress=progress)
         result["bench"] = {"resolution": report["resolution"], "paired": report["paired"],
                            "unpaired": report["unpaired"], "design": report.data.get("design")}
     return result
