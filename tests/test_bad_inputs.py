@@ -84,7 +84,7 @@ CLI values:
   68. caption --max-new-tokens 0                            refused
   69. index --kind nosuch                                   refused
   70. index --split nosuch                                  refused
-  71. bench fid --max-items 0 on a 22-image split           refused: says how many are needed
+  71. bench fid --max-items 0 on a 44-image split           refused: says how many are needed
   72. bench fid --max-items -1                              refused
   73. train --phase 3                                       refused (usage error, one line)
   74. search -k abc                                         refused (usage error, one line)
@@ -604,10 +604,10 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
     "index --split nosuch": (
         lambda c, t: ["index", "--split", "nosuch", "--checkpoint", c.checkpoint, "--data", c.data, "--out", t / "i"],
         lambda t: refused("unknown split")),
-    "bench fid --max-items 0 on 22 images": (
+    "bench fid --max-items 0 on 44 images": (
         lambda c, t: ["bench", "fid", "--checkpoint", c.checkpoint, "--data", c.data, "--max-items", "0", "--out",
                       t / "fid", "-q"],
-        lambda t: refused("at least 50", "gives 22")),
+        lambda t: refused("at least 50", "gives 44")),
     "bench fid --max-items -1": (
         lambda c, t: ["bench", "fid", "--checkpoint", c.checkpoint, "--data", c.data, "--max-items", "-1", "--out",
                       t / "fid", "-q"],
