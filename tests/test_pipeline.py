@@ -181,8 +181,18 @@ class _InterruptAt(NullProgress):
                 raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("ema", [[], ["train.caption.ema_decay=0.9"]], ids=["raw", "ema"])
-def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, ema):
+TEXT_AUGMENT = ["data.augment.other_field=0.3", "data.augment.attribute_captions=0.5",
+                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3"]
+
+
+@pytest.mark.parametrize(("overrides", "interrupt_at", "stopped_at"), [
+    ([], 7, ("caption", 2)),  # caption step 3
+    (["train.caption.ema_decay=0.9"], 7, ("caption", 2)),
+    (TEXT_AUGMENT, 3, ("retrieval", 2)),  # retrieval step 3: the augmented texts continue exactly
+    (["model.vision.trainable_blocks=2"], 3, ("retrieval", 2)),  # the vision encoder's top trains too
+], ids=["raw", "ema", "text-augment", "vision-top"])
+def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, overrides, interrupt_at,
+                                                        stopped_at):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
     recipe = load_recipe(
         TINY,
@@ -191,15 +201,15 @@ def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, mon
             "train.save_every=2",
             "train.retrieval.max_steps=4",
             "train.caption.max_steps=4",
-            *ema,
+            *overrides,
         ],
     )
     data = workspace / "data"
     run_training(recipe, data=data, out=tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        run_training(recipe, data=data, out=tmp_path / "resumed", progress=_InterruptAt(7))  # caption step 3
+        run_training(recipe, data=data, out=tmp_path / "resumed", progress=_InterruptAt(interrupt_at))
     meta = json.loads((tmp_path / "resumed" / "checkpoint" / "meta.json").read_text())
-    assert meta["stage"] == "caption" and meta["step"] == 2
+    assert (meta["stage"], meta["step"]) == stopped_at
     run_training(recipe, data=data, out=tmp_path / "resumed", resume=True)
     straight = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))

@@ -31,6 +31,8 @@ EXCLUDE_REFERENCE = typer.Option(False, "--exclude-reference",
                                  help="Remove each query's reference image from its gallery.")
 NO_CAPTIONS = typer.Option(False, "--no-captions", help="Score without gallery captions only.")
 CAPTION_WEIGHT = typer.Option(1.0, "--caption-weight", help="Weight w of the gallery-caption term.")
+IMAGE_WEIGHT = typer.Option(0.4, "--image-weight",
+                            help="Zero-shot composed score: weight of image->image (text->image gets the rest).")
 
 
 def _run(subject: str, out_dir: Path | None, json_output: bool, quiet: bool,
@@ -166,15 +168,35 @@ def cir(
     exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,
     caption_weight: float = CAPTION_WEIGHT,
     gallery: str = typer.Option("auto", "--gallery", help="split, category, or auto (category for Fashion-IQ)."),
+    image_weight: float = IMAGE_WEIGHT,
     out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
 ) -> None:
-    """Composed retrieval: Recall@10/50 per category and averaged, with and without gallery captions."""
+    """Composed retrieval: Recall@10/50 per category and averaged, fused (with and without gallery captions)
+    next to the zero-shot late fusion, image-only and text-only."""
     from unifashion_core.evaluation.bench_cir import bench_cir
 
     bench = _cached(lambda **kw: bench_cir(**kw, split=split, seed=seed, exclude_reference=exclude_reference,
                                            use_captions=not no_captions, caption_weight=caption_weight,
-                                           gallery=gallery))
+                                           gallery=gallery, image_weight=image_weight))
     _run("cir", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def queries(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
+    shapes: str | None = typer.Option(None, "--shapes", help="Query shapes: attribute fields joined by '+', "
+                                      "comma-separated (default per dataset, e.g. type,colour+type)."),
+    max_queries: int = typer.Option(200, "--max-queries", help="At most this many value combinations per shape."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Short shopper queries built from the attributes ("blue dress"): P@5 and nDCG@10 per shape, with the
+    ridge baseline."""
+    from unifashion_core.evaluation.bench_queries import bench_queries
+
+    parsed = [shape for shape in (shapes or "").split(",") if shape.strip()] if shapes is not None else None
+    bench = _cached(lambda **kw: bench_queries(**kw, split=split, shapes=parsed, max_queries=max_queries, seed=seed))
+    _run("queries", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
 
 
 @app.command()

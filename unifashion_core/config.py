@@ -110,11 +110,33 @@ class _Section:
 
 
 @dataclass(frozen=True)
+class TextAugmentConfig(_Section):
+    """Phase 1a: how each training text is varied, per example and per step (all 0 = the plain text).
+
+    Applied in this order, each with its own probability: use the other text field, replace the
+    text by a phrase of a random subset of the item's attributes, drop words, wrap the text in a
+    shopper's phrasing (``train/text_augment.py``).
+    """
+
+    _key = "data.augment"
+    other_field: float = 0.0  # the description in place of the caption (or the reverse)
+    attribute_captions: float = 0.0  # "blue dress" from a random subset of the item's attributes
+    word_dropout: float = 0.0  # each word dropped with this probability (one always stays)
+    paraphrase: float = 0.0  # "i want ...", "find me ..." around the text
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            if not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise UserError(f"data.augment.{f.name} is a probability in [0, 1], got {getattr(self, f.name)}.")
+
+
+@dataclass(frozen=True)
 class DataConfig(_Section):
     _key = "data"
     path: str = ""  # prepared dataset directory; "" = the workspace's latest `prepare`
     caption_field: Literal["caption", "description"] = "caption"  # which text trains retrieval
     max_text_length: int = 32  # tokens; longer texts are truncated
+    augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)  # phase-1a training texts
 
 
 @dataclass(frozen=True)
@@ -123,6 +145,13 @@ class VisionConfig(_Section):
     name: Literal["tiny", "efficientnet_lite0", "blip2"] = "tiny"
     weights: str = ""  # path, hub id or package:NAME; "" = the packaged default; random = architecture only
     image_size: int = 224
+    # top stages trained with the Q-Former in phase 1a (EfficientNet: 1 = the head convolution,
+    # 2 = also the last MBConv block, ...); 0 = frozen, as in the paper
+    trainable_blocks: int = 0
+
+    def check(self) -> None:
+        if self.trainable_blocks < 0:
+            raise UserError(f"model.vision.trainable_blocks must be >= 0, got {self.trainable_blocks}.")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,18 @@ def max_sim(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     return per_query.max(dim=1).values  # (B, M)
 
 
+def pooled(image_embeds: Tensor) -> Tensor:
+    """One vector per image: the mean of its normalised query embeddings, renormalised.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` projected query outputs.
+
+    Returns:
+        ``(B, D)`` unit vectors.
+    """
+    return F.normalize(image_embeds.float().mean(dim=1), dim=-1)
+
+
 def _world() -> tuple[int, int]:
     """(rank, world size) of the default process group, (0, 1) when there is none."""
     if dist.is_available() and dist.is_initialized():
@@ -84,6 +96,7 @@ def itc_loss(
     temperature: float | Tensor,
     label_smoothing: float = 0.0,
     gather: bool = False,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Image-text contrastive loss (Eq. 3): mean of the i2t and t2i in-batch cross-entropies.
 
@@ -93,14 +106,28 @@ def itc_loss(
         temperature: the softmax temperature.
         label_smoothing: cross-entropy label smoothing (BLIP-2 uses 0.1, UniFashion's code 0).
         gather: gather features across processes (see :func:`itc_logits`).
+        positives: ``(B, B)`` bool, ``[i, j]`` True when text ``j`` describes image ``i`` too (a
+            short text such as "blue dress" fits many images); the targets are then spread evenly
+            over each row's positives in the local batch. None: only the diagonal.
 
     Returns:
         The scalar loss.
     """
     logits_i2t, logits_t2i, labels = itc_logits(image_embeds, text_embeds, temperature, gather)
-    loss_i2t = F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
-    loss_t2i = F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)
+    targets_i2t = labels if positives is None else _spread_targets(positives, labels, logits_i2t.shape[1])
+    targets_t2i = labels if positives is None else _spread_targets(positives.T, labels, logits_t2i.shape[1])
+    loss_i2t = F.cross_entropy(logits_i2t, targets_i2t, label_smoothing=label_smoothing)
+    loss_t2i = F.cross_entropy(logits_t2i, targets_t2i, label_smoothing=label_smoothing)
     return (loss_i2t + loss_t2i) / 2
+
+
+def _spread_targets(positives: Tensor, labels: Tensor, num_columns: int) -> Tensor:
+    """``(B, num_columns)`` target probabilities: each row's positives in its local block, evenly."""
+    batch = positives.shape[0]
+    targets = torch.zeros(batch, num_columns, device=positives.device)
+    start = int(labels[0])  # the local block's first column (rank * B)
+    targets[:, start:start + batch] = positives.float()
+    return targets / targets.sum(dim=1, keepdim=True)
 
 
 def _same_caption(texts: list[str], batch: int, device: torch.device) -> Tensor:
@@ -143,6 +170,7 @@ def select_hard_negatives(
     strategy: str = "sample",
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
+    positives: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Choose one hard negative text per image and one hard negative image per text.
 
@@ -158,6 +186,8 @@ def select_hard_negatives(
         strategy: ``"sample"`` or ``"hardest"``.
         generator: random generator for sampling (on the same device as the similarities).
         texts: the ``B`` captions of the batch, to avoid false negatives from duplicates.
+        positives: ``(B, B)`` bool, ``[i, j]`` True when text ``j`` describes image ``i``: never a
+            negative pair (overrides ``texts``).
 
     Returns:
         ``neg_text_idx`` ``(B,)`` (a text index for each image) and ``neg_image_idx`` ``(B,)``
@@ -176,9 +206,10 @@ def select_hard_negatives(
                          f"and {tuple(sim_t2i.shape)}.")
     if batch < 2:
         raise ValueError("hard negatives need a batch of at least 2 pairs (ITM requires B >= 2).")
-    same = None if texts is None else _same_caption(texts, batch, sim_i2t.device)
-    neg_text_idx = _pick_negatives(sim_i2t, strategy, generator, same)  # (B,)
-    neg_image_idx = _pick_negatives(sim_t2i, strategy, generator, same)  # (B,)
+    if positives is None and texts is not None:
+        positives = _same_caption(texts, batch, sim_i2t.device)
+    neg_text_idx = _pick_negatives(sim_i2t, strategy, generator, positives)  # (B,)
+    neg_image_idx = _pick_negatives(sim_t2i, strategy, generator, None if positives is None else positives.T)  # (B,)
     return neg_text_idx, neg_image_idx
 
 
@@ -192,6 +223,7 @@ def itm_loss(
     strategy: str = "sample",
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Image-text matching loss (Eq. 4) on B positives and 2B hard negatives.
 
@@ -209,12 +241,13 @@ def itm_loss(
         strategy: hard-negative strategy (see :func:`select_hard_negatives`).
         generator: random generator for the sampling.
         texts: the B captions, so identical captions are never used as negatives.
+        positives: ``(B, B)`` bool, text ``j`` describes image ``i``: never used as a negative pair.
 
     Returns:
         The scalar loss.
     """
     neg_text_idx, neg_image_idx = select_hard_negatives(
-        sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts
+        sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts, positives
     )
     images_3b = torch.cat([image_tokens, image_tokens, image_tokens[neg_image_idx]])  # (3B, N, C)
     ids_3b = torch.cat([input_ids, input_ids[neg_text_idx], input_ids])  # (3B, L)

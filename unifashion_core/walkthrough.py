@@ -34,7 +34,12 @@ QUICK_OVERRIDES = [
 TRYON_OVERRIDES = ["model.generator.tryon.resolution=64"]
 TRYON_EXAMPLES = 3  # test people dressed for the report's try-on rows
 TRYON_BENCH_ITEMS = 40  # bench tryon: all 18 test people; 40 garments designed from sketches (x2 samples)
-TEXT_QUERIES = ("red striped long-sleeve shirt", "blue dress", "black trousers")
+# Example searches and the attribute values their first result must have.
+TEXT_QUERIES: dict[str, dict[str, str]] = {
+    "red striped long-sleeve shirt": {"colour": "red", "pattern": "striped", "sleeve": "long-sleeve", "type": "shirt"},
+    "blue dress": {"colour": "blue", "type": "dress"},
+    "black trousers": {"colour": "black", "type": "trousers"},
+}
 GENERATION_PROMPTS = ("red solid t-shirt", "blue polka-dot dress", "green checked skirt", "yellow striped shirt")
 
 
@@ -136,13 +141,16 @@ def _search(paths: dict[str, Path]) -> dict[str, Any]:
     from unifashion_core.retrieval.search import contact_sheet, load_searcher, search
 
     model, index = load_searcher(paths["index"], None)
+    dataset = load_dataset(paths["data"])
+    attributes = {item.id: item.attributes for item in dataset.items}
     sheets, queries = [], []
-    for number, text in enumerate(TEXT_QUERIES):
+    for number, (text, wanted) in enumerate(TEXT_QUERIES.items()):
         results = search(model, index, text=text, k=5)
         sheet = contact_sheet(results, paths["demo"] / f"search-text-{number}.png", None, text)
         sheets.append(sheet.name)
-        queries.append({"query": text, "top": [(r.id, r.caption, round(r.score, 4)) for r in results]})
-    dataset = load_dataset(paths["data"])
+        first = attributes[results[0].id]
+        queries.append({"query": text, "top": [(r.id, r.caption, round(r.score, 4)) for r in results],
+                        "first_matches": all(first.get(name) == value for name, value in wanted.items())})
     reference = dataset.split("test")[0]
     image = dataset.image_path(reference)
     results = search(model, index, image=image, k=5, mode="i2i")
@@ -258,18 +266,21 @@ def _render_tryon(stage: dict[str, Any]) -> list[str]:
 def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str, Any]:
     from unifashion_core.evaluation.bench_caption import bench_caption
     from unifashion_core.evaluation.bench_generation import bench_generation
+    from unifashion_core.evaluation.bench_queries import bench_queries
     from unifashion_core.evaluation.bench_retrieval import bench_retrieval
 
     checkpoint, data, bench, cache = paths["run"] / "checkpoint", paths["data"], paths["bench"], paths["cache"]
     benches = {"retrieval": lambda: bench_retrieval(checkpoint, data, bench / "retrieval", cache_dir=cache,
-                                                    progress=progress)}
+                                                    progress=progress),
+               "queries": lambda: bench_queries(checkpoint, data, bench / "queries", cache_dir=cache,
+                                                progress=progress)}
     # --quick measures retrieval only: the caption metrics (Java METEOR) and FID take minutes.
     if not quick:
         benches["caption"] = lambda: bench_caption(checkpoint, data, bench / "caption", cache_dir=cache,
                                                    progress=progress)
         benches["fid"] = lambda: bench_generation("fid", checkpoint, data, bench / "fid", max_items=100,
                                                   progress=progress)
-    keys = ("protocols", "fid", "kid_mean", "colour_accuracy")
+    keys = ("protocols", "fid", "kid_mean", "colour_accuracy", "shapes")
     return {subject: {k: v for k, v in run().data.items() if k in keys} for subject, run in benches.items()}
 
 
@@ -341,6 +352,17 @@ def _render_composed(stage: dict[str, Any]) -> list[str]:
     ]
 
 
+def _render_short_queries(shapes: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Markdown lines: `bench queries` P@5 and nDCG@10 per query shape, model next to the baseline."""
+    from unifashion_core.evaluation.reports import markdown_table
+
+    rows = [{"shape": shape, "model P@5": figures["P@5"], "model nDCG@10": figures["nDCG@10"],
+             "baseline P@5": shapes["baseline"][shape]["P@5"], "queries": figures["num_queries"]}
+            for shape, figures in shapes["model"].items()]
+    return ["## Short queries (`bench queries`, test split)", "",
+            markdown_table(rows, ["shape", "model P@5", "model nDCG@10", "baseline P@5", "queries"])]
+
+
 def render_report(report: dict[str, Any]) -> str:
     """demo/report.md: what ran, how long it took, and what it measured."""
     stages = report["stages"]
@@ -360,7 +382,10 @@ def render_report(report: dict[str, Any]) -> str:
     lines += ["", "## Search", ""]
     for query, sheet in zip(stages["search"]["queries"], stages["search"]["sheets"], strict=True):
         lines.append(f"**{query['query']}**: " + "; ".join(f"{c} ({s})" for _, c, s in query["top"]))
+        if "first_matches" in query:
+            lines += ["", f"First result has every value named: {'yes' if query['first_matches'] else '**no**'}."]
         lines += ["", f"![]({sheet})", ""]
+    lines += _render_short_queries(stages["bench"]["queries"]["shapes"])
     lines += ["## Captions", "", "| image | generated | reference |", "|---|---|---|"]
     lines += [f"| ![]({e['image']}) | {e['caption']} | {e['reference']} |" for e in stages["caption"]["examples"]]
     lines += ["", "## Generation", "", "| prompt | image |", "|---|---|"]

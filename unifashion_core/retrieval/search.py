@@ -1,19 +1,32 @@
-"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries."""
+"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries.
+
+Composed queries use one of two scores (``COMPOSED_SCORES``): ``fused``, the Q-Former's fused
+(image + text) embedding that phase 2 trains (plus gallery captions when indexed), or
+``zero-shot``, a late fusion of image->image and text->image similarity that needs no composed
+training (``metrics.cir.zero_shot_scores``). ``auto`` takes ``fused`` for a phase-2 checkpoint and
+``zero-shot`` for any other.
+"""
 
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from unifashion_core.checkpoint import load_checkpoint
+from unifashion_core.batching import batch_slices
+from unifashion_core.checkpoint import load_checkpoint, read_meta
 from unifashion_core.data.images import load_user_image
 from unifashion_core.errors import UserError
+from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT, zero_shot_scores
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.retrieval.build import item_texts
 from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.query_text import check_query_words, tokenizer_warnings
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
+COMPOSED_SCORES = ("auto", "fused", "zero-shot")
+ZERO_SHOT_BLOCK = 65_536  # gallery items scored at a time by the zero-shot composed score
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
 
 
@@ -33,6 +46,8 @@ def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[
     warnings = []
     if text is not None and not text.strip():
         raise UserError('the query text is empty; give some words, e.g. --text "red striped shirt".')
+    if text is not None:
+        check_query_words(text)
     if text is not None and len(text) > MAX_QUERY_CHARS:
         warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
     if text is None and image is None:
@@ -53,6 +68,21 @@ def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tupl
     return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
 
 
+def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
+    """The composed score a search uses: ``requested``, or for ``auto`` the one the query model has
+    been trained for (``fused`` after phase 2, else ``zero-shot``).
+
+    Raises:
+        UserError: an unknown score name.
+    """
+    if requested not in COMPOSED_SCORES:
+        raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
+    if requested != "auto":
+        return requested
+    phase = read_meta(checkpoint or _index_checkpoint(index_path)).get("phase", 1)
+    return "fused" if phase == 2 else "zero-shot"
+
+
 def _index_checkpoint(index_path: str | Path) -> str:
     index = RetrievalIndex.load(index_path)
     path = index.meta.get("checkpoint", "")
@@ -70,14 +100,26 @@ def search(
     mode: str = "auto",
     caption_weight: float = 1.0,
     use_captions: bool = True,
+    composed: str = "fused",
+    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
 ) -> list[SearchResult]:
-    """Run one query against an index and return the top ``k`` items, best first."""
+    """Run one query against an index and return the top ``k`` items, best first.
+
+    Args:
+        composed: the composed (image + text) score: ``fused`` or ``zero-shot`` (see the module).
+        image_weight: the zero-shot score's image weight, in [0, 1].
+    """
     from unifashion_core.models.vision import preprocess
 
     mode, _ = check_query(text, image, mode)
     if k < 1:
         raise UserError("-k must be at least 1.")
+    if composed not in COMPOSED_SCORES[1:] or not 0.0 <= image_weight <= 1.0:
+        raise UserError(f"composed score {composed!r} with image weight {image_weight}: choose fused or zero-shot "
+                        "and a weight in [0, 1].")
     text = text[:MAX_QUERY_CHARS] if text is not None else None
+    if text is not None:
+        tokenizer_warnings(model.tokenizer, text)
     tokens = image_embeds = None
     if image is not None:
         tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
@@ -88,6 +130,8 @@ def search(
         scores, rows = index.search_texts(image_embeds, k)
     elif mode == "i2i":
         scores, rows = _search_by_image(index, image_embeds[0], k)
+    elif composed == "zero-shot":
+        scores, rows = _search_zero_shot(index, image_embeds, model.embed_texts([text]).numpy(), k, image_weight)
     else:
         fused = model.embed_composed(tokens, [text]).numpy()
         scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
@@ -111,6 +155,23 @@ def _search_by_image(index: RetrievalIndex, query: np.ndarray, k: int) -> tuple[
     return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
 
 
+def _search_zero_shot(
+    index: RetrievalIndex, reference: np.ndarray, text: np.ndarray, k: int, image_weight: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Composed search by the zero-shot late fusion, exact over the index's vectors.
+
+    Args:
+        reference: ``(1, Q, D)`` reference image embeddings.
+        text: ``(1, D)`` embedding of the modification text.
+    """
+    chunks = []
+    for rows in batch_slices(index.num_items, ZERO_SHOT_BLOCK):
+        gallery = torch.from_numpy(np.asarray(index.image_vectors[rows], dtype=np.float32))  # (n, Q, D)
+        chunks.append(zero_shot_scores(torch.from_numpy(reference), torch.from_numpy(text), gallery, image_weight))
+    top = torch.cat(chunks, dim=1).topk(min(k, index.num_items), dim=1)  # (1, k)
+    return top.values.numpy(), top.indices.numpy()
+
+
 def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:
     return [vars(r) for r in results]
 
@@ -122,19 +183,20 @@ def contact_sheet(
     query_text: str | None,
     thumb: int = 128,
 ) -> Path:
-    """Write a PNG: the query (image and/or text) then the top results with rank and score."""
-    from PIL import Image, ImageDraw
+    """Write a PNG: the query tile, then the top results with rank and score.
+
+    The query tile shows the query image (the reference of a composed query) or, for a text
+    query, the text itself; a composed query's text is also written under the row.
+    """
+    from PIL import Image, ImageDraw, ImageOps
 
     from unifashion_core.data.images import ImageError, open_image
 
     columns = len(results) + 1
     sheet = Image.new("RGB", (columns * (thumb + 8) + 8, thumb + 60), "white")
     draw = ImageDraw.Draw(sheet)
-    tiles: list[tuple[Any, str]] = []
-    if query_image is not None:
-        tiles.append((load_user_image(query_image), "query"))
-    else:
-        tiles.append((None, "query"))
+    tiles: list[tuple[Any, str]] = [(_query_tile(query_image, query_text, thumb),
+                                     "query" if query_image is None or query_text is None else "reference + text")]
     for r in results:
         try:
             tiles.append((open_image(r.image), f"#{r.rank} {r.score:.3f}"))
@@ -143,8 +205,7 @@ def contact_sheet(
     for column, (picture, label) in enumerate(tiles):
         x = 8 + column * (thumb + 8)
         if picture is not None:
-            picture.thumbnail((thumb, thumb))
-            sheet.paste(picture, (x, 8))
+            sheet.paste(ImageOps.contain(picture, (thumb, thumb)), (x, 8))  # small photos scale up too
         draw.text((x, thumb + 14), label, fill="black")
     if query_text:
         draw.text((8, thumb + 34), f"text: {query_text[:120]}", fill="black")
@@ -154,3 +215,19 @@ def contact_sheet(
     sheet.save(tmp)
     tmp.replace(out)
     return out
+
+
+def _query_tile(query_image: str | Path | None, query_text: str | None, thumb: int) -> Any:
+    """The query's picture: its image, or a framed tile with the query text wrapped inside."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    if query_image is not None:
+        return load_user_image(query_image)
+    tile = Image.new("RGB", (thumb, thumb), (235, 235, 235))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, thumb - 1, thumb - 1), outline="black")
+    lines = textwrap.wrap(query_text or "", width=max(8, thumb // 7))[: max(1, (thumb - 8) // 12)]
+    draw.multiline_text((6, 6), "\n".join(lines), fill="black", spacing=2)
+    return tile

@@ -98,8 +98,9 @@ class _TrainingData:
         items, tokens, skipped = {}, {}, SkipLog()
         limits = {"train": None, "val": recipe.train.eval_max_items}
         for split, limit in limits.items():
-            kept, split_tokens, split_skipped = image_tokens(
-                model.vision, dataset, dataset.split(split)[:limit], cache_dir, progress)
+            kept, split_tokens, split_skipped = image_tokens(  # the trunk's maps when the top trains
+                model.vision, dataset, dataset.split(split)[:limit], cache_dir, progress,
+                num_top=recipe.model.vision.trainable_blocks)
             items[split], tokens[split] = kept, split_tokens.to(model.device)
             skipped.entries += split_skipped.entries
         if len(items["train"]) < 2:
@@ -112,7 +113,7 @@ class _TrainingData:
     def build_stage(self, name: str) -> stage_lib.Stage:
         model, recipe = self.model, self.recipe
         if name == "retrieval":
-            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.texts("train"),
+            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.items["train"],
                                              self.tokens["val"], self.texts("val"))
         if name == "caption":
             style = recipe.model.captioner.style
@@ -145,7 +146,7 @@ class _TrainingData:
     def queries(self, split: str, source: str) -> torch.Tensor:
         """Frozen Q-Former query outputs (N, Q, H) of a split's images and/or captions: ``source``
         is "image" (image mode), "text" (text only) or "multimodal" (image + caption)."""
-        return self.model.source_queries(source, self.tokens[split], self.texts(split))
+        return self.model.source_queries(source, self.model.vision_top(self.tokens[split]), self.texts(split))
 
     def pixels(self, split: str) -> torch.Tensor:
         """Training images at the generator's resolution, in [-1, 1]: (N, 3, R, R)."""

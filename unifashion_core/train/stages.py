@@ -14,10 +14,12 @@ from torch import nn
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, QueryMixConfig, Recipe
+from unifashion_core.data.manifest import Item
 from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.train.text_augment import augment_batch
 
 LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 
@@ -55,44 +57,59 @@ def retrieval_stage(
     model: UniFashion,
     recipe: Recipe,
     tokens: torch.Tensor,
-    texts: list[str],
+    items: list[Item],
     val_tokens: torch.Tensor,
     val_texts: list[str],
 ) -> Stage:
-    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
+    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
+
+    With ``model.vision.trainable_blocks``, ``tokens`` are the frozen trunk's feature maps and the
+    encoder's top stages train too.
+
+    ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
+    texts, varied by ``data.augment`` with the stage's generator (``text_augment``). A text that
+    fits other items of the batch too (an identical one, or "blue dress") counts them as positives
+    in ITC and never pairs with them as an ITM negative.
+    """
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
+    num_top = recipe.model.vision.trainable_blocks
+    vision_params = model.vision.top_parameters(num_top) if num_top else []
+    for param in vision_params:
+        param.requires_grad_(True)
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch_tokens = tokens[indices].float()  # (B, T, C)
-        batch_texts = [texts[i] for i in indices.tolist()]
+        batch_tokens = tokens[indices].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
+        if num_top:
+            batch_tokens = model.vision.top(batch_tokens, num_top)  # (B, T, C), training the top stages
+        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)
+        positives = positives.to(batch_tokens.device)  # (B, B): text j describes image i
         ids, mask = model.tokenize(batch_texts)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(
-            image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes
-        )
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing,
+                       loss_cfg.gather_across_processes, positives)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
             with torch.no_grad():
                 sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
-            itm = itm_loss(
-                qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts
-            )
+            itm = itm_loss(qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator,
+                           positives=positives)
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
 
     def eval_fn() -> dict[str, float]:
-        recalls = cross_modal_recalls(max_sim(model.embed_images(val_tokens), model.embed_texts(val_texts)))
+        images = model.embed_images(model.vision_top(val_tokens))
+        recalls = cross_modal_recalls(max_sim(images, model.embed_texts(val_texts)))
         return {f"val_{k}": v for k, v in recalls.items()}
 
     return Stage(
         "retrieval",
         qformer,
-        _trainable(qformer),
+        _trainable(qformer) + vision_params,
         recipe.train.retrieval,
         len(tokens),
         loss_fn,
