@@ -196,7 +196,8 @@ def test_demo_parity_through_the_cli(tiny_phase1: Path, tmp_path: Path, monkeypa
         assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "remote" / "meta.json").read_text())["backend"] == "qdrant"
     image = next(iter((tiny_phase1 / "data" / "images").rglob("*.png")))
-    queries = [["--text", "red striped shirt"], ["--image", str(image)], ["--image", str(image), "--text", "in blue", "--composed", "fused"],
+    queries = [["--text", "red striped shirt"], ["--image", str(image)],
+               ["--image", str(image), "--text", "in blue", "--composed", "fused"],
                ["--text", "a dress", "--filter", "split=test", "--filter", "category=dress"]]
     for query in queries:
         found = []

@@ -144,6 +144,25 @@ def clip_score(
 
 @app.command()
 @handle_errors
+def tryon(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, max_items: int = MAX_ITEMS,
+    queries: str = typer.Option("image", "--queries",
+                                help="The garment as image (in-shop photo), text (caption) or multimodal (both)."),
+    with_sketch: bool = typer.Option(False, "--with-sketch", help="Also give try-on the person's sketch."),
+    steps: int = STEPS, sampler: str = SAMPLER, guidance: float | None = GUIDANCE, seed: int = SEED,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Try-on (paired SSIM/PSNR/FID/KID against two baselines; unpaired FID/KID) and design from a sketch."""
+    from unifashion_core.evaluation.bench_tryon import bench_tryon
+
+    bench = _cached(lambda **kw: bench_tryon(**kw, split=split, max_items=max_items, queries=queries,
+                                             with_sketch=with_sketch, steps=steps, sampler=sampler,
+                                             guidance=guidance, seed=seed))
+    _run("tryon", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
 def cir(
     checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
     exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,

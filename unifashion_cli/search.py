@@ -65,7 +65,8 @@ def search(
         )
         return
     if score is not None:
-        out.print(_describe_score(score, image_weight, caption_weight, not no_captions and bool(index.meta.get("has_captions"))))
+        captions = not no_captions and bool(index.meta.get("has_captions"))
+        out.print(_describe_score(score, image_weight, caption_weight, captions))
     table = Table(title=f"{effective}: {text or ''} {image or ''}".strip())
     for column in ("rank", "id", "score", "caption"):
         table.add_column(column)

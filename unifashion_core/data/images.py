@@ -141,17 +141,25 @@ def as_image(source: str | Path | Image.Image) -> Image.Image:
     return source.convert("RGB") if isinstance(source, Image.Image) else load_user_image(source)
 
 
+def pad_geometry(width: int, height: int, max_aspect: float = 1.25) -> tuple[int, int, int, int]:
+    """Where :func:`pad_to_aspect` puts a ``width`` x ``height`` image: (canvas width, canvas
+    height, left, top)."""
+    if max(width, height) / min(width, height) <= max_aspect:
+        return width, height, 0, 0
+    if width > height:
+        canvas = (width, int(round(width / max_aspect)))
+    else:
+        canvas = (int(round(height / max_aspect)), height)
+    return canvas[0], canvas[1], (canvas[0] - width) // 2, (canvas[1] - height) // 2
+
+
 def pad_to_aspect(image: Image.Image, max_aspect: float = 1.25, fill: int = 255) -> Image.Image:
     """Pad the short side so that long/short <= max_aspect (the paper pads before resizing)."""
-    width, height = image.size
-    if max(width, height) / min(width, height) <= max_aspect:
+    canvas_width, canvas_height, left, top = pad_geometry(*image.size, max_aspect)
+    if (canvas_width, canvas_height) == image.size:
         return image
-    if width > height:
-        new_size = (width, int(round(width / max_aspect)))
-    else:
-        new_size = (int(round(height / max_aspect)), height)
-    canvas = Image.new("RGB", new_size, (fill, fill, fill))
-    canvas.paste(image, ((new_size[0] - width) // 2, (new_size[1] - height) // 2))
+    canvas = Image.new("RGB", (canvas_width, canvas_height), (fill, fill, fill))
+    canvas.paste(image, (left, top))
     return canvas
 
 

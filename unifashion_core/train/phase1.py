@@ -14,6 +14,7 @@ from unifashion_core.checkpoint import read_weights, save_checkpoint
 from unifashion_core.config import QUERY_SOURCES, Recipe
 from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
+from unifashion_core.data.tryon import has_tryon, load_tryon, stack_tryon
 from unifashion_core.errors import UserError
 from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.models.unifashion import UniFashion, build_model
@@ -122,10 +123,25 @@ class _TrainingData:
                 [item.caption_target(style) for item in self.items["val"]])
         pixels, val_pixels = self.pixels("train"), self.pixels("val")
         g = recipe.model.generator
+        needed = {source: g.standardize_queries or getattr(g.query_mix, source) > 0 for source in QUERY_SOURCES}
+        tryon_needed = {source: getattr(g.tryon.query_mix, source) > 0 for source in QUERY_SOURCES}
         queries = {source: self.queries("train", source) for source in QUERY_SOURCES
-                   if g.standardize_queries or getattr(g.query_mix, source) > 0}
+                   if needed[source] or (g.tryon.fraction > 0 and tryon_needed[source])}
+        tryon = self.tryon_data({s: q for s, q in queries.items() if tryon_needed[s]}) if g.tryon.fraction > 0 else None
         return stage_lib.generate_stage(
-            model, recipe, queries, pixels, (self.queries("val", "text"), val_pixels) if len(val_pixels) else None)
+            model, recipe, {s: q for s, q in queries.items() if needed[s]}, pixels,
+            (self.queries("val", "text"), val_pixels) if len(val_pixels) else None, tryon)
+
+    def tryon_data(self, queries: dict[str, torch.Tensor]) -> stage_lib.TryOnData | None:
+        """The training items with person + mask extras as try-on examples (None when there are
+        none), their inputs loaded per batch; ``queries``: (N, Q, H) per source, all items."""
+        rows = [row for row, item in enumerate(self.items["train"]) if has_tryon(item)]
+        if not rows:
+            return None
+        items, size = [self.items["train"][row] for row in rows], self.recipe.model.generator.tryon_resolution
+        return stage_lib.TryOnData({source: q[rows] for source, q in queries.items()},
+                                   lambda positions: stack_tryon([load_tryon(self.dataset, items[p], size)
+                                                                  for p in positions]))
 
     def queries(self, split: str, source: str) -> torch.Tensor:
         """Frozen Q-Former query outputs (N, Q, H) of a split's images and/or captions: ``source``

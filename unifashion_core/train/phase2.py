@@ -40,6 +40,7 @@ from unifashion_core.config import Recipe
 from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
+from unifashion_core.data.tryon import has_tryon, load_tryon, stack_tryon
 from unifashion_core.errors import UserError
 from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.losses import cir_loss
@@ -49,7 +50,7 @@ from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train.loop import MetricsLog, run_stage
 from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
-from unifashion_core.train.stages import Stage
+from unifashion_core.train.stages import Stage, inpainting_loss
 
 STAGE = "phase2"
 TERMS = ("cir", "itg", "q2i")
@@ -173,6 +174,23 @@ def cir_term(
     )
 
 
+def q2i_term(
+    model: UniFashion, recipe: Recipe, dataset: Dataset, query_output: torch.Tensor, targets: list[Item],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """q2I from the fused queries (B, Q, H): the target garments' images, or, for a share
+    ``model.generator.tryon.fraction`` of the batches whose targets all carry a try-on example,
+    the people wearing them filling their masks (paper Eq. 12, the generate stage's path)."""
+    g = recipe.model.generator
+    if g.tryon.fraction > 0 and all(has_tryon(item) for item in targets) and \
+            float(torch.rand((), generator=generator)) < g.tryon.fraction:
+        inputs = stack_tryon([load_tryon(dataset, item, g.tryon_resolution) for item in targets])
+        return inpainting_loss(model.generator, g, query_output, inputs, "multimodal", generator)
+    pixels = pixel_values([dataset.image_path(item) for item in targets], g.resolution).to(query_output.device)
+    return model.generator.loss(query_output, pixels, drop_prob=g.cfg_drop_prob, generator=generator,
+                                source="multimodal")
+
+
 def trainable_modules(model: UniFashion, names: tuple[str, ...]) -> dict[str, nn.Module]:
     """The modules phase 2 trains: those of ``names`` (``train.phase2.trainable``) the model has.
 
@@ -198,9 +216,7 @@ def phase2_stage(
     qformer, loss_cfg = model.qformer, recipe.loss
     terms = active_terms(model, recipe)
     weights = {"cir": loss_cfg.cir_weight, "itg": loss_cfg.itg_weight, "q2i": loss_cfg.q2i_weight}
-    style, size = recipe.model.captioner.style, recipe.model.generator.resolution
-    drop_prob = recipe.model.generator.cfg_drop_prob
-    device = train.tokens.device
+    style = recipe.model.captioner.style
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         rows = indices.tolist()
@@ -216,10 +232,8 @@ def phase2_stage(
         if "itg" in terms:
             parts["itg"] = model.captioner.loss(fused.query_output, captions, style)
         if "q2i" in terms:
-            paths = [dataset.image_path(train.items[row]) for row in targets.tolist()]
-            pixels = pixel_values(paths, size).to(device)
-            parts["q2i"] = model.generator.loss(fused.query_output, pixels, drop_prob=drop_prob, generator=generator,
-                                                source="multimodal")
+            parts["q2i"] = q2i_term(model, recipe, dataset, fused.query_output,
+                                    [train.items[row] for row in targets.tolist()], generator)
         loss = sum(weights[name] * value for name, value in parts.items())
         return loss, {name: float(value.detach()) for name, value in parts.items()}
 

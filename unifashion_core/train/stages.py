@@ -8,12 +8,14 @@ example indices; the loop in ``loop.py`` is the same for all of them. The frozen
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from unifashion_core.batching import batch_slices
-from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
+from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, QueryMixConfig, Recipe
 from unifashion_core.data.manifest import Item
+from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.losses import itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
@@ -151,12 +153,31 @@ def caption_stage(
     )
 
 
+@dataclass
+class TryOnData:
+    """The try-on examples of the generate stage: garments worn by people (docs/design.md section 10).
+
+    Attributes:
+        queries: per query source with weight in ``model.generator.tryon.query_mix``, the (M, Q, H)
+            frozen query outputs of the M garments.
+        load: the inputs (person, mask, sketch) of some of the M examples, by position, at the
+            generator's try-on side; e.g. ``data.tryon.load_tryon`` over the items.
+    """
+
+    queries: dict[str, torch.Tensor]
+    load: Callable[[list[int]], TryOnInputs]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.queries.values())))
+
+
 def generate_stage(
     model: UniFashion,
     recipe: Recipe,
     queries: dict[str, torch.Tensor],
     pixels: torch.Tensor,
     val: tuple[torch.Tensor, torch.Tensor] | None,
+    tryon: TryOnData | None = None,
 ) -> Stage:
     """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
 
@@ -164,6 +185,9 @@ def generate_stage(
     caption alone, its image, or both), drawn with the weights of ``model.generator.query_mix``.
     With ``standardize_queries`` the head first takes each source's statistics over the training
     set, so ``queries`` must then hold all three (N, Q, H) tensors; otherwise those with weight.
+    With ``tryon`` examples, a share ``model.generator.tryon.fraction`` of the batches are
+    inpainting batches instead (:func:`tryon_loss`); with ``sketch_fraction``, that share of the
+    plain examples get their image's edges as the sketch (design from a sketch).
     """
     generator_head = model.generator
     model.qformer.requires_grad_(False)
@@ -171,18 +195,18 @@ def generate_stage(
     if g.standardize_queries:
         for source in QUERY_SOURCES:
             generator_head.set_query_statistics(source, queries[source])
-    weights = torch.tensor([getattr(g.query_mix, source) for source in QUERY_SOURCES], dtype=torch.float)
-    template = next(iter(queries.values()))  # (N, Q, H): shape and dtype of a batch
+    weights = mix_weights(g.query_mix)
+    tryon = tryon if tryon is not None and len(tryon) and g.tryon.fraction > 0 else None
 
     def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if tryon is not None and float(torch.rand((), generator=generator)) < g.tryon.fraction:
+            loss = tryon_loss(generator_head, g, tryon, len(indices), generator)
+            return loss, {"q2i_tryon": float(loss.detach())}
         sources = torch.multinomial(weights, len(indices), replacement=True, generator=generator)  # (B,)
-        batch_queries = template.new_empty(len(indices), *template.shape[1:])  # (B, Q, H)
-        for k, source in enumerate(QUERY_SOURCES):
-            rows = sources == k
-            if rows.any():
-                batch_queries[rows] = queries[source][indices[rows]]
-        loss = generator_head.loss(batch_queries.float(), pixels[indices].float(), drop_prob=g.cfg_drop_prob,
-                                   generator=generator, source=sources)
+        targets = pixels[indices].float()  # (B, 3, R, R)
+        sketch = sketches(g, (targets + 1) / 2, None, generator)
+        loss = generator_head.loss(gather_queries(queries, indices, sources), targets, sketch=sketch,
+                                   drop_prob=g.cfg_drop_prob, generator=generator, source=sources)
         return loss, {"q2i": float(loss.detach())}
 
     @torch.no_grad()
@@ -206,6 +230,63 @@ def generate_stage(
         loss_fn,
         eval_fn if val is not None and len(val[0]) else None,
     )
+
+
+def mix_weights(mix: QueryMixConfig) -> torch.Tensor:
+    """(3,) the weights of ``QUERY_SOURCES`` in a query mix."""
+    return torch.tensor([getattr(mix, source) for source in QUERY_SOURCES], dtype=torch.float)
+
+
+def gather_queries(queries: dict[str, torch.Tensor], rows: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(B, Q, H) float: row ``b`` is ``queries[QUERY_SOURCES[sources[b]]][rows[b]]``."""
+    template = next(iter(queries.values()))  # (N, Q, H)
+    batch = template.new_empty(len(rows), *template.shape[1:])  # (B, Q, H)
+    for k, source in enumerate(QUERY_SOURCES):
+        chosen = sources == k
+        if chosen.any():
+            batch[chosen] = queries[source][rows[chosen]]
+    return batch.float()
+
+
+def sketches(
+    g: GeneratorConfig, images: torch.Tensor, given: torch.Tensor | None, generator: torch.Generator
+) -> torch.Tensor | None:
+    """The sketch input of a batch: ``given`` (B, 1, R, R) sketches, else the edges of ``images``
+    (B, 3, R, R) in [0, 1], for a share ``g.sketch_fraction`` of the examples; zeros for the rest.
+    None when the generator takes no sketch or none is given (no random draw then)."""
+    if not g.use_sketch or g.sketch_fraction <= 0:
+        return None
+    keep = torch.rand(len(images), generator=generator) < g.sketch_fraction  # (B,)
+    if given is None:
+        given = torch.from_numpy(np.stack([edges(image) for image in images.cpu().numpy()]))[:, None]
+    return given.to(images) * keep[:, None, None, None].to(images)  # (B, 1, R, R)
+
+
+def tryon_loss(
+    generator_head: nn.Module, g: GeneratorConfig, tryon: TryOnData, batch_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """q2I on one inpainting batch (paper Eq. 12): ``batch_size`` examples drawn from ``tryon``,
+    the UNet filling each person's mask from the masked person (and the sketch, for a share
+    ``g.sketch_fraction``), conditioned on the worn garment's queries from ``g.tryon.query_mix``."""
+    rows = torch.randint(len(tryon), (batch_size,), generator=generator)  # (B,)
+    sources = torch.multinomial(mix_weights(g.tryon.query_mix), batch_size, replacement=True,
+                                generator=generator)  # (B,)
+    return inpainting_loss(generator_head, g, gather_queries(tryon.queries, rows, sources),
+                           tryon.load(rows.tolist()), sources, generator)
+
+
+def inpainting_loss(
+    generator_head: nn.Module, g: GeneratorConfig, query_output: torch.Tensor, inputs: TryOnInputs,
+    source: str | torch.Tensor, generator: torch.Generator,
+) -> torch.Tensor:
+    """q2I on inpainting inputs (paper Eq. 12): the UNet fills each person's mask, given the
+    masked person and the mask as extra channels (and the sketch, for a share
+    ``g.sketch_fraction``), conditioned on ``query_output`` (B, Q, H) of ``source``."""
+    device = next(generator_head.parameters()).device
+    person, mask = (torch.from_numpy(array).to(device) for array in (inputs.pixel_values, inputs.mask))
+    sketch = sketches(g, (person + 1) / 2, torch.from_numpy(inputs.sketch).to(device), generator)
+    return generator_head.loss(query_output, person, mask=mask, masked_pixel_values=person * (1 - mask),
+                               sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=source)
 
 
 def _validation_fid(
