@@ -322,7 +322,7 @@ def test_index_add_remove_and_compact_from_the_cli(tiny_index: Path, tiny_phase1
     before = run(*query)["results"]
     writes = len(list((index / "live").glob("*.npz")))  # one per batch of 64 added, one per remove
     compacted = run("index", "compact", "-q")
-    assert compacted["num_segments"] == writes == 3 and compacted["num_items"] == view.num_items
+    assert compacted["num_segments"] == writes and compacted["num_items"] == view.num_items
     assert RetrievalIndex.load(index).num_items == view.num_items and not (index / "live").exists()
     after = run(*query)["results"]
     assert [(r["id"], r["image"]) for r in after] == [(r["id"], r["image"]) for r in before]

@@ -76,8 +76,11 @@ def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
     result = runner.invoke(app, ["search", "--image", image, "-k", "3", "--sheet", str(sheet)])
     assert result.exit_code == 0, result.output
     assert Image.open(sheet).size[0] > 3 * 64
-    similar = json.loads(runner.invoke(app, ["search", "--image", image, "--mode", "i2i", "--json"]).output)
-    own = next(r for r in similar["results"] if r["image"] == image)  # an indexed image finds itself
+    everything = str(json.loads((workspace / "index" / "meta.json").read_text())["num_items"])
+    similar = json.loads(runner.invoke(app, ["search", "--image", image, "--mode", "i2i", "-k", everything,
+                                             "--json"]).output)
+    # an indexed image finds itself with the top score (this tiny model's scores are near-ties)
+    own = next(r for r in similar["results"] if r["image"] == image)
     assert own["score"] == pytest.approx(1.0, abs=2e-3)  # max over query pairs of unit vectors (fp16 store)
     assert own["score"] >= similar["results"][0]["score"] - 2e-3
 
