@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from paper_tiny import save_sd_pipeline
 
 from unifashion_core.config import GeneratorConfig
 from unifashion_core.errors import UserError
@@ -227,28 +227,8 @@ def test_small_preset_layout() -> None:
 
 @pytest.fixture
 def sd_pipeline_dir(tmp_path: Path) -> Path:
-    """A tiny SD-layout pipeline directory: unet/ (9 input channels) and vae/."""
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=16,
-    )
-    unet.save_pretrained(tmp_path / "unet")
-    vae.save_pretrained(tmp_path / "vae")
-    return tmp_path
+    """A tiny SD-layout pipeline directory: unet/ (9 input channels) and vae/ (tests/paper_tiny.py)."""
+    return save_sd_pipeline(tmp_path)
 
 
 def test_paper_preset_loads_pipeline_and_inpaints(sd_pipeline_dir: Path) -> None:

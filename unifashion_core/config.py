@@ -95,10 +95,13 @@ class QFormerConfig(_Section):
     num_attention_heads: int = 12
     intermediate_size: int = 1536
     text_pooling: Literal["cls", "mean"] = "cls"  # cls (BLIP-2) | mean (masked mean of token states; MiniLM's)
+    dropout: float = 0.1  # hidden and attention dropout while the Q-Former trains (BLIP-2's 0.1)
 
     def check(self) -> None:
         if self.num_query_tokens < 1:
             raise UserError("model.qformer.num_query_tokens must be at least 1.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"model.qformer.dropout must be in [0, 1), got {self.dropout}.")
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,10 @@ class TrainConfig(_Section):
     stages: tuple[Phase1Stage, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
     init_checkpoint: str = ""  # phase 2: the phase-1 checkpoint to start from ("" = --checkpoint or the latest)
     grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # used only where the device supports it
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on a GPU; ignored on a CPU
+    gradient_checkpointing: bool = False  # recompute Q-Former, LLM and UNet activations in backward
+    num_workers: int = 0  # DataLoader processes decoding images and reading features (0 = in the trainer)
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"  # an accelerate tracker as well as metrics.jsonl
     eval_every: int = 100  # steps between validation passes (0 = only at the end)
     save_every: int = 200  # steps between checkpoints (0 = only at the end)
     log_every: int = 10
@@ -220,6 +226,12 @@ class TrainConfig(_Section):
     caption: OptimConfig = field(default_factory=OptimConfig)
     generate: OptimConfig = field(default_factory=OptimConfig)
     phase2: OptimConfig = field(default_factory=OptimConfig)
+
+    def check(self) -> None:
+        if self.num_workers < 0:
+            raise UserError(f"train.num_workers must be 0 or more, got {self.num_workers}.")
+        if self.grad_accum_steps < 1:
+            raise UserError(f"train.grad_accum_steps must be at least 1, got {self.grad_accum_steps}.")
 
 
 @dataclass(frozen=True)

@@ -127,11 +127,12 @@ def _remove_stale_siblings(out: Path) -> None:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-")
     for sibling in out.parent.iterdir():
         found = pattern.match(sibling.name)
-        if found and sibling.is_dir() and not sibling.is_symlink() and not _is_running(int(found[1])):
+        if found and sibling.is_dir() and not sibling.is_symlink() and not is_running(int(found[1])):
             shutil.rmtree(sibling, ignore_errors=True)
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether a process with this id exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -147,12 +148,17 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     The parent folder is flushed after the rename, so after a crash ``path`` holds either the old
     or the new text, never an empty file.
     """
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a file through a temporary name, flushed to disk, then a rename (see :func:`write_text_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

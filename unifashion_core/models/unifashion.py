@@ -53,6 +53,17 @@ class UniFashion(nn.Module):
         self.vision.eval()
         return self
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the activations of the Q-Former, the LLM and the UNet in the backward pass
+        instead of keeping them (recipe key ``train.gradient_checkpointing``): less memory for
+        about a third more compute, the same gradients."""
+        kwargs = {"use_reentrant": False}
+        self.qformer.qformer.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if self.captioner is not None:
+            self.captioner.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if self.generator is not None:
+            self.generator.unet.enable_gradient_checkpointing()
+
     @property
     def device(self) -> torch.device:
         return self.qformer.query_tokens.device

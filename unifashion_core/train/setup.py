@@ -34,21 +34,52 @@ class TrainResult:
     init_checkpoint: Path | None = None
 
 
-def build_accelerator(recipe: Recipe) -> Accelerator:
-    """Accelerate set up from the recipe (mixed precision and a GPU only where there is one)."""
+def build_accelerator(recipe: Recipe, out: Path) -> Accelerator:
+    """Accelerate set up from the recipe for the run directory ``out``.
+
+    Mixed precision and a GPU only where there is one. Under ``accelerate launch`` each process
+    gets its device; DDP may leave parameters unused in a step (ITM every n-th step), and the
+    learning-rate schedule counts optimiser steps (``split_batches``: the loop shards batches).
+
+    Raises:
+        UserError: more processes on this machine than GPUs, or a tracker that is not installed.
+    """
+    import os
+
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+
+    from unifashion_core.train.runlog import check_tracker
+
+    cuda = torch.cuda.is_available()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if cuda and local_processes > torch.cuda.device_count():
+        raise UserError(f"{local_processes} processes on this machine but only {torch.cuda.device_count()} GPUs; "
+                        f"launch at most {torch.cuda.device_count()} processes per machine (--num_processes).")
+    check_tracker(recipe.train.log_with)
     return Accelerator(
-        mixed_precision=recipe.train.mixed_precision if torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not torch.cuda.is_available(),
+        mixed_precision=recipe.train.mixed_precision if cuda else "no",
+        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not cuda,
+        log_with=None if recipe.train.log_with == "none" else recipe.train.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tracking")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
-def prepare_run_dir(out: Path, recipe: Recipe, resume: bool, overwrite: bool) -> tuple[dict | None, dict | None]:
-    """A fresh run directory (config.yaml written), or the (meta, training state) to resume from."""
+def prepare_run_dir(
+    out: Path, recipe: Recipe, resume: bool, overwrite: bool, accelerator: Accelerator
+) -> tuple[dict | None, dict | None]:
+    """A fresh run directory (config.yaml written by the main process), or the (meta, training
+    state) to resume from. Every process checks; none writes before all have checked."""
     if not resume:
         check_output_dir(out, overwrite)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / "curves.png").unlink(missing_ok=True)
+            write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+        accelerator.wait_for_everyone()
         return None, None
     if not (out / "checkpoint").is_dir():
         raise UserError(f"--resume: {out} holds no checkpoint to resume from.")

@@ -1,8 +1,14 @@
 """The phase-1 training stages as data: what trains, on which examples, with which loss.
 
-Each stage's ``loss_fn(indices, generator, step)`` returns ``(loss, logs)`` for one micro-batch of
-example indices; the loop in ``loop.py`` is the same for all of them. The frozen parts' outputs
-(vision tokens; Q-Former query outputs in phase 1b) are computed once, not every step.
+Each stage's ``loss_fn(batch, generator, step)`` returns ``(loss, logs)`` for one micro-batch
+(``data.Batch``: the global batch's example indices, this process's rows of it and their
+streamed tensors); the loop in ``loop.py`` is the same for all of them. The frozen parts' outputs
+(vision tokens; Q-Former query outputs in phase 1b) are computed once, not every step, and read
+per batch from wherever they are kept (``shards.Rows`` on disk, or a tensor).
+
+With several processes, randomness is drawn for the whole batch with the same generator in every
+process and each keeps its rows, and ITC and ITM see the whole batch (``loss.gather_across_processes``),
+so N processes with batch B train as one process with batch N * B.
 """
 
 from collections.abc import Callable
@@ -13,11 +19,15 @@ from torch import nn
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
-from unifashion_core.losses import itc_loss, itm_loss, max_sim
+from unifashion_core.distributed import BatchShard, gather
+from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.shards import Rows
+from unifashion_core.train.data import Batch, ExampleData, Field
 
-LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[Batch, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+Examples = Rows | torch.Tensor  # per-example rows: ``[i]`` is one example, ``[index tensor]`` a batch
 
 
 @dataclass
@@ -29,7 +39,7 @@ class Stage:
         module: the module whose parameters train (handed to accelerate).
         params: the trainable parameters (everything else stays frozen).
         optim: optimiser and schedule settings.
-        num_examples: size of the training set the indices refer to.
+        data: the per-example tensors a batch streams (its length is the number of examples).
         loss_fn: micro-batch loss.
         eval_fn: validation metrics (higher-is-better keys or losses), or None.
         after_step: called after every optimiser step (e.g. to clamp the temperature).
@@ -39,46 +49,79 @@ class Stage:
     module: nn.Module
     params: list[nn.Parameter]
     optim: OptimConfig
-    num_examples: int
+    data: ExampleData
     loss_fn: LossFn
     eval_fn: Callable[[], dict[str, float]] | None = None
     after_step: Callable[[], None] | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data)
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def _field(rows: Examples) -> Field:
+    """Example ``i`` of ``rows`` (a CPU tensor, so DataLoader workers can read it)."""
+    return lambda index: rows[index]
+
+
+def scope(batch: Batch, gathered: bool) -> tuple[torch.Tensor, BatchShard]:
+    """The examples a loss sees whole (the global batch when gathering across processes, else this
+    process's rows) and this process's rows of them."""
+    if gathered:
+        return batch.indices, batch.shard
+    return batch.local_indices, BatchShard.whole(batch.shard.local_size)
+
+
+def tokens_lookup(local: torch.Tensor, rows: Examples, indices: torch.Tensor, shard: BatchShard) -> TokensFn:
+    """Tokens of positions in a batch of examples ``indices``: this process's ``local`` (B, T, C)
+    for its own rows, read from ``rows`` for the others' (ITM negatives from other processes)."""
+
+    def lookup(positions: torch.Tensor) -> torch.Tensor:
+        own = (positions >= shard.rows.start) & (positions < shard.rows.stop)  # (k,)
+        if bool(own.all()):
+            return local[positions - shard.rows.start]
+        out = local.new_empty(len(positions), *local.shape[1:])  # (k, T, C)
+        out[own] = local[positions[own] - shard.rows.start]
+        out[~own] = rows[indices[positions[~own].cpu()]].to(local)
+        return out
+
+    return lookup
+
+
 def retrieval_stage(
     model: UniFashion,
     recipe: Recipe,
-    tokens: torch.Tensor,
+    tokens: Examples,
     texts: list[str],
-    val_tokens: torch.Tensor,
+    val_tokens: Examples,
     val_texts: list[str],
 ) -> Stage:
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
+    gathered = loss_cfg.gather_across_processes
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch_tokens = tokens[indices].float()  # (B, T, C)
-        batch_texts = [texts[i] for i in indices.tolist()]
-        ids, mask = model.tokenize(batch_texts)
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch_tokens = batch.fields["tokens"].float()  # (B, T, C)
+        indices, shard = scope(batch, gathered)
+        batch_texts = [texts[i] for i in indices.tolist()]  # (G) texts of the whole batch
+        all_ids, all_mask = model.tokenize(batch_texts)  # (G, L)
+        ids, mask = all_ids[shard.rows], all_mask[shard.rows]  # (B, L)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(
-            image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, loss_cfg.gather_across_processes
-        )
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
-        if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
+        if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and shard.size > 1:
             with torch.no_grad():
-                sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
-            itm = itm_loss(
-                qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts
-            )
+                sim = max_sim(*(gather(x) if gathered else x for x in (image_embeds, text_embeds))) / temperature
+            itm = itm_loss(qformer.itm_logits, tokens_lookup(batch_tokens, tokens, indices, shard), all_ids,
+                           all_mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts, shard)  # sim (G, G)
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
@@ -92,7 +135,7 @@ def retrieval_stage(
         qformer,
         _trainable(qformer),
         recipe.train.retrieval,
-        len(tokens),
+        ExampleData(len(tokens), {"tokens": _field(tokens)}),
         loss_fn,
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
@@ -102,18 +145,18 @@ def retrieval_stage(
 def caption_stage(
     model: UniFashion,
     recipe: Recipe,
-    queries: torch.Tensor,
+    queries: Examples,
     captions: list[str],
     val_queries: torch.Tensor,
     val_captions: list[str],
 ) -> Stage:
-    """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs."""
+    """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs (N, Q, H)."""
     captioner = model.captioner
     model.qformer.requires_grad_(False)
     style = recipe.model.captioner.style
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = captioner.loss(queries[indices], [captions[i] for i in indices.tolist()], style)
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = captioner.loss(batch.fields["queries"], [captions[i] for i in batch.local_indices.tolist()], style)
         return loss, {"itg": float(loss.detach())}
 
     @torch.no_grad()
@@ -128,7 +171,7 @@ def caption_stage(
         captioner,
         _trainable(captioner),
         recipe.train.caption,
-        len(queries),
+        ExampleData(len(captions), {"queries": _field(queries)}),
         loss_fn,
         eval_fn if len(val_captions) else None,
     )
@@ -137,8 +180,9 @@ def caption_stage(
 def generate_stage(
     model: UniFashion,
     recipe: Recipe,
-    queries: dict[str, torch.Tensor],
-    pixels: torch.Tensor,
+    queries: dict[str, Examples],
+    pixels: Field,
+    num_examples: int,
     val: tuple[torch.Tensor, torch.Tensor] | None,
 ) -> Stage:
     """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
@@ -146,26 +190,31 @@ def generate_stage(
     Each example is conditioned on the query outputs of one source (``QUERY_SOURCES``: its
     caption alone, its image, or both), drawn with the weights of ``model.generator.query_mix``.
     With ``standardize_queries`` the head first takes each source's statistics over the training
-    set, so ``queries`` must then hold all three (N, Q, H) tensors; otherwise those with weight.
+    set, so ``queries`` must then hold all three (N, Q, H) sources; otherwise those with weight.
+    ``pixels(i)`` is example i's image at the generator's resolution, (3, R, R) in [-1, 1].
     """
     generator_head = model.generator
     model.qformer.requires_grad_(False)
     g = recipe.model.generator
     if g.standardize_queries:
         for source in QUERY_SOURCES:
-            generator_head.set_query_statistics(source, queries[source])
+            rows = queries[source]
+            generator_head.set_query_statistics(source, rows.pieces() if isinstance(rows, Rows) else rows)
     weights = torch.tensor([getattr(g.query_mix, source) for source in QUERY_SOURCES], dtype=torch.float)
-    template = next(iter(queries.values()))  # (N, Q, H): shape and dtype of a batch
+    drawn = [source for source in QUERY_SOURCES if getattr(g.query_mix, source) > 0]
+    fields = {f"queries/{source}": _field(queries[source]) for source in drawn} | {"pixel_values": pixels}
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        sources = torch.multinomial(weights, len(indices), replacement=True, generator=generator)  # (B,)
-        batch_queries = template.new_empty(len(indices), *template.shape[1:])  # (B, Q, H)
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        shard = batch.shard
+        sources = torch.multinomial(weights, shard.size, replacement=True, generator=generator)[shard.rows]  # (B,)
+        template = batch.fields[f"queries/{drawn[0]}"]  # (B, Q, H)
+        batch_queries = template.new_empty(template.shape)  # (B, Q, H)
         for k, source in enumerate(QUERY_SOURCES):
             rows = sources == k
             if rows.any():
-                batch_queries[rows] = queries[source][indices[rows]]
-        loss = generator_head.loss(batch_queries.float(), pixels[indices].float(), drop_prob=g.cfg_drop_prob,
-                                   generator=generator, source=sources)
+                batch_queries[rows] = batch.fields[f"queries/{source}"][rows.to(template.device)]
+        loss = generator_head.loss(batch_queries.float(), batch.fields["pixel_values"].float(),
+                                   drop_prob=g.cfg_drop_prob, generator=generator, source=sources, shard=shard)
         return loss, {"q2i": float(loss.detach())}
 
     @torch.no_grad()
@@ -185,7 +234,7 @@ def generate_stage(
         generator_head,
         _trainable(generator_head),
         recipe.train.generate,
-        len(pixels),
+        ExampleData(num_examples, fields),
         loss_fn,
         eval_fn if val is not None and len(val[0]) else None,
     )
