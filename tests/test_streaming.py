@@ -131,7 +131,7 @@ def test_dataloader_workers_train_exactly_as_the_trainer_alone(tiny_phase1, tmp_
     alone = _trained(tiny_phase1, tmp_path / "alone", [])
     workers = _trained(tiny_phase1, tmp_path / "workers", ["train.num_workers=2"])
     assert all(torch.equal(alone[key], workers[key]) for key in alone)
-    assert not (tmp_path / "workers" / ".frozen-queries").exists()  # removed when the run ends
+    assert not (tmp_path / "workers" / ".frozen").exists()  # removed when the run ends
 
 
 def test_a_run_draws_its_curves_and_writes_to_tensorboard(tiny_phase1, tmp_path):

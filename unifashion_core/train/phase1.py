@@ -3,9 +3,10 @@ recipe's stages in order: retrieval (1a), caption and generate (1b).
 
 A run directory holds ``config.yaml`` (the resolved recipe), ``metrics.jsonl``, ``curves.png``
 and ``checkpoint/`` (replaced atomically at every save; see ``unifashion_core.checkpoint``).
-Training data streams from disk: vision tokens from the feature cache, the frozen Q-Former's query
-outputs of phase 1b from ``RUN/.frozen-queries/`` (computed at the stage's start, removed at the
-end), images decoded per batch.
+Training data streams from disk a batch at a time: vision tokens from the feature cache; phase
+1b's frozen Q-Former query outputs and the generate stage's images (decoded and resized once, kept
+as uint8) from shards in ``RUN/.frozen/``, written when a stage starts and removed when the
+run ends.
 """
 
 import shutil
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 from unifashion_core.checkpoint import save_checkpoint
 from unifashion_core.config import QUERY_SOURCES, Recipe
-from unifashion_core.data.images import pixel_values
+from unifashion_core.data.images import pixel_values, pixel_values_of, rgb_images
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
 from unifashion_core.distributed import barrier
 from unifashion_core.errors import UserError
@@ -32,7 +33,7 @@ from unifashion_core.train.runlog import RunLog
 from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
 
 STAGE_HEADS = {"caption": "caption", "generate": "generate"}
-QUERY_DIR = ".frozen-queries"
+FROZEN_DIR = ".frozen"
 
 
 def run_training(
@@ -69,7 +70,7 @@ def run_training(
     model.to(accelerator.device)
     if recipe.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    context = _TrainingData.load(model, dataset, recipe, feature_cache_dir(cache_dir, dataset), out / QUERY_DIR,
+    context = _TrainingData.load(model, dataset, recipe, feature_cache_dir(cache_dir, dataset), out / FROZEN_DIR,
                                  progress)
     done = list(meta.get("stages_done", [])) if meta else []
     log = RunLog(out, accelerator, recipe)
@@ -100,7 +101,7 @@ def run_training(
 
 class _TrainingData:
     """The frozen inputs of every stage, computed once: vision tokens (feature cache), texts,
-    frozen query outputs (on disk under the run directory), images (decoded per batch)."""
+    frozen query outputs and resized images (on disk under the run directory)."""
 
     def __init__(self, model: UniFashion, recipe: Recipe, dataset: Dataset, items: dict[str, list[Item]],
                  tokens: dict[str, Rows], skipped: SkipLog, scratch: Path) -> None:
@@ -142,7 +143,7 @@ class _TrainingData:
         queries = {source: self.train_queries(source) for source in QUERY_SOURCES
                    if g.standardize_queries or getattr(g.query_mix, source) > 0}
         val_pixels = self.val_pixels()
-        return stage_lib.generate_stage(model, recipe, queries, self.pixels("train"), len(self.items["train"]),
+        return stage_lib.generate_stage(model, recipe, queries, self.train_pixels(), len(self.items["train"]),
                                         (self.val_queries("text"), val_pixels) if len(val_pixels) else None)
 
     def train_queries(self, source: str) -> Rows:
@@ -163,11 +164,17 @@ class _TrainingData:
         (image mode), "text" (text only) or "multimodal" (image + caption)."""
         return self.model.source_queries(source, self.tokens["val"], self.texts("val"))
 
-    def pixels(self, split: str) -> Field:
-        """Item ``i``'s image at the generator's resolution, in [-1, 1]: (3, R, R), decoded when read."""
-        paths = [self.dataset.image_path(item) for item in self.items[split]]
+    def train_pixels(self) -> Field:
+        """Training item ``i``'s image at the generator's resolution, in [-1, 1]: (3, R, R).
+
+        The images are decoded and resized once, into uint8 shards under the run directory (a
+        generate stage reads each image many times), and turned into pixels when read.
+        """
+        paths = [self.dataset.image_path(item) for item in self.items["train"]]
         size = self.recipe.model.generator.resolution
-        return lambda index: pixel_values([paths[index]], size)[0]
+        rows = compute_rows(self.scratch / "images", len(paths), rows_per_piece(3 * size * size, 1),
+                            lambda rows: torch.from_numpy(rgb_images(paths[rows], size)))
+        return lambda index: pixel_values_of(rows[index].numpy())
 
     def val_pixels(self) -> torch.Tensor:
         """The validation images the generate stage's evaluation uses (the first 64, or as many as
