@@ -109,3 +109,15 @@ def test_gradient_checkpointing_gives_the_gradients_of_plain_training(paper):
     assert any(name.startswith("generator.unet.") for name in plain)
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_paper_speed_times_each_stage_with_the_gpu_scale_options(paper, tmp_path):
+    from unifashion_core.evaluation.paper_speed import bench_paper_speed
+
+    report = bench_paper_speed(paper[1], ["train.gradient_checkpointing=true"], out=tmp_path,
+                               only=("retrieval", "caption", "generate"), batch_size=2, weights="recipe")
+    assert report["gradient_checkpointing"] is True and report["mixed_precision"] == "no"  # bf16: GPU only
+    for stage in ("retrieval", "caption", "generate"):
+        assert "error" not in report[stage], report[stage]
+        assert report[stage]["seconds_per_step"] > 0 and report[stage]["trainable_parameters"] > 0
+    assert "gradient checkpointing: True" in (tmp_path / "report.md").read_text()

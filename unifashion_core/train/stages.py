@@ -64,7 +64,7 @@ def _trainable(module: nn.Module) -> list[nn.Parameter]:
 
 
 def _field(rows: Examples) -> Field:
-    """Example ``i`` of ``rows`` (a CPU tensor, so DataLoader workers can read it)."""
+    """Example ``i`` of ``rows``, read when a batch is assembled (in a DataLoader worker, if any)."""
     return lambda index: rows[index]
 
 
