@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from unifashion_core.config import load_recipe
+from unifashion_core.config import VisionConfig, load_recipe
 from unifashion_core.models.unifashion import UniFashion
 
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "unifashion_core"
 TINY = ROOT / "recipes" / "tiny.yaml"
+TINY_BASELINE = VisionConfig(name="tiny", image_size=32)  # the bench's default baseline is slower
 
 
 def _module_name(path: Path) -> str:
@@ -147,7 +148,7 @@ def test_every_consumer_goes_through_the_model_batched_methods(tiny_phase1, tmp_
     search(model, index, image=image, k=3)
     search(model, index, text="in blue", image=image, k=3)
     assert all(counted[name] > before[name] for name in ("embed_texts", "embed_images", "embed_composed"))
-    for bench in (lambda: bench_retrieval(phase1, data, tmp_path / "r"),
+    for bench in (lambda: bench_retrieval(phase1, data, tmp_path / "r", baseline_vision=TINY_BASELINE),
                   lambda: bench_cir(phase1, data, tmp_path / "c"),
                   lambda: run_phase2(load_recipe(TINY, ["train.phase2.max_steps=1", "train.phase2.batch_size=8",
                                                         "train.eval_every=1"]), phase1, data, tmp_path / "p2")):
@@ -178,7 +179,7 @@ def test_core_entry_points_leave_the_workspace_alone(tiny_phase1, tmp_path, monk
     run_phase2(load_recipe(TINY, short), phase1, data, tmp_path / "run2")
     build_index(phase1, data, tmp_path / "index")
     search(*load_searcher(tmp_path / "index", None), text="red", k=2)
-    bench_retrieval(phase1, data, tmp_path / "bench")
+    bench_retrieval(phase1, data, tmp_path / "bench", baseline_vision=TINY_BASELINE)
     caption_images(phase1, next(iter((data / "images").rglob("*.png"))))
     generate_images(phase1, GenerationRequest(text="red dress", steps=1))
     assert not home.exists() and not any(cwd.iterdir())

@@ -114,8 +114,8 @@ def test_missing_images_are_misses_not_dropped_queries(workdir, report, tmp_path
     test[0]["target"], test[1]["reference"] = "demo-gone", "demo-gone-too"
     (data / "triplets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     damaged = bench_cir(workdir / "phase1", data, tmp_path / "bench", split="test", use_captions=False)
-    assert damaged["missing"] == {"missing_reference": [test[1]["id"]], "missing_target": [test[0]["id"]]}
-    assert damaged["num_queries"] == report["num_queries"]
+    assert damaged["unanswerable"] == {"missing_reference": 1, "missing_target": 1}
+    assert damaged["num_queries"] == report["num_queries"] and damaged["num_answerable"] == report["num_queries"] - 2
     by_id = {q["id"]: q for q in read_queries(tmp_path / "bench")}
     assert by_id[test[0]["id"]]["rank"]["without_captions"] is None
     assert by_id[test[1]["id"]]["status"] == "missing_reference"
@@ -153,3 +153,26 @@ def test_ablation_three_variants_with_and_without_captions(workdir, tmp_path):
              line.startswith("| Base")]
     assert len(table) == 6
     assert json.loads((tmp_path / "report.json").read_text())["variants"].keys() == variants.keys()
+
+
+def test_fashioniq_caption_files_every_triplet_asked_and_accounted_for(shared_data, workdir, tmp_path):
+    """The real Fashion-IQ caption files without images: all 30,134 triplets kept; val all misses."""
+    from unifashion_core.data.prepare import prepare
+
+    root = shared_data / "fashion-iq-text"
+    if not root.is_dir():
+        pytest.skip("fashion-iq-text is not present")
+    prepare("fashioniq", tmp_path / "fiq", root=root)
+    report = bench_cir(workdir / "phase1", tmp_path / "fiq", tmp_path / "bench", split="val")
+    assert report["num_queries"] == 6016 and report["num_answerable"] == 0 and report["num_gallery"] == 0
+    assert report["unanswerable"] == {"missing_reference": 6016, "missing_target": 0}
+    for summary in report["settings"].values():
+        assert summary["average"]["R@10"] == summary["average"]["R@50"] == 0.0
+        assert sum(c["num_queries"] for c in summary["per_category"].values()) == 6016
+    assert len(read_queries(tmp_path / "bench")) == 6016
+    accounted = report["dataset_triplets"]
+    assert {split: counts["num_read"] for split, counts in accounted.items()} == \
+        {"train": 18000, "val": 6016, "test": 6118}
+    assert sum(counts["num_triplets"] for counts in accounted.values()) == 30134
+    with pytest.raises(UserError, match="--split val"):  # the official test split has no targets
+        bench_cir(workdir / "phase1", tmp_path / "fiq", tmp_path / "test", split="test")

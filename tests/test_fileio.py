@@ -82,6 +82,18 @@ def test_atomic_dir_removes_what_killed_runs_left(tmp_path: Path) -> None:
     assert not stale.exists() and not stale_old.exists() and live.exists()
 
 
+def test_a_replace_killed_between_its_two_renames_gets_the_old_tree_back(tmp_path: Path) -> None:
+    old = tmp_path / f".checkpoint.old-{_dead_pid()}-abcd"  # replace_dir moved it aside, then was killed
+    (old / "model.safetensors").parent.mkdir(parents=True)
+    (old / "model.safetensors").write_bytes(b"weights")
+    fileio.restore_interrupted(tmp_path / "checkpoint")
+    assert (tmp_path / "checkpoint" / "model.safetensors").read_bytes() == b"weights" and not old.exists()
+    live = tmp_path / f".index.old-{os.getpid()}-abcd"  # a replace still going on is left alone
+    live.mkdir()
+    fileio.restore_interrupted(tmp_path / "index")
+    assert live.is_dir() and not (tmp_path / "index").exists()
+
+
 # --- a prepare killed at random moments ----------------------------------------------------------
 
 

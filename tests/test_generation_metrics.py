@@ -198,3 +198,25 @@ def test_clip_score_matches_hand_computation(tiny_clip_dir: Path) -> None:
     assert clip_score(images.float() / 255, texts, str(tiny_clip_dir)) == pytest.approx(score, abs=1e-4)
     with pytest.raises(UserError, match="one text per image"):
         clip_score(images, texts[:2], str(tiny_clip_dir))
+
+
+def test_clip_score_agrees_with_torchmetrics_clipscore(tiny_clip_dir: Path) -> None:
+    """torchmetrics' CLIPScore clamps the mean; ours clamps each pair (the paper's CLIP-S). Pair by
+    pair the two are the same number, and over a set they agree when no cosine is negative."""
+    from torchmetrics.multimodal import CLIPScore
+
+    from unifashion_core.metrics.generation import load_clip
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    texts = ["a red dress", "blue jeans", "a white shirt", "black boots", "a scarf", "a coat", "green", "grey"]
+    metric = CLIPScore(model_name_or_path=lambda: load_clip(str(tiny_clip_dir)))
+    with torch.no_grad():
+        per_pair = torch.stack([metric(images[i : i + 1], [texts[i]]) for i in range(8)])  # max(100 cos, 0) each
+    assert clip_score(images, texts, str(tiny_clip_dir)) == pytest.approx(per_pair.mean().item(), abs=1e-4)
+    positive = [i for i in range(8) if per_pair[i] > 0]
+    assert positive
+    metric.reset()
+    with torch.no_grad():
+        whole = metric(images[positive], [texts[i] for i in positive])
+    assert clip_score(images[positive], [texts[i] for i in positive], str(tiny_clip_dir)) == pytest.approx(
+        whole.item(), abs=1e-4)

@@ -118,7 +118,17 @@ def test_loss_is_the_weighted_sum_of_hand_computed_terms(workdir):
     assert logs["q2i"] == pytest.approx(q2i.item(), rel=1e-4)
 
 
-def test_zero_weights_switch_terms_off_and_only_the_qformer_gets_gradients(workdir):
+def _with_gradients(result: phase2.Phase2Setup) -> set[str]:
+    """The top-level parts (``qformer``, ``captioner.adapter``, ``generator.unet``...) that got gradients."""
+    named = {"qformer": result.model.qformer, "vision": result.model.vision}
+    for head in ("captioner", "generator"):
+        for name, child in getattr(result.model, head).named_children():
+            named[f"{head}.{name}"] = child
+    return {name for name, module in named.items()
+            if any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())}
+
+
+def test_zero_weights_switch_terms_off(workdir):
     full = setup(workdir, [])
     cir_only = setup(workdir, ["loss.itg_weight=0", "loss.q2i_weight=0"])
     batch = torch.arange(8)
@@ -129,15 +139,33 @@ def test_zero_weights_switch_terms_off_and_only_the_qformer_gets_gradients(workd
     assert loss_cir.item() == pytest.approx(logs_cir["cir"])
     assert logs_cir["cir"] == pytest.approx(logs_full["cir"], rel=1e-5)  # same batch, same ITM negatives
     assert loss_full.item() == pytest.approx(logs_full["cir"] + logs_full["itg"] + logs_full["q2i"], rel=1e-5)
-    loss_full.backward()
-    frozen = [*full.model.captioner.parameters(), *full.model.generator.parameters(), *full.model.vision.parameters()]
-    assert all(p.grad is None for p in frozen)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in full.model.qformer.parameters())
     with pytest.raises(UserError, match="nothing to train"):
         setup(workdir, ["loss.cir_weight=0", "loss.itg_weight=0", "loss.q2i_weight=0"])
 
 
-def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, tmp_path):
+@pytest.mark.parametrize(("trainable", "trained"), [
+    # the default, as the paper and docs/design.md say: the Q-Former and both adapters
+    (None, {"qformer", "captioner.adapter", "generator.adapter"}),
+    ("[qformer]", {"qformer"}),
+    ("[qformer,unet]", {"qformer", "generator.unet"}),
+])
+def test_phase2_trains_the_modules_train_phase2_trainable_lists(workdir, trainable, trained):
+    """Vision, LLM (and its LoRA) never train; the UNet only when listed."""
+    result = setup(workdir, [f"train.phase2.trainable={trainable}"] if trainable else [])
+    loss, _ = result.stage.loss_fn(torch.arange(8), torch.Generator().manual_seed(1), 0)
+    loss.backward()
+    assert _with_gradients(result) == trained
+    assert {id(p) for p in result.stage.params} == {id(p) for p in result.model.parameters() if p.requires_grad}
+    assert all(p.requires_grad is False for p in result.model.vision.parameters())
+
+
+def test_recipes_say_what_phase2_trains():
+    assert load_recipe(TINY).train.phase2.trainable == ("qformer", "text_adapter", "image_adapter")
+    assert load_recipe("fashioniq").train.phase2.trainable == ("qformer", "text_adapter", "image_adapter")
+    assert load_recipe("demo").train.phase2.trainable == ("qformer",)  # as its figures were measured
+
+
+def test_phase2_trains_its_modules_and_records_its_origin(workdir, phase2_run, tmp_path):
     checkpoint, init = phase2_run.checkpoint, workdir / "phase1" / "checkpoint"
     meta, init_meta = read_meta(checkpoint), read_meta(init)
     assert meta["phase"] == 2 and meta["stages_done"] == ["phase2"]
@@ -145,8 +173,12 @@ def test_phase2_trains_the_qformer_and_records_its_origin(workdir, phase2_run, t
     assert meta["init_checkpoint_fingerprint"] == init_meta["fingerprint"] != meta["fingerprint"]
     before, after = load_file(init / "model.safetensors"), load_file(checkpoint / "model.safetensors")
     statistics = ("generator.query_mean", "generator.query_std")
-    frozen = [k for k in before if not k.startswith("qformer.") and k not in statistics]
+    trained = ("qformer.", "captioner.adapter.", "generator.adapter.")
+    assert meta["trained_modules"] == ["qformer", "text_adapter", "image_adapter"]
+    frozen = [k for k in before if not k.startswith(trained) and k not in statistics]
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    for prefix in trained:
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix)), prefix
     for key in statistics:  # text and image statistics retaken from the trained Q-Former, multimodal kept
         assert not torch.equal(before[key][:2], after[key][:2]) and torch.equal(before[key][2], after[key][2])
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("qformer."))

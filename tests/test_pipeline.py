@@ -148,16 +148,24 @@ def test_generate_writes_pngs_with_their_settings(workspace, tmp_path):
 
 
 def test_bench_retrieval_report_records_its_provenance(workspace):
-    result = runner.invoke(app, ["bench", "retrieval", "--protocol", "random100", "--json", "-q"])
+    """Both protocols by default, each with the ridge baseline on 224 px EfficientNet-Lite0 features."""
+    result = runner.invoke(app, ["bench", "retrieval", "--json", "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    for key in ("protocol", "seed", "manifest_sha256", "checkpoint_fingerprint", "model", "baseline"):
+    for key in ("protocol", "seed", "manifest_sha256", "checkpoint_fingerprint", "protocols", "baseline"):
         assert key in report
-    assert 0.0 <= report["model"]["mean_R"] <= 1.0
+    assert report["protocol"] == "full + random100" and report["split"] == "test"
+    assert report["baseline"]["vision"] == "efficientnet_lite0 at 224 px (frozen)"
+    for name in ("full", "random100"):
+        assert 0.0 <= report["protocols"][name]["model"]["mean_R"] <= 1.0
+        assert 0.0 <= report["protocols"][name]["baseline"]["mean_R"] <= 1.0
     bench_dir = workspace / "bench" / "retrieval"
     assert (bench_dir / "report.md").read_text().startswith("# Cross-modal retrieval")
     candidates = json.loads((bench_dir / "candidates.json").read_text())["ids"]
     assert all(len(c) == len(set(c)) for c in candidates)
+    rerun = runner.invoke(app, ["bench", "retrieval", "--protocol", "random100", "--split", "val", "--json", "-q"])
+    assert rerun.exit_code == 0, rerun.output
+    assert json.loads(rerun.stdout)["split"] == "val"
 
 
 class _InterruptAt(NullProgress):

@@ -61,13 +61,17 @@ def _cached(bench: Callable[..., Any]) -> Callable[..., Any]:
 @handle_errors
 def retrieval(
     checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT,
-    protocol: str = typer.Option("full", "--protocol", help="full (the whole split) or random100."),
+    protocol: str = typer.Option("both", "--protocol",
+                                 help="full (the whole split), random100, or both side by side."),
+    candidates: Path | None = typer.Option(None, "--candidates",
+                                           help="A candidates.json to re-run random100 on exactly its lists."),
     seed: int = SEED, out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
 ) -> None:
-    """Recall@1/5/10 image->text and text->image, with a same-run ridge baseline."""
+    """Recall@1/5/10 image->text and text->image, full and random100, with a same-run ridge baseline."""
     from unifashion_core.evaluation.bench_retrieval import bench_retrieval
 
-    bench = _cached(lambda **kw: bench_retrieval(**kw, split=split, protocol=protocol, seed=seed))
+    bench = _cached(lambda **kw: bench_retrieval(**kw, split=split, protocol=protocol, seed=seed,
+                                                 candidates=candidates))
     _run("retrieval", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
 
 

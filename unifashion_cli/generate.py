@@ -4,7 +4,7 @@ from pathlib import Path
 
 import typer
 
-from unifashion_cli.console import RichProgress, handle_errors, out, print_json
+from unifashion_cli.console import RichProgress, err, handle_errors, out, print_json
 
 
 @handle_errors
@@ -35,7 +35,9 @@ def generate(
     from unifashion_core.inference import GenerationRequest, check_request, generate_images, save_png
 
     request = GenerationRequest(text, image, person, mask, sketch, steps, sampler, guidance, seed, num_images)
-    check_request(request)
+    for warning in check_request(request):
+        if not quiet:
+            err.print(f"warning: {warning}", soft_wrap=True)
     with RichProgress(quiet) as progress:
         images, settings = generate_images(workspace.resolve("checkpoint", checkpoint), request, progress)
     target = out_path if out_path.suffix else out_path.with_suffix(".png")

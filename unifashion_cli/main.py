@@ -5,12 +5,14 @@ import os
 import typer
 
 from unifashion_cli import bench, caption, demo, generate, index, prepare, recipes, search, train
+from unifashion_cli.console import OneLineErrors
 
 # Our own rich progress reports the work; the libraries' download/loading bars would only add noise.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 app = typer.Typer(
     name="unifashion",
+    cls=OneLineErrors,
     help="UniFashion: one vision-language model for fashion retrieval, captioning and generation.",
     no_args_is_help=True,
     add_completion=False,

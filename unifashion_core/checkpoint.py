@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from unifashion_core import __version__
 from unifashion_core.config import ModelConfig, Recipe, dump_recipe, load_recipe
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import atomic_dir, read_json, write_json, write_text_atomic
+from unifashion_core.fileio import atomic_dir, read_json, refuse_corrupt, write_json, write_text_atomic
 from unifashion_core.models.unifashion import UniFashion, build_model
 
 FORMAT_VERSION = 1
+REMEDY = "restore the checkpoint from a copy or train it again"
 
 
 def _git_sha() -> str:
@@ -118,12 +120,26 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     """The checkpoint's meta.json (``path``: a checkpoint or run directory); a clear error when
     it is not a checkpoint."""
     path = checkpoint_dir(path)
-    if not (path / "meta.json").is_file() or not (path / "model.safetensors").is_file():
-        raise UserError(f"{path} is not a unifashion checkpoint (no meta.json/model.safetensors).")
+    missing = [name for name in ("meta.json", "model.safetensors", "config.yaml") if not (path / name).is_file()]
+    if missing:
+        raise UserError(f"{path} is not a unifashion checkpoint (no {', '.join(missing)}).")
     meta = read_json(path / "meta.json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint"), str):
+        raise UserError(f"{path / 'meta.json'} is not a checkpoint's meta (no fingerprint); {REMEDY}.")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise UserError(f"checkpoint {path} was written by a newer unifashion; upgrade to load it.")
     return meta
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's ``model.safetensors`` (``path``: a checkpoint or run directory).
+
+    Raises:
+        UserError: the file is truncated or damaged (one line naming it).
+    """
+    file = checkpoint_dir(path) / "model.safetensors"
+    with refuse_corrupt(file, REMEDY, errors=(SafetensorError,)):
+        return load_file(str(file))
 
 
 @dataclass(frozen=True)
@@ -161,14 +177,20 @@ def load_checkpoint(path: str | Path, heads: tuple[str, ...] = ()) -> LoadedChec
             )
     recipe = load_recipe(path / "config.yaml")
     model = build_model(recipe.model, recipe.data.max_text_length, heads)
-    state = load_file(str(path / "model.safetensors"))
+    state = read_weights(path)
     wanted = {k: v for k, v in state.items() if k.split(".")[0] in ("vision", "qformer", *_modules(heads))}
-    missing, unexpected = model.load_state_dict(wanted, strict=False)
+    mismatch = f"checkpoint {path} does not match its config"
+    try:
+        missing, unexpected = model.load_state_dict(wanted, strict=False)
+    except RuntimeError:  # a tensor of another shape than the config builds
+        raise UserError(f"{mismatch} (weights of other shapes); {REMEDY}.") from None
     missing = [k for k in missing if not _is_rebuildable(k, recipe.model)]
     if missing or unexpected:
+        raise UserError(f"{mismatch} ({len(missing)} missing, {len(unexpected)} unexpected weights); {REMEDY}.")
+    if model.fingerprint() != meta["fingerprint"]:
         raise UserError(
-            f"checkpoint {path} does not match its config "
-            f"({len(missing)} missing, {len(unexpected)} unexpected weights)."
+            f"{path / 'meta.json'} records the fingerprint {meta['fingerprint']} but the weights give "
+            f"{model.fingerprint()}: the files come from different runs or were changed; {REMEDY}."
         )
     model.eval()
     return LoadedCheckpoint(model, recipe, meta, path)
@@ -183,4 +205,5 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     file = Path(path) / "training_state.pt"
     if not file.is_file():
         raise UserError(f"{path} has no training_state.pt to resume from.")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    with refuse_corrupt(file, "the run cannot resume from it; start it again with --overwrite"):
+        return torch.load(file, map_location="cpu", weights_only=True)

@@ -42,6 +42,50 @@ def _check_literal(where: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise UserError(f"{where} is {value!r}; choose one of {', '.join(map(str, allowed))}.")
 
 
+# The allowed range (lowest, highest; None = open) of the numeric keys that have one, checked
+# whoever builds the section. ``train.<stage>`` stands for every stage's optimiser section.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, None),
+    "data.max_text_length": (1, 4096),
+    "model.vision.image_size": (16, 4096),
+    **{f"model.qformer.{key}": (1, None) for key in (
+        "num_hidden_layers", "cross_attention_frequency", "embed_dim", "hidden_size", "num_attention_heads",
+        "intermediate_size")},
+    "model.qformer.dropout": (0.0, 0.99),
+    "model.captioner.lora_r": (0, None),  # 0 trains the whole LM
+    "model.captioner.lora_dropout": (0.0, 0.99),
+    "model.captioner.llm_hidden_size": (0, None),
+    "model.captioner.llm_layers": (0, None),
+    "model.captioner.max_caption_length": (1, 4096),
+    "model.captioner.max_new_tokens": (1, 4096),
+    "model.generator.resolution": (8, 4096),
+    "model.generator.cfg_drop_prob": (0.0, 1.0),
+    "model.generator.num_inference_steps": (1, 1000),
+    "model.generator.guidance_scale": (0.0, 50.0),
+    **{f"loss.{key}": (0.0, None) for key in ("itc_weight", "itm_weight", "cir_weight", "itg_weight", "q2i_weight")},
+    "loss.label_smoothing": (0.0, 0.99),
+    "train.grad_accum_steps": (1, None),
+    "train.num_workers": (0, None),
+    "train.eval_every": (0, None),
+    "train.save_every": (0, None),
+    "train.log_every": (1, None),
+    "train.eval_max_items": (1, None),
+    "train.eval_fid_items": (0, None),
+    "train.<stage>.lr": (0.0, None),
+    "train.<stage>.eps": (1e-12, None),
+    "train.<stage>.weight_decay": (0.0, None),
+    "train.<stage>.warmup_ratio": (0.0, 1.0),
+}
+
+
+def _check_range(where: str, value: Any) -> None:
+    low, high = RANGES.get(where, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if low is not None and high is not None else (
+            f"at least {low}" if low is not None else f"at most {high}")
+        raise UserError(f"{where} must be {bounds}, got {value!r}.")
+
+
 class _Section:
     """Base of every recipe section: ``Literal`` fields are checked whoever builds the section.
 
@@ -55,6 +99,7 @@ class _Section:
             hint = _hints(type(self))[f.name]
             value = getattr(self, f.name)
             where = f"{self._key}.{f.name}".lstrip(".")
+            _check_range(where, value)
             if typing.get_origin(hint) is Literal:
                 _check_literal(where, value, typing.get_args(hint))
             elif typing.get_origin(hint) is tuple and typing.get_origin(typing.get_args(hint)[0]) is Literal:
@@ -100,8 +145,9 @@ class QFormerConfig(_Section):
     def check(self) -> None:
         if self.num_query_tokens < 1:
             raise UserError("model.qformer.num_query_tokens must be at least 1.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"model.qformer.dropout must be in [0, 1), got {self.dropout}.")
+        if self.hidden_size % self.num_attention_heads:
+            raise UserError(f"model.qformer.hidden_size ({self.hidden_size}) must be a multiple of "
+                            f"num_attention_heads ({self.num_attention_heads}).")
 
 
 @dataclass(frozen=True)
@@ -207,6 +253,23 @@ class OptimConfig(_Section):
             raise UserError(f"ema_decay must be in [0, 1), got {self.ema_decay}.")
 
 
+Phase2Module = Literal["qformer", "text_adapter", "image_adapter", "unet"]
+
+
+@dataclass(frozen=True)
+class Phase2Config(OptimConfig):
+    _key = "train.phase2"
+    # what phase 2 trains (docs/design.md section 3); the paper: the Q-Former and both adapters, the
+    # UNet optionally. The vision encoder and the LLM stay frozen.
+    trainable: tuple[Phase2Module, ...] = ("qformer", "text_adapter", "image_adapter")
+
+    def check(self) -> None:
+        super().check()
+        if not self.trainable:
+            raise UserError("train.phase2.trainable must name at least one of qformer, text_adapter, "
+                            "image_adapter, unet.")
+
+
 @dataclass(frozen=True)
 class TrainConfig(_Section):
     _key = "train"
@@ -225,13 +288,7 @@ class TrainConfig(_Section):
     retrieval: OptimConfig = field(default_factory=OptimConfig)
     caption: OptimConfig = field(default_factory=OptimConfig)
     generate: OptimConfig = field(default_factory=OptimConfig)
-    phase2: OptimConfig = field(default_factory=OptimConfig)
-
-    def check(self) -> None:
-        if self.num_workers < 0:
-            raise UserError(f"train.num_workers must be 0 or more, got {self.num_workers}.")
-        if self.grad_accum_steps < 1:
-            raise UserError(f"train.grad_accum_steps must be at least 1, got {self.grad_accum_steps}.")
+    phase2: Phase2Config = field(default_factory=Phase2Config)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from unifashion_core.errors import UserError
 
@@ -122,13 +122,33 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(descriptor)
 
 
+def _stale_siblings(out: Path, kinds: str = "tmp|old") -> list[Path]:
+    """The ``.{name}.tmp-{pid}-*`` / ``.{name}.old-{pid}-*`` folders of ``out`` whose process is gone."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{kinds})-(\d+)-")
+    return sorted(sibling for sibling in out.parent.iterdir()
+                  if (found := pattern.match(sibling.name)) and sibling.is_dir() and not sibling.is_symlink()
+                  and not is_running(int(found[1])))
+
+
 def _remove_stale_siblings(out: Path) -> None:
     """Remove the temporaries of ``out`` left by runs that were killed (their process is gone)."""
-    pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:tmp|old)-(\d+)-")
-    for sibling in out.parent.iterdir():
-        found = pattern.match(sibling.name)
-        if found and sibling.is_dir() and not sibling.is_symlink() and not is_running(int(found[1])):
-            shutil.rmtree(sibling, ignore_errors=True)
+    restore_interrupted(out)
+    for sibling in _stale_siblings(out):
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def restore_interrupted(out: str | Path) -> None:
+    """Put ``out`` back when a run was killed between the two renames of ``replace_dir``.
+
+    Such a run left no ``out``, only the previous tree as ``.{name}.old-{pid}-*``: that tree is
+    complete, so it is renamed back (readers then see the last finished version).
+    """
+    out = Path(out)
+    if out.exists() or not out.parent.is_dir():
+        return
+    for old in _stale_siblings(out, "old")[:1]:
+        os.replace(old, out)
+        fsync_dir(out.parent)
 
 
 def is_running(pid: int) -> bool:
@@ -142,25 +162,20 @@ def is_running(pid: int) -> bool:
     return True
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write a text file through a temporary name, flushed to disk, then a rename.
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write; then flush it to disk and rename it to ``path``.
 
     The parent folder is flushed after the rename, so after a crash ``path`` holds either the old
-    or the new text, never an empty file.
+    or the new contents, never an empty or half file. An error (or a kill) in the block leaves
+    ``path`` as it was. The temporary name keeps the suffix, for writers that infer the format.
     """
-    write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write a file through a temporary name, flushed to disk, then a rename (see :func:`write_text_atomic`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield tmp
+        _fsync(tmp, os.O_RDONLY)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -168,17 +183,86 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a text file atomically (``atomic_file``): the old text or the new, never half."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically (``atomic_file``): the old bytes or the new, never half."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def refuse_corrupt(path: str | Path, remedy: str, errors: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Turn what a reader raises on a damaged artifact into one UserError naming the file.
+
+    Use it around the lines that decode ``path`` (a truncated safetensors file, an ``.npy`` cut
+    short, a FAISS file of garbage), not around whole computations: a bug elsewhere keeps its
+    traceback.
+
+    Args:
+        path: the file (or directory) being read.
+        remedy: what to do, e.g. "delete it; the next run recomputes it".
+        errors: the reader's own exception types, besides OSError, ValueError, EOFError and
+            RuntimeError (what numpy, FAISS and torch raise).
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError, RuntimeError, *errors) as exc:
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserError(f"{path} is damaged or cut short and was not loaded ({reason}); {remedy}.") from exc
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write pretty, key-sorted JSON atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a UserError."""
+def not_utf8(path: str | Path) -> UserError:
+    """The error for a text file in another encoding than UTF-8, naming its first bad line."""
+    raw = Path(path).read_bytes()
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise UserError(f"{path} does not exist.") from exc
+        raw.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        where = f" (line {line}, byte 0x{raw[exc.start]:02x})"
+    return UserError(f"{path} is not UTF-8 text{where}; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).")
+
+
+@contextlib.contextmanager
+def open_text(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """Open a UTF-8 text file to read (a leading BOM is dropped, as Excel writes one).
+
+    A missing file, or bytes that are not UTF-8 met while the block reads, are a UserError
+    naming the file (and the first bad line).
+    """
+    try:
+        handle = open(path, encoding="utf-8-sig", newline=newline)
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist.") from None
+    with handle:
+        try:
+            yield handle
+        except UnicodeDecodeError:
+            raise not_utf8(path) from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (see ``open_text``)."""
+    with open_text(path) as handle:
+        return handle.read()
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file (UTF-8); a missing, malformed or otherwise encoded file is a UserError."""
+    try:
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}.") from exc
 
@@ -190,16 +274,15 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read JSON Lines; a malformed line is a UserError naming the line."""
+    """Read JSON Lines (UTF-8); a line that is not a JSON object is a UserError naming the line."""
     records = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}:{number} is not valid JSON: {exc.msg}.") from exc
-    except FileNotFoundError as exc:
-        raise UserError(f"{path} does not exist.") from exc
+    with open_text(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number} is not valid JSON: {exc.msg}.") from exc
+                if not isinstance(records[-1], dict):
+                    raise UserError(f"{path}:{number} is not a JSON object ({{...}}).")
     return records

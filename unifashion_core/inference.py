@@ -15,24 +15,34 @@ from unifashion_core.progress import NullProgress, Progress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 MAX_NEW_TOKENS = 256
+MAX_PROMPT_CHARS = 2000  # a longer --text is cut (with a warning), as search cuts its queries
 
 
 def collect_images(source: str | Path, split: str | None = None) -> list[Path]:
-    """One image file, every image in a folder, or the images of a prepared dataset (split)."""
+    """One image file, every image in a folder, or the images of a prepared dataset (split).
+
+    Raises:
+        UserError: ``source`` does not exist, is another kind of file, or holds no image.
+    """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
         return [source]
     if source.is_dir() and (source / "manifest.jsonl").is_file():
         dataset = load_dataset(source)
         items = dataset.split(split) if split else list(dataset.items)
-        return [dataset.image_path(item) for item in items]
-    if source.name == "manifest.jsonl":
+        paths = [dataset.image_path(item) for item in items]
+    elif source.name == "manifest.jsonl":
         return collect_images(source.parent, split)
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not source.exists():
+    elif source.is_dir():
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif not source.exists():
         raise UserError(f"{source} does not exist.")
-    raise UserError(f"{source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a prepared dataset.")
+    else:
+        raise UserError(f"{source} is not an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a prepared dataset.")
+    if not paths:
+        raise UserError(f"{source} holds no images{f' in split {split!r}' if split else ''} "
+                        f"({', '.join(IMAGE_SUFFIXES)}).")
+    return paths
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ def caption_images(
     if not 1 <= num_beams <= 16:
         raise UserError("--num-beams must be between 1 and 16.")
     paths = collect_images(source, split)
+    if len(paths) == 1:
+        load_user_image(paths[0])  # one image: its problem is the error, before the model loads
     # 2. load the model with its captioner head
     model = load_checkpoint(checkpoint, heads=("caption",)).model
     style = style or model.config.captioner.style
@@ -81,6 +93,9 @@ def caption_images(
             texts = model.caption_images(tokens, style, max_new_tokens, num_beams, batch_size=batch_size)
             results += [Caption(str(p), t) for p, t in zip(batch, texts, strict=True)]
         progress.advance("caption", rows.stop - rows.start)
+    if not results:
+        raise UserError(f"none of the {len(paths)} images in {source} could be read "
+                        f"({', '.join(f'{n} {k}' for k, n in skipped.counts().items())}); nothing was captioned.")
     return results, skipped
 
 
@@ -98,8 +113,8 @@ class GenerationRequest:
     num_images: int = 1
 
 
-def check_request(request: GenerationRequest) -> None:
-    """Refuse impossible requests before any model is loaded."""
+def check_request(request: GenerationRequest) -> list[str]:
+    """Refuse impossible requests before any model is loaded; return warnings (a text cut short)."""
     from unifashion_core.models.generator import SAMPLERS
 
     if request.text is None and request.image is None and request.person is None:
@@ -118,6 +133,9 @@ def check_request(request: GenerationRequest) -> None:
         raise UserError("--person and --mask go together (the mask marks the region to generate).")
     if request.sketch is not None and request.person is None:
         raise UserError("--sketch needs --person and --mask.")
+    if request.text is not None and len(request.text) > MAX_PROMPT_CHARS:
+        return [f"--text truncated from {len(request.text)} to {MAX_PROMPT_CHARS} characters"]
+    return []
 
 
 def generate_images(
@@ -136,6 +154,7 @@ def generate_images(
     g = model.config.generator
     request = replace(
         request,
+        text=request.text[:MAX_PROMPT_CHARS] if request.text is not None else None,
         steps=request.steps or g.num_inference_steps,
         sampler=request.sampler or g.sampler,
         guidance=g.guidance_scale if request.guidance is None else request.guidance,

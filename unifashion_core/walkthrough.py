@@ -201,7 +201,7 @@ def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str,
                                                    progress=progress)
         benches["fid"] = lambda: bench_generation("fid", checkpoint, data, bench / "fid", max_items=100,
                                                   progress=progress)
-    keys = ("model", "baseline", "fid", "kid_mean", "colour_accuracy")
+    keys = ("protocols", "fid", "kid_mean", "colour_accuracy")
     return {subject: {k: v for k, v in run().data.items() if k in keys} for subject, run in benches.items()}
 
 

@@ -87,7 +87,7 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """
     path = Path(path)
     if not path.is_file():
-        raise ImageError("missing", f"{path} does not exist")
+        raise ImageError("missing", f"{path} is not a file" if path.exists() else f"{path} does not exist")
     if path.stat().st_size == 0:
         raise ImageError("empty", f"{path} is a 0-byte file")
     try:

@@ -10,9 +10,9 @@ A prepared dataset is a directory::
 
 import collections
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
 
 from unifashion_core import __version__
 from unifashion_core.errors import UserError
@@ -207,21 +207,33 @@ def load_dataset(path: str | Path) -> Dataset:
             f"{root} is not a prepared dataset (no manifest.jsonl); run `unifashion prepare` first."
         )
     report = read_json(root / "report.json") if (root / "report.json").is_file() else {}
+    if not isinstance(report, dict):
+        raise UserError(f"{root / 'report.json'} is not a prepared dataset's report; re-run `unifashion prepare`.")
     if report.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
         raise UserError(f"{root} was written by a newer unifashion; upgrade to read it.")
-    items = tuple(_parse_item(r) for r in read_jsonl(root / "manifest.jsonl"))
+    items = _parse_records(root / "manifest.jsonl", Item, "references")
+    if len({item.id for item in items}) != len(items):
+        repeated = collections.Counter(item.id for item in items).most_common(1)[0][0]
+        raise UserError(f"{root / 'manifest.jsonl'} lists the id {repeated!r} more than once; "
+                        "re-run `unifashion prepare`.")
     triplet_path = root / "triplets.jsonl"
-    triplets = tuple(_parse_triplet(r) for r in read_jsonl(triplet_path)) if triplet_path.is_file() else ()
+    triplets = _parse_records(triplet_path, Triplet, "texts") if triplet_path.is_file() else ()
     return Dataset(root=root, items=items, triplets=triplets, report=report)
 
 
-def _parse_item(record: dict[str, Any]) -> Item:
-    record = dict(record)
-    record["references"] = tuple(record.get("references", ()))
-    return Item(**record)
-
-
-def _parse_triplet(record: dict[str, Any]) -> Triplet:
-    record = dict(record)
-    record["texts"] = tuple(record.get("texts", ()))
-    return Triplet(**record)
+def _parse_records(path: Path, kind: type, tuple_field: str) -> tuple[Any, ...]:
+    """The records of a JSON Lines file as ``kind`` (Item or Triplet), each one checked: the fields
+    the type has, of the types it declares, and a known split."""
+    records = []
+    for number, record in enumerate(read_jsonl(path), start=1):
+        record = {**record, tuple_field: tuple(record.get(tuple_field) or ())}
+        try:
+            parsed = kind(**record)
+        except TypeError as exc:
+            raise UserError(f"{path}: record {number} does not fit ({exc}); re-run `unifashion prepare`.") from None
+        bad = [f.name for f in fields(kind) if not isinstance(getattr(parsed, f.name), get_origin(f.type) or f.type)]
+        if bad or parsed.split not in SPLITS or not parsed.id:
+            what = f"{bad[0]} has the wrong type" if bad else f"split {parsed.split!r}" if parsed.id else "no id"
+            raise UserError(f"{path}: record {number} is not valid ({what}); re-run `unifashion prepare`.")
+        records.append(parsed)
+    return tuple(records)

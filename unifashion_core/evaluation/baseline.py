@@ -1,15 +1,37 @@
 """The same-run baseline for retrieval: frozen vision features + MiniLM text embeddings + ridge map.
 
-Image features are the frozen encoder's mean-pooled tokens; text features are all-MiniLM-L6-v2
-mean-pooled sentence embeddings; a ridge regression fitted on the training split maps images into
-the text space. The trained model must beat this floor.
+DESIGN's floor (docs/design.md section 4): image features are the mean-pooled tokens of a frozen
+EfficientNet-Lite0 at 224 px (ImageNet weights), whatever the checkpoint's own encoder and image
+size, so the baseline's figure depends only on the data and is comparable across runs; text
+features are all-MiniLM-L6-v2 mean-pooled sentence embeddings; a ridge regression fitted on the
+training split maps images into the text space. The trained model must beat this floor.
 """
+
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from unifashion_core.batching import batch_slices
+from unifashion_core.config import VisionConfig
+from unifashion_core.data.manifest import Dataset, Item
+from unifashion_core.features import image_tokens
 from unifashion_core.models.weights import MINILM, resolve_weights
+from unifashion_core.progress import NullProgress, Progress
+
+BASELINE_VISION = VisionConfig(name="efficientnet_lite0", image_size=224)
+
+
+def baseline_tokens(
+    vision: VisionConfig, dataset: Dataset, items: list[Item], cache_dir: Path | None,
+    progress: Progress = NullProgress(),
+) -> tuple[list[Item], torch.Tensor]:
+    """The baseline encoder's frozen tokens of ``items`` (cached like the model's): kept items, (N, T, C)."""
+    from unifashion_core.models.vision import build_vision_encoder
+
+    encoder = build_vision_encoder(vision).eval()
+    kept, tokens, _ = image_tokens(encoder, dataset, items, cache_dir, progress)
+    return kept, tokens
 
 
 @torch.no_grad()
@@ -45,7 +67,7 @@ def apply_ridge(x: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def pooled_image_features(tokens: torch.Tensor) -> np.ndarray:
-    """Mean-pooled, standardised frozen vision tokens: (N, T, C) -> (N, C)."""
+    """Mean-pooled frozen vision tokens: (N, T, C) -> (N, C)."""
     return tokens.float().mean(dim=1).numpy()
 
 

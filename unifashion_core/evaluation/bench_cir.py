@@ -8,9 +8,14 @@ of queries whose target is among the top K. Per-category recalls are averaged ov
   category (``category``: an image listed under two categories is two items, so a shared
   gallery would count the same picture as a wrong answer). ``auto`` picks by dataset.
 - The reference image stays in the gallery (standard) unless ``exclude_reference``.
-- No dropped queries: a triplet whose reference or target image is missing or unreadable counts
-  as a miss and is listed in the report. Triplets without a target (Fashion-IQ test) cannot be
-  scored and are counted as unlabelled.
+- No dropped queries: every labelled triplet of the split is asked. One whose reference or target
+  image is missing or unreadable is unanswerable and counts as a miss (rank ``inf``); the report
+  states the number asked, the number answerable and why the others are not, and a split with no
+  readable image at all still reports (every query a miss). Triplets without a target (Fashion-IQ
+  test) cannot be scored and are counted as unlabelled; ``dataset_triplets`` accounts for the
+  triplets of every split (with the prepare report's per-split accounting where it has one).
+- Ranks are pessimistic (``metrics.retrieval.positive_ranks``): a tie with another item counts
+  against the query and a non-finite target score is a miss.
 - Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4).
 """
 
@@ -21,7 +26,7 @@ from typing import Any, Literal
 import torch
 
 from unifashion_core.checkpoint import checkpoint_dir, load_checkpoint, read_meta
-from unifashion_core.data.manifest import Item, Triplet, load_dataset
+from unifashion_core.data.manifest import SPLITS, Dataset, Item, Triplet, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance_lines, write_report
 from unifashion_core.features import feature_cache_dir, image_tokens
@@ -31,7 +36,6 @@ from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.progress import NullProgress, Progress
 
 Gallery = Literal["auto", "split", "category"]
-SETTINGS = ("without_captions", "with_captions")
 
 
 def evaluate_cir(
@@ -62,20 +66,22 @@ def evaluate_cir(
     """
     rows = {item.id: row for row, item in enumerate(items)}
     ok = [i for i, t in enumerate(triplets) if cir.triplet_status(t, rows) == "ok"]
+    settings = ["without_captions", *(["with_captions"] if captions is not None else [])]
+    ranks = {name: torch.full((len(triplets),), math.inf) for name in settings}
+    tops = {name: torch.full((len(triplets), min(cir.TOP_LISTED, len(items))), -1, dtype=torch.long)
+            for name in settings}
+    if not ok:  # nothing answerable (e.g. no readable image): every query is a miss
+        return ranks, tops
     scored = [triplets[i] for i in ok]
     references = torch.tensor([rows[t.reference] for t in scored], dtype=torch.long)
     targets = torch.tensor([rows[t.target] for t in scored], dtype=torch.long)
     fused = model.embed_composed(tokens[references], [t.text for t in scored])  # (m, D)
     gallery = model.embed_images(tokens)  # (N, Q, D)
     allowed = cir.allowed_items(scored, items, rows, exclude_reference, by_category)  # (m, N)
-    settings = {"without_captions": None, **({"with_captions": captions} if captions is not None else {})}
-    ranks, tops = {}, {}
-    for name, caption_embeds in settings.items():
-        setting_ranks, top_rows = cir.rank_targets(fused, gallery, targets, allowed, caption_embeds, caption_weight)
-        ranks[name] = torch.full((len(triplets),), math.inf)
-        ranks[name][ok] = setting_ranks
-        tops[name] = torch.full((len(triplets), top_rows.shape[1]), -1, dtype=torch.long)
-        tops[name][ok] = top_rows
+    for name in settings:
+        caption_embeds = captions if name == "with_captions" else None
+        ranks[name][ok], tops[name][ok] = cir.rank_targets(fused, gallery, targets, allowed, caption_embeds,
+                                                           caption_weight)
     return ranks, tops
 
 
@@ -131,11 +137,10 @@ def bench_cir(
     model = loaded.model
     items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split),
                                           feature_cache_dir(cache_dir, dataset), progress)
-    if not items:
-        raise UserError(f"split {split!r} of {dataset.root} has no readable images.")
-    generated = model.caption_images(tokens, progress=progress, task="caption gallery") if use_captions else []
-    caption_embeds = model.embed_texts(generated) if use_captions else None
-    # 3. rank and summarise
+    captioning = use_captions and bool(items)
+    generated = model.caption_images(tokens, progress=progress, task="caption gallery") if captioning else []
+    caption_embeds = model.embed_texts(generated) if use_captions else None  # (N, D)
+    # 3. rank and summarise (unanswerable queries are misses)
     ranks, tops = evaluate_cir(model, items, tokens, labelled, caption_embeds, caption_weight, exclude_reference,
                                by_category)
     rows = {item.id: row for row, item in enumerate(items)}
@@ -146,13 +151,15 @@ def bench_cir(
         "protocol_options": {"gallery": "category" if by_category else "split", "exclude_reference": exclude_reference,
                              "caption_weight": caption_weight, "use_captions": use_captions,
                              "caption_style": model.config.captioner.style if use_captions else None,
-                             "query_text": "the triplet's evaluation text", "misses": "missing images count as misses"},
+                             "query_text": "the triplet's evaluation text", "ties": "pessimistic",
+                             "misses": "unanswerable queries (missing or unreadable images) count as misses"},
         "split": split, "seed": seed, "manifest_sha256": dataset.manifest_hash,
         "checkpoint_fingerprint": loaded.fingerprint, "checkpoint": str(checkpoint),
-        "checkpoint_phase": loaded.meta.get("phase", 1), "num_queries": len(labelled), "num_gallery": len(items),
+        "checkpoint_phase": loaded.meta.get("phase", 1), "num_queries": len(labelled),
+        "num_answerable": status.count("ok"), "num_gallery": len(items),
+        "unanswerable": {reason: status.count(reason) for reason in ("missing_reference", "missing_target")},
         "num_unlabelled": len(triplets) - len(labelled),
-        "missing": {reason: [t.id for t, s in zip(labelled, status, strict=True) if s == reason]
-                    for reason in ("missing_reference", "missing_target")},
+        "dataset_triplets": dataset_triplets(dataset),
         "skipped_images": skipped.counts(),
         "settings": {name: cir.summary(labelled, setting_ranks) for name, setting_ranks in ranks.items()},
     }
@@ -162,6 +169,14 @@ def bench_cir(
         records = ({"id": i.id, "caption": c} for i, c in zip(items, generated, strict=True))
         write_jsonl(out / "gallery_captions.jsonl", records)
     return write_report("cir", out, report, render_markdown(report))
+
+
+def dataset_triplets(dataset: Dataset) -> dict[str, dict[str, Any]]:
+    """Per split: the triplets the dataset holds, with the prepare report's accounting where it has one
+    (Fashion-IQ: ``num_read`` from the caption files, ``num_answerable`` and ``unanswerable`` by reason)."""
+    prepared = dataset.report.get("triplets") or {}
+    return {split: {"num_triplets": len(dataset.split_triplets(split)), **prepared.get(split, {})}
+            for split in SPLITS}
 
 
 def _write_queries(out: Path, triplets: list[Triplet], status: list[str], items: list[Item],
@@ -186,8 +201,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows += [{"captions": name, "category": category, **values}
                  for category, values in summary["per_category"].items()]
         rows.append({"captions": name, "category": "**average**", **summary["average"]})
-    missing = report["missing"]
+    missing = report["unanswerable"]
     return (f"# Composed image retrieval ({report['split']})\n\n{provenance_lines(report)}\n"
             f"{markdown_table(rows, ['captions', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
-            f"Misses from missing images: {len(missing['missing_reference'])} references, "
-            f"{len(missing['missing_target'])} targets; {report['num_unlabelled']} triplets without a target.\n")
+            f"Queries asked: {report['num_queries']}; answerable: {report['num_answerable']}. Misses from missing "
+            f"or unreadable images: {missing['missing_reference']} references, {missing['missing_target']} targets; "
+            f"{report['num_unlabelled']} triplets without a target.\n")

@@ -73,17 +73,21 @@ def bench_generation(
     On the demo data the report adds the colour accuracy (the share of images whose garment's
     mean colour is nearest the colour asked for).
     """
-    from unifashion_core.metrics.generation import clip_score, colour_accuracy, fid_kid
+    from unifashion_core.metrics.generation import check_fid_count, clip_score, colour_accuracy, fid_kid
 
     if subject == "clip-score" and not clip:
         raise UserError("bench clip-score needs --clip pointing at a CLIP model directory or hub id.")
     loaded = load_checkpoint(checkpoint, heads=("generate",))
     model, g = loaded.model, loaded.model.config.generator
-    guidance = g.guidance_scale if guidance is None else guidance
+    sampling = {"sampler": sampler, "steps": steps, "guidance": g.guidance_scale if guidance is None else guidance,
+                "guidance_from": "the checkpoint's recipe" if guidance is None else "the command line"}
+    guidance = sampling["guidance"]
     dataset = load_dataset(data)
     items, real = real_images(dataset, dataset.split(split)[: max_items or None], g.resolution)
     if not items:
         raise UserError(f"split {split!r} has no usable images to compare with.")
+    if subject in ("fid", "kid"):
+        check_fid_count(len(items), f"split {split!r}" + (f" with --max-items {max_items}" if max_items else ""))
     prompts = [item.caption for item in items]
     fake, calls = generate_for_prompts(model, prompts, steps, sampler, guidance, seed, progress=progress)
     report: dict[str, Any] = {
@@ -93,6 +97,7 @@ def bench_generation(
             f"{g.resolution}px, real images resized to the same size",
             split, seed, dataset, loaded, len(items),
         ),
+        "sampling": sampling,
         "unet_calls_per_image": calls,
     }
     if subject in ("fid", "kid"):

@@ -101,6 +101,10 @@ def bench_speed(
     items = dataset.split(split)[: max_items or None]
     if len(items) < 2:
         raise UserError(f"split {split!r} has fewer than 2 items to measure with.")
+    if heads:  # the samplers are compared by FID
+        from unifashion_core.metrics.generation import check_fid_count
+
+        check_fid_count(len(items), f"split {split!r}" + (f" with --max-items {max_items}" if max_items else ""))
     report: dict[str, Any] = {
         **provenance("speed", "wall-clock on this machine, after one warm-up batch", split, seed, dataset, loaded,
                      len(items)),

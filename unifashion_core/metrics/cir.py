@@ -14,6 +14,7 @@ import torch
 
 from unifashion_core.data.manifest import Item, Triplet
 from unifashion_core.losses import max_sim
+from unifashion_core.metrics.retrieval import positive_ranks, recalls_from_ranks
 
 KS = (10, 50)
 TOP_LISTED = 10  # result rows kept per query for the queries.jsonl listing
@@ -49,23 +50,24 @@ def composed_scores(
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each query's target: how many gallery items score strictly higher.
+    """0-based pessimistic rank of each query's target (``metrics.retrieval.positive_ranks``).
 
     Args:
         scores: ``(M, N)`` scores; excluded items hold ``-inf``.
         targets: ``(M,)`` target columns.
 
     Returns:
-        ``(M,)`` float ranks (``inf`` when the target itself is excluded).
+        ``(M,)`` float ranks: how many other gallery items score at least as high as the target
+        or are NaN; ``inf`` when the target's score is not finite (e.g. the target is excluded).
     """
-    target_scores = scores.gather(1, targets[:, None])  # (M, 1)
-    ranks = (scores > target_scores).sum(dim=1).float()  # (M,)
-    return torch.where(torch.isinf(target_scores[:, 0]), torch.full_like(ranks, math.inf), ranks)
+    positives = torch.zeros(scores.shape, dtype=torch.bool)
+    positives[torch.arange(len(targets)), targets] = True
+    return positive_ranks(scores, positives)
 
 
 def recalls(ranks: torch.Tensor, ks: tuple[int, ...] = KS) -> dict[str, float]:
     """``R@k`` for each k: the fraction of ranks below k (a miss has rank ``inf``)."""
-    return {f"R@{k}": float((ranks < k).float().mean()) if len(ranks) else 0.0 for k in ks}
+    return {f"R@{k}": value for k, value in recalls_from_ranks(ranks, ks).items()}
 
 
 def allowed_items(triplets: list[Triplet], items: list[Item], rows: dict[str, int], exclude_reference: bool,

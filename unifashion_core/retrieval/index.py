@@ -17,7 +17,6 @@ Vectors are stored as given: the caller passes L2-normalised embeddings.
 """
 
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,15 @@ import numpy as np
 from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import atomic_dir, read_json, read_jsonl, write_json, write_jsonl
+from unifashion_core.fileio import (
+    atomic_dir,
+    atomic_file,
+    read_json,
+    read_jsonl,
+    refuse_corrupt,
+    write_json,
+    write_jsonl,
+)
 
 FORMAT_VERSION = 1
 KINDS = ("flat", "hnsw", "ivfpq")
@@ -133,7 +140,7 @@ class IndexWriter:
             shutil.rmtree(self.partial, ignore_errors=True)
             self.partial.mkdir(parents=True)
             write_json(build, self.meta)
-        for stray in self.partial.glob("*.tmp"):
+        for stray in self.partial.glob(".shard-*.tmp-*"):  # a batch being written when a run was killed
             stray.unlink()
         for path in sorted(self.partial.glob("shard-*.npz")):
             shard = _read_shard(path)
@@ -181,10 +188,8 @@ class IndexWriter:
             arrays["caption_vectors"] = np.asarray(caption_vectors, dtype=np.float16)
             arrays["captions"] = np.array(captions, dtype=str)
         path = self.partial / f"shard-{len(self._shards):06d}.npz"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as handle:
+        with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
         self._shards.append(path)
         self._ids.extend(ids)
         self._layout = layout
@@ -377,16 +382,18 @@ class RetrievalIndex:
             if not (path / name).is_file():
                 raise UserError(f"index {path} is incomplete ({name} is missing); rebuild it "
                                 "with `unifashion index`.")
-        ids = [record["id"] for record in read_jsonl(path / IDS)]
-        captions = None
-        caption_vectors = None
-        if meta.get("has_captions"):
-            captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
-            caption_vectors = np.load(path / CAPTION_VECTORS, mmap_mode="r")
-        index = cls(meta, ids, faiss.read_index(str(path / INDEX_FILE)),
-                    np.load(path / IMAGE_VECTORS, mmap_mode="r"),
-                    np.load(path / TEXT_VECTORS, mmap_mode="r"), caption_vectors, captions)
-        if not len(ids) == len(index.image_vectors) == index._faiss.ntotal // index.num_queries:
+        with refuse_corrupt(path, "rebuild it with `unifashion index --overwrite`", errors=(KeyError, TypeError)):
+            ids = [record["id"] for record in read_jsonl(path / IDS)]
+            captions = None
+            caption_vectors = None
+            if meta.get("has_captions"):
+                captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
+                caption_vectors = np.load(path / CAPTION_VECTORS, mmap_mode="r")
+            index = cls(meta, ids, faiss.read_index(str(path / INDEX_FILE)),
+                        np.load(path / IMAGE_VECTORS, mmap_mode="r"),
+                        np.load(path / TEXT_VECTORS, mmap_mode="r"), caption_vectors, captions)
+        if not (len(ids) == len(index.image_vectors) == len(index.text_vectors)
+                and index._faiss.ntotal == len(ids) * index.num_queries):
             raise UserError(f"index {path} is inconsistent (ids and vectors differ in length); "
                             "rebuild it with `unifashion index`.")
         return index

@@ -1,7 +1,5 @@
 """Optimisers and learning-rate schedules from a recipe's OptimConfig."""
 
-import math
-
 import torch
 
 from unifashion_core.config import OptimConfig
@@ -18,8 +16,20 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
+# recipe schedule -> transformers' scheduler name (each with a linear warm-up of warmup_ratio)
+TRANSFORMERS_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LRScheduler:
-    """constant / linear / cosine with linear warm-up, or one-cycle (BLIP-2's Q-Former schedule)."""
+    """The recipe's schedule over ``cfg.max_steps`` steps.
+
+    ``constant``, ``linear`` and ``cosine`` (each after a linear warm-up over ``warmup_ratio`` of the
+    steps) are ``transformers.get_scheduler``'s. ``onecycle`` (BLIP-2's Q-Former schedule) is
+    torch's ``OneCycleLR``: transformers has no one-cycle schedule. Both kinds save and restore
+    their position through ``state_dict``, so a resumed run continues exactly.
+    """
+    from transformers import get_scheduler
+
     total = max(cfg.max_steps, 1)
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
@@ -27,15 +37,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch
             pct_start=max(cfg.warmup_ratio, 1.0 / total), cycle_momentum=False,
         )
     warmup = int(round(cfg.warmup_ratio * total))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(total - warmup, 1)
-        if cfg.schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if cfg.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(TRANSFORMERS_SCHEDULES[cfg.schedule], optimizer, num_warmup_steps=warmup,
+                         num_training_steps=total)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from unifashion_core.checkpoint import save_checkpoint
+from unifashion_core.checkpoint import read_weights, save_checkpoint
 from unifashion_core.config import QUERY_SOURCES, Recipe
 from unifashion_core.data.images import pixel_values, pixel_values_of, rgb_images
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
@@ -30,7 +29,7 @@ from unifashion_core.train import stages as stage_lib
 from unifashion_core.train.data import Field, compute_rows, rows_per_piece
 from unifashion_core.train.loop import run_stage
 from unifashion_core.train.runlog import RunLog
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 
 STAGE_HEADS = {"caption": "caption", "generate": "generate"}
 FROZEN_DIR = ".frozen"
@@ -61,17 +60,19 @@ def run_training(
     dataset = load_dataset(data)
     out = Path(out)
     accelerator = build_accelerator(recipe, out)
-    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, accelerator)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, accelerator, progress)
     torch.manual_seed(recipe.seed)
     heads = tuple(STAGE_HEADS[s] for s in recipe.train.stages if s in STAGE_HEADS)
     model = build_model(recipe.model, recipe.data.max_text_length, heads)
     if meta is not None:
-        model.load_state_dict(load_file(str(out / "checkpoint" / "model.safetensors")), strict=False)
+        model.load_state_dict(read_weights(out / "checkpoint"), strict=False)
     model.to(accelerator.device)
     if recipe.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     context = _TrainingData.load(model, dataset, recipe, feature_cache_dir(cache_dir, dataset), out / FROZEN_DIR,
                                  progress)
+    if meta is None:
+        start_run_dir(out, recipe, accelerator)  # only now: a run that could not be set up leaves nothing behind
     done = list(meta.get("stages_done", [])) if meta else []
     log = RunLog(out, accelerator, recipe)
     results: dict[str, Any] = dict(meta.get("metrics", {})) if meta else {}

@@ -8,12 +8,15 @@ modification text) and minimises::
   + itg_weight * ITG(fused queries -> frozen captioner -> target caption)
   + q2i_weight * q2I(fused queries -> frozen generator -> target image)
 
-Only the Q-Former trains; the vision encoder and both heads are frozen. ITG needs the phase-1
-checkpoint's caption head and q2I its generate head: a term whose weight is 0, or whose head is
-absent, is not computed. That is how the Base / +LLM / +diffusion ablations run (ablation.py).
-The Q-Former is shared, so phase 2 also moves its text-only and image-mode outputs; with
-``model.generator.standardize_queries`` the final checkpoint's generator gets their statistics
-retaken from the trained Q-Former (:func:`retake_query_statistics`).
+``train.phase2.trainable`` lists what trains (:func:`trainable_modules`): by default, as in the
+paper, the Q-Former and both adapters (the caption head's query -> LLM adapter, the generate
+head's query -> UNet adapter); ``unet`` adds the generator's UNet. The vision encoder and the LLM
+(with its LoRA) are always frozen. ITG needs the phase-1 checkpoint's caption head and q2I its
+generate head: a term whose weight is 0, or whose head is absent, is not computed. That is how
+the Base / +LLM / +diffusion ablations run (ablation.py). The Q-Former is shared, so phase 2 also
+moves its text-only and image-mode outputs; with ``model.generator.standardize_queries`` the final
+checkpoint's generator gets their statistics retaken from the trained Q-Former
+(:func:`retake_query_statistics`).
 The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every`` steps); Eq. 10
 sums the CIR terms unweighted.
 
@@ -30,10 +33,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from torch import nn
 
 from unifashion_core.batching import batch_slices
-from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, save_checkpoint
+from unifashion_core.checkpoint import checkpoint_dir, persistent_state, read_meta, read_weights, save_checkpoint
 from unifashion_core.config import Recipe
 from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
@@ -50,7 +53,7 @@ from unifashion_core.shards import Rows
 from unifashion_core.train.data import Batch, ExampleData, rows_per_piece
 from unifashion_core.train.loop import run_stage
 from unifashion_core.train.runlog import RunLog
-from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir
+from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
 from unifashion_core.train.stages import Stage, scope, tokens_lookup
 
 STAGE = "phase2"
@@ -181,10 +184,25 @@ def cir_term(
     )
 
 
+def trainable_modules(model: UniFashion, names: tuple[str, ...]) -> dict[str, nn.Module]:
+    """The modules phase 2 trains: those of ``names`` (``train.phase2.trainable``) the model has.
+
+    ``text_adapter`` belongs to the caption head, ``image_adapter`` and ``unet`` to the generate
+    head; a name whose head the checkpoint lacks is left out.
+    """
+    captioner, generator = model.captioner, model.generator
+    available = {"qformer": model.qformer,
+                 "text_adapter": captioner.adapter if captioner is not None else None,
+                 "image_adapter": generator.adapter if generator is not None else None,
+                 "unet": generator.unet if generator is not None else None}
+    return {name: available[name] for name in names if available[name] is not None}
+
+
 def phase2_stage(
     model: UniFashion, recipe: Recipe, dataset: Dataset, train: TripletData, val: TripletData | None = None,
 ) -> Stage:
-    """The phase-2 stage: Q-Former trains on ``train`` triplets; validation is CIR R@10/50 on ``val``.
+    """The phase-2 stage: the trainable modules (those with ``requires_grad``) learn from ``train``
+    triplets; validation is CIR R@10/50 on ``val``.
 
     The loss is ``sum(weight * term)`` over :func:`active_terms`; the logs hold each unweighted term.
     A batch streams each triplet's reference and target tokens (and its target image for q2I).
@@ -228,8 +246,9 @@ def phase2_stage(
         ranks, _ = cir.rank_targets(fused, model.embed_images(val.tokens), val.targets, allowed)
         return {f"val_cir_{name}": value for name, value in cir.recalls(ranks).items()}
 
-    params = [p for p in qformer.parameters() if p.requires_grad]
-    return Stage(STAGE, qformer, params, recipe.train.phase2, ExampleData(len(train.triplets), fields), loss_fn,
+    trained = nn.ModuleDict(trainable_modules(model, recipe.train.phase2.trainable))
+    params = [p for p in trained.parameters() if p.requires_grad]
+    return Stage(STAGE, trained, params, recipe.train.phase2, ExampleData(len(train.triplets), fields), loss_fn,
                  eval_fn if val is not None and val.triplets else None, qformer.clamp_temperature_)
 
 
@@ -256,7 +275,7 @@ def load_weights(model: UniFashion, path: Path) -> None:
         UserError: the recipe's model section builds other shapes than the checkpoint holds.
     """
     modules = ("vision", "qformer", *(name for name in ("captioner", "generator") if getattr(model, name) is not None))
-    state = {k: v for k, v in load_file(str(path / "model.safetensors")).items() if k.split(".")[0] in modules}
+    state = {k: v for k, v in read_weights(path).items() if k.split(".")[0] in modules}
     mismatch = UserError(f"the recipe's model section does not match checkpoint {path}; use the recipe it was "
                          "trained with (phase 2 may change data, loss and train settings).")
     try:
@@ -282,7 +301,8 @@ def setup_phase2(
     recipe: Recipe, heads: tuple[str, ...], weights: Path, dataset: Dataset,
     device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: Progress = NullProgress(),
 ) -> Phase2Setup:
-    """Build the model with ``heads``, load ``weights``, freeze all but the Q-Former, load the data.
+    """Build the model with ``heads``, load ``weights``, freeze all but ``train.phase2.trainable``, load
+    the data.
 
     Raises:
         UserError: no loss term to train, fewer than 2 usable training triplets, or targets
@@ -291,7 +311,8 @@ def setup_phase2(
     model = build_model(recipe.model, recipe.data.max_text_length, heads)
     load_weights(model, weights)
     model.to(device).eval().requires_grad_(False)
-    model.qformer.requires_grad_(True)
+    for module in trainable_modules(model, recipe.train.phase2.trainable).values():
+        module.requires_grad_(True)
     if recipe.train.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     terms = active_terms(model, recipe)
@@ -365,15 +386,19 @@ def run_phase2(
     if init.absolute().is_relative_to(out.absolute()):
         raise UserError(f"--out {out} holds the checkpoint phase 2 starts from; choose another --out.")
     accelerator = build_accelerator(recipe, out)
-    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, accelerator)
+    meta, resume_state = prepare_run_dir(out, recipe, resume, overwrite, accelerator, progress)
     if meta is not None and meta.get("init_checkpoint_fingerprint") != init_meta["fingerprint"]:
         raise UserError(f"--resume: {out} was started from another checkpoint than {init}.")
     torch.manual_seed(recipe.seed)
     heads = tuple(init_meta.get("heads", []))
     setup = setup_phase2(recipe, heads, out / "checkpoint" if meta is not None else init, dataset,
                          accelerator.device, feature_cache_dir(cache_dir, dataset), progress)
+    if meta is None:
+        start_run_dir(out, recipe, accelerator)  # only now: a run that could not be set up leaves nothing behind
     provenance = {
-        "phase": 2, "heads": list(heads), "terms": list(setup.terms), "init_checkpoint": str(init.absolute()),
+        "phase": 2, "heads": list(heads), "terms": list(setup.terms),
+        "trained_modules": list(trainable_modules(setup.model, recipe.train.phase2.trainable)),
+        "init_checkpoint": str(init.absolute()),
         "init_checkpoint_fingerprint": init_meta["fingerprint"], "manifest_sha256": dataset.manifest_hash,
         "data": str(dataset.root.absolute()), "seed": recipe.seed, "skipped": setup.skipped.counts(),
     }

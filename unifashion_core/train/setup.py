@@ -10,7 +10,8 @@ from accelerate import Accelerator
 from unifashion_core.checkpoint import load_training_state, read_meta
 from unifashion_core.config import Recipe, dump_recipe
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import check_output_dir, write_text_atomic
+from unifashion_core.fileio import check_output_dir, restore_interrupted, write_text_atomic
+from unifashion_core.progress import NullProgress, Progress
 
 
 @dataclass(frozen=True)
@@ -67,25 +68,42 @@ def build_accelerator(recipe: Recipe, out: Path) -> Accelerator:
 
 
 def prepare_run_dir(
-    out: Path, recipe: Recipe, resume: bool, overwrite: bool, accelerator: Accelerator
+    out: Path, recipe: Recipe, resume: bool, overwrite: bool, accelerator: Accelerator,
+    progress: Progress = NullProgress(),
 ) -> tuple[dict | None, dict | None]:
-    """A fresh run directory (config.yaml written by the main process), or the (meta, training
-    state) to resume from. Every process checks; none writes before all have checked."""
-    if not resume:
-        check_output_dir(out, overwrite)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-            (out / "curves.png").unlink(missing_ok=True)
-            write_text_atomic(out / "config.yaml", dump_recipe(recipe))
-        accelerator.wait_for_everyone()
-        return None, None
-    if not (out / "checkpoint").is_dir():
-        raise UserError(f"--resume: {out} holds no checkpoint to resume from.")
-    saved = (out / "config.yaml").read_text(encoding="utf-8") if (out / "config.yaml").is_file() else ""
-    if saved != dump_recipe(recipe):
-        raise UserError(f"--resume: the recipe differs from the one {out} was trained with "
-                        f"(see {out / 'config.yaml'}).")
-    meta: dict[str, Any] = read_meta(out / "checkpoint")
-    return meta, load_training_state(out / "checkpoint")
+    """Check the run directory: (None, None) for a fresh run, else the (meta, training state) to
+    resume from. Nothing is written: ``start_run_dir`` does that once the run is set up. Every
+    process checks, and none goes on before all have checked.
+
+    ``resume`` into a run that stopped before its first checkpoint (or was never started) starts
+    it from step 0 and says so; a run of another recipe is refused either way.
+    """
+    if resume and (out / "config.yaml").is_file():
+        saved = (out / "config.yaml").read_text(encoding="utf-8")
+        if saved != dump_recipe(recipe):
+            raise UserError(f"--resume: the recipe differs from the one {out} was trained with "
+                            f"(see {out / 'config.yaml'}).")
+    if accelerator.is_main_process:
+        restore_interrupted(out / "checkpoint")
+    accelerator.wait_for_everyone()
+    if resume and (out / "checkpoint").is_dir():
+        meta: dict[str, Any] = read_meta(out / "checkpoint")
+        return meta, load_training_state(out / "checkpoint")
+    if resume:
+        progress.log(f"--resume: {out} holds no checkpoint yet (the run stopped before its first save); "
+                     "starting it from step 0.")
+        overwrite = overwrite or (out / "config.yaml").is_file()  # our own run's leftovers
+    check_output_dir(out, overwrite)
+    accelerator.wait_for_everyone()  # no process writes before every one has checked
+    return None, None
+
+
+def start_run_dir(out: Path, recipe: Recipe, accelerator: Accelerator) -> None:
+    """Begin a fresh run in ``out`` (the main process writes): the resolved recipe as config.yaml,
+    no old metrics.jsonl or curves.png."""
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "curves.png").unlink(missing_ok=True)
+        write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+    accelerator.wait_for_everyone()

@@ -16,6 +16,7 @@ from unifashion_core.data.adapters.common import IMAGE_DIR, clean_text, copy_fil
 from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
 from unifashion_core.errors import UserError
+from unifashion_core.fileio import open_text
 from unifashion_core.progress import NullProgress, Progress
 
 CATEGORIES = ("dress", "jacket", "pants", "skirt", "top")
@@ -81,7 +82,7 @@ def _usable_items(
 
 def _read_labels(path: Path, category: str, split: str, skipped: SkipLog) -> list[dict[str, Any]]:
     entries = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with open_text(path) as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # a blank line is not a record

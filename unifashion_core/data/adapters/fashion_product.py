@@ -26,6 +26,7 @@ from unifashion_core.data.adapters.common import (
 from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, Triplet, write_dataset
 from unifashion_core.errors import UserError
+from unifashion_core.fileio import open_text
 from unifashion_core.progress import NullProgress, Progress
 
 CSV_NAMES = ("styles.csv", "sample_styles.csv")
@@ -110,7 +111,7 @@ def read_styles(path: Path, skipped: SkipLog) -> list[dict[str, str]]:
     Raises:
         UserError: a header without the expected columns.
     """
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    with open_text(path, newline="") as handle:
         reader = csv.reader(handle)
         header = [h.strip() for h in next(reader, [])]
         if header[: len(COLUMNS)] != list(COLUMNS):

@@ -28,7 +28,6 @@ Choices made here:
   symlink) is skipped with reason ``outside_root``.
 """
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from unifashion_core.data.adapters.common import IMAGE_DIR, copy_files, report_i
 from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import SPLITS, Item, SkipLog, Triplet, write_dataset
 from unifashion_core.errors import UserError
+from unifashion_core.fileio import read_json
 from unifashion_core.progress import NullProgress, Progress
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -129,10 +129,7 @@ def _read_json_list(path: Path, absent: list[str]) -> list[Any]:
     if not path.is_file():
         absent.append(f"{path.parent.name}/{path.name}")
         return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}): {exc.msg}.") from exc
+    data = read_json(path)
     if not isinstance(data, list):
         raise UserError(f"{path} should hold a JSON list.")
     return data

@@ -38,7 +38,7 @@ from unifashion_core.data.adapters.common import (
 from unifashion_core.data.images import MAX_PIXELS
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.fileio import read_json
+from unifashion_core.fileio import read_json, read_text
 from unifashion_core.progress import NullProgress, Progress
 
 CAPTION_FILES = ("captions.json", "captions_mgd.json")
@@ -173,7 +173,7 @@ def _read_pairs(root: Path, split: str, skipped: SkipLog) -> list[tuple[str, str
     if not path.is_file():  # no pairs file: every garment with its own person
         return [(Path(n).name, Path(n).name) for n in _files(root, f"{split}/cloth")]
     pairs = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_number, line in enumerate(read_text(path).splitlines(), start=1):
         fields = line.split()
         if len(fields) == 2:
             pairs.append((fields[0], fields[1]))

@@ -1,0 +1,49 @@
+"""Learning-rate schedules (transformers' get_scheduler; torch's OneCycleLR) and their exact resume."""
+
+import math
+
+import pytest
+import torch
+
+from unifashion_core.config import OptimConfig
+from unifashion_core.train.optim import build_optimizer, build_scheduler
+
+
+def _lrs(cfg: OptimConfig, steps: int, state: dict | None = None) -> tuple[list[float], dict]:
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    lrs = []
+    for _ in range(steps):
+        lrs.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    return lrs, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_schedules_warm_up_linearly_then_follow_their_shape(schedule):
+    cfg = OptimConfig(max_steps=20, lr=1.0, schedule=schedule, warmup_ratio=0.2)  # 4 warm-up steps
+    lrs, _ = _lrs(cfg, 20)
+    assert lrs[:5] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    progress = [(step - 4) / 16 for step in range(4, 20)]
+    expected = {"constant": [1.0] * 16, "linear": [1 - p for p in progress],
+                "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in progress]}[schedule]
+    assert lrs[4:] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "onecycle"])
+def test_a_resumed_schedule_continues_exactly(schedule):
+    cfg = OptimConfig(max_steps=30, lr=1e-3, schedule=schedule, warmup_ratio=0.1)
+    uninterrupted, _ = _lrs(cfg, 30)
+    first, state = _lrs(cfg, 12)
+    rest, _ = _lrs(cfg, 18, state)
+    assert first + rest == pytest.approx(uninterrupted, rel=1e-12)
+
+
+def test_onecycle_is_torch_onecycle():
+    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimConfig(schedule="onecycle"))
+    assert isinstance(build_scheduler(optimizer, OptimConfig(schedule="onecycle")),
+                      torch.optim.lr_scheduler.OneCycleLR)
