@@ -306,6 +306,7 @@ def test_generate_stage_conditions_each_row_on_its_drawn_source(monkeypatch) -> 
     from types import SimpleNamespace
 
     from unifashion_core.config import QUERY_SOURCES, load_recipe
+    from unifashion_core.train.data import Batch
     from unifashion_core.train.stages import generate_stage
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml",
@@ -315,9 +316,10 @@ def test_generate_stage_conditions_each_row_on_its_drawn_source(monkeypatch) -> 
     queries = {source: torch.randn(10, NUM_QUERIES, QUERY_WIDTH) for source in QUERY_SOURCES}
     seen = {}
     monkeypatch.setattr(generator, "loss", lambda q, pixels, **kw: seen.update(q=q, source=kw["source"]) or q.sum())
-    stage = generate_stage(model, recipe, queries, _images(10), None)
+    images = _images(10)
+    stage = generate_stage(model, recipe, queries, lambda index: images[index], len(images), None)
     indices = torch.tensor([7, 2, 9, 2, 0, 5, 3, 8])
-    stage.loss_fn(indices, torch.Generator().manual_seed(0), 0)
+    stage.loss_fn(Batch.read(stage.data, indices), torch.Generator().manual_seed(0), 0)
     assert set(seen["source"].tolist()) == {0, 1, 2}  # all three drawn in this batch
     for row, (index, source) in enumerate(zip(indices.tolist(), seen["source"].tolist(), strict=True)):
         assert torch.equal(seen["q"][row], queries[QUERY_SOURCES[source]][index])

@@ -152,7 +152,7 @@ def test_zero_weights_switch_terms_off(workdir):
 def test_phase2_trains_the_modules_train_phase2_trainable_lists(workdir, trainable, trained):
     """Vision, LLM (and its LoRA) never train; the UNet only when listed."""
     result = setup(workdir, [f"train.phase2.trainable={trainable}"] if trainable else [])
-    loss, _ = result.stage.loss_fn(torch.arange(8), torch.Generator().manual_seed(1), 0)
+    loss, _ = result.stage.loss_fn(Batch.read(result.stage.data, torch.arange(8)), torch.Generator().manual_seed(1), 0)
     loss.backward()
     assert _with_gradients(result) == trained
     assert {id(p) for p in result.stage.params} == {id(p) for p in result.model.parameters() if p.requires_grad}
