@@ -8,6 +8,7 @@ data-parallel run can match a single process while it is on.
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from unifashion_core.checkpoint import read_meta
 from unifashion_core.config import load_recipe
 from unifashion_core.distributed import BatchShard
+from unifashion_core.errors import UserError
 from unifashion_core.progress import NullProgress
 from unifashion_core.train.data import StepBatches, batch_indices, batch_shard
 from unifashion_core.train.phase1 import run_training
@@ -82,6 +85,9 @@ def _train_in_two_processes(rank: int, port: int, root: str) -> None:
     run_training(retrieval, work / "data", work / "two" / "retrieval")
     with pytest.raises(KeyboardInterrupt):
         run_training(retrieval, work / "data", work / "two" / "resumed", progress=_InterruptAt(3))
+    if rank == 0:  # kept as it was killed, to resume with one process
+        shutil.copytree(work / "two" / "resumed", work / "two" / "interrupted")
+    torch.distributed.barrier()
     run_training(retrieval, work / "data", work / "two" / "resumed", resume=True)
     phase2 = load_recipe(TINY, [*PHASE2, f"train.phase2.batch_size={BATCH}"])
     run_phase2(phase2, work / "phase1", work / "data", work / "two" / "phase2")
@@ -131,3 +137,13 @@ def test_a_two_process_run_resumes_exactly(runs):
     straight, resumed = _weights(runs / "two" / "retrieval"), _weights(runs / "two" / "resumed")
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_checkpoints_record_the_processes_and_resume_only_with_as_many(runs):
+    two, one = (read_meta(runs / side / "retrieval" / "checkpoint") for side in ("two", "one"))
+    assert (two["num_processes"], two["batch_size"], two["global_batch_size"]) == (2, BATCH, 2 * BATCH)
+    assert (one["num_processes"], one["batch_size"], one["global_batch_size"]) == (1, 2 * BATCH, 2 * BATCH)
+    assert read_meta(runs / "two" / "interrupted" / "checkpoint")["step"] == 2
+    recipe = load_recipe(TINY, [*RETRIEVAL, f"train.retrieval.batch_size={BATCH}"])
+    with pytest.raises(UserError, match="trained with 2 process"):
+        run_training(recipe, runs / "data", runs / "two" / "interrupted", resume=True)

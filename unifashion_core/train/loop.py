@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from torch import nn
 
+from unifashion_core.errors import UserError
 from unifashion_core.progress import Progress
 from unifashion_core.train.data import Batch, batch_shard, stream_batches
 from unifashion_core.train.optim import build_optimizer, build_scheduler
@@ -64,6 +65,7 @@ def run_stage(
     generator = torch.Generator().manual_seed(seed)
     step = 0
     if resume_state is not None:
+        _check_same_processes(resume_state, accelerator)
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         generator.set_state(resume_state["generator"])
@@ -99,6 +101,7 @@ def run_stage(
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "num_processes": accelerator.num_processes,
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
@@ -154,14 +157,24 @@ def run_stage(
             if accelerator.is_main_process:
                 state = training_state()
                 with swap():
-                    save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last},
-                         state)
+                    save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last,
+                          "num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
+                          "global_batch_size": shard.size * accum}, state)
             accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(stage.params)  # later stages and the caller see the averaged weights
     if stage.eval_fn is None:  # otherwise drawn after the last evaluation
         log.draw()
     return last
+
+
+def _check_same_processes(resume_state: dict[str, Any], accelerator: Accelerator) -> None:
+    """Refuse to resume with another number of processes: the global batch, and so every later
+    batch, would differ from the run's (checkpoints from before data parallelism had one)."""
+    saved = int(resume_state.get("num_processes", 1))
+    if saved != accelerator.num_processes:
+        raise UserError(f"--resume: the run was trained with {saved} process(es), this is {accelerator.num_processes}; "
+                        f"resume with the same --num_processes.")
 
 
 def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
