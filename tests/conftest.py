@@ -46,3 +46,13 @@ def tiny_phase1(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run_training(load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml"),
                      data=root / "data", out=root / "phase1")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_phase1: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A captioned index of the tiny phase-1 run's test split (read only: tests that write copy it)."""
+    from unifashion_core.retrieval.build import build_index
+
+    out = tmp_path_factory.mktemp("tiny-index") / "index"
+    build_index(tiny_phase1 / "phase1", tiny_phase1 / "data", out, captions=True)
+    return out

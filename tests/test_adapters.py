@@ -453,12 +453,22 @@ def test_vitonhd_flat_examples(shared_data: Path, tmp_path: Path) -> None:
     root = shared_data / "vitonhd-examples"
     report = prepare_dataset("vitonhd", root, tmp_path / "viton")
     assert report["layout"] == "flat" and report["num_skipped"] == 0
-    assert report["num_items"] == {"train": 0, "val": 0, "test": 14}
-    assert len(report["persons"]) == 7
+    assert report["num_items"] == {"train": 0, "val": 0, "test": 14 + 7}  # garments, and people to dress
+    assert len(report["persons"]) == 7 and "derived" in report["masks"]
     assert all((tmp_path / "viton" / person).is_file() for person in report["persons"])
     captions = json.loads((root / "captions_mgd.json").read_text())
-    for item in load_dataset(tmp_path / "viton").items:
+    dataset = load_dataset(tmp_path / "viton")
+    for item in dataset.items:
         assert list(item.all_captions()) == captions[item.id.split("_")[0]]
+    people = [item for item in dataset.items if item.extras]
+    assert sorted(item.image for item in people) == sorted(report["persons"])
+    for item in people:
+        assert item.extras["person"] == item.image and item.attributes == {"mask": "derived"}
+        mask = np.asarray(Image.open(dataset.image_path(item, "mask")))
+        assert mask.shape == (1024, 768) and 0.1 < (mask > 0).mean() < 0.5
+        assert not mask[: int(0.2 * 1024)].any()  # the face is kept
+    unpaired = {item.attributes["unpaired_person"] for item in dataset.items if not item.extras}
+    assert unpaired == {item.id for item in people}
     _check_self_contained(tmp_path / "viton")
 
 

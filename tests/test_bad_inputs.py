@@ -25,7 +25,7 @@ Images given to a command (search/caption/generate as the query):
   13. caption --image on a folder of good and bad images    converted: bad ones skipped and counted
   14. caption --image on an empty folder                    refused: holds no images
   15. generate --image broken                               refused
-  16. generate --person/--mask on a generator without inpainting   refused
+  16. generate --person with a broken --mask (try-on)        refused: could not be decoded
   17. prepare fashion-product over every image kind above   converted: bad ones skipped by reason
 Data files:
   18. styles.csv with a row of too few fields               converted: row skipped as malformed_row
@@ -64,7 +64,7 @@ Checkpoints, indexes, caches:
   49. a truncated training_state.pt under --resume          refused
   50. an index whose ids and vectors disagree               refused: inconsistent
   51. an index with image_vectors.npy cut short             refused: names the folder
-  52. an index.faiss of garbage                             refused
+  52. a first stage (image.pq) of garbage                   refused
   53. an index without meta.json                            refused
   54. a feature-cache file cut short                        converted: says so, computes that shard again
   55. train --resume into a run killed before its first checkpoint   converted: starts at step 0, says so
@@ -84,7 +84,7 @@ CLI values:
   68. caption --max-new-tokens 0                            refused
   69. index --kind nosuch                                   refused
   70. index --split nosuch                                  refused
-  71. bench fid --max-items 0 on a 22-image split           refused: says how many are needed
+  71. bench fid --max-items 0 on a 44-image split           refused: says how many are needed
   72. bench fid --max-items -1                              refused
   73. train --phase 3                                       refused (usage error, one line)
   74. search -k abc                                         refused (usage error, one line)
@@ -296,6 +296,12 @@ def _index(c: Corpus, tmp: Path, change: Callable[[Path], None]) -> Path:
     return index
 
 
+def _garbage_stage(path: Path) -> None:
+    """Make the flat index claim a pq first stage whose FAISS file is garbage."""
+    _meta(path, kind="pq", ann={"image": {"candidates": 256}})
+    (path / "image.pq").write_bytes(b"garbage")
+
+
 def _meta(path: Path, **fields: object) -> None:
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps({**meta, **fields}))
@@ -444,10 +450,10 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
         lambda c, t: ["generate", "--image", c.files / "truncated.png", "--out", t / "g.png", "--checkpoint",
                       c.checkpoint, "--steps", "2", "-q"],
         lambda t: refused("truncated.png")),
-    "generate: --person/--mask without inpainting": (
-        lambda c, t: ["generate", "--person", c.files / "good.png", "--mask", c.files / "good.png", "--text", "red",
+    "generate: --person with a broken --mask": (  # a generator without inpainting: test_tryon.py
+        lambda c, t: ["generate", "--person", c.files / "good.png", "--mask", c.files / "garbage.png", "--text", "red",
                       "--out", t / "g.png", "--checkpoint", c.checkpoint, "--steps", "2", "-q"],
-        lambda t: refused("inpainting")),
+        lambda t: refused("could not be decoded")),
     "prepare: every image kind in a catalogue": (
         _product_folder,
         lambda t: converted(_report(t, items=6, **{"item:unreadable": 1, "item:empty": 1, "item:truncated": 1,
@@ -566,9 +572,9 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
     "index: image_vectors.npy cut short": (
         lambda c, t: ["search", "--text", "red", "--index", _index(c, t, lambda p: _truncate(p / "image_vectors.npy"))],
         lambda t: refused("index", "cut short", "rebuild")),
-    "index: index.faiss of garbage": (
+    "index: first stage image.pq of garbage": (
         lambda c, t: ["search", "--text", "red", "--checkpoint", c.checkpoint, "--index",
-                      _index(c, t, lambda p: (p / "index.faiss").write_bytes(b"garbage"))],
+                      _index(c, t, _garbage_stage)],
         lambda t: refused("cut short", "rebuild")),
     "index: no meta.json": (
         lambda c, t: ["search", "--text", "red", "--index", _index(c, t, lambda p: (p / "meta.json").unlink())],
@@ -614,14 +620,14 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
         lambda t: refused("--max-new-tokens")),
     "index --kind nosuch": (
         lambda c, t: ["index", "--kind", "nosuch", "--checkpoint", c.checkpoint, "--data", c.data, "--out", t / "i"],
-        lambda t: refused("flat, hnsw or ivfpq")),
+        lambda t: refused("flat", "pq")),
     "index --split nosuch": (
         lambda c, t: ["index", "--split", "nosuch", "--checkpoint", c.checkpoint, "--data", c.data, "--out", t / "i"],
         lambda t: refused("unknown split")),
-    "bench fid --max-items 0 on 22 images": (
+    "bench fid --max-items 0 on 44 images": (
         lambda c, t: ["bench", "fid", "--checkpoint", c.checkpoint, "--data", c.data, "--max-items", "0", "--out",
                       t / "fid", "-q"],
-        lambda t: refused("at least 50", "gives 22")),
+        lambda t: refused("at least 50", "gives 44")),
     "bench fid --max-items -1": (
         lambda c, t: ["bench", "fid", "--checkpoint", c.checkpoint, "--data", c.data, "--max-items", "-1", "--out",
                       t / "fid", "-q"],

@@ -88,7 +88,8 @@ def test_excluding_the_reference_never_ranks_it(workdir, report, tmp_path, monke
                                  "--no-captions", "--json", "-q"])
     assert result.exit_code == 0, result.output
     excluded = json.loads(result.stdout)
-    assert excluded["protocol_options"]["exclude_reference"] and list(excluded["settings"]) == ["without_captions"]
+    assert excluded["protocol_options"]["exclude_reference"] and list(excluded["settings"]) == [
+        "without_captions", "zero_shot", "image_only", "text_only"]
     kept = read_queries(workdir / "bench")
     for query, base in zip(read_queries(tmp_path), kept, strict=True):
         assert query["reference"] not in query["top"]["without_captions"]

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ("prepare", "train", "index", "search", "caption", "generate", "bench", "demo", "recipes")
-BENCH_SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "ablation", "speed", "paper-speed",
-                  "memory")
+COMMANDS = ("prepare", "train", "index", "search", "serve", "caption", "generate", "bench", "demo", "recipes")
+BENCH_SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "queries", "ablation", "speed",
+                  "paper-speed", "index", "memory")
 runner = CliRunner()
 
 
@@ -60,6 +60,8 @@ def test_phase_option_may_come_before_the_recipe():
     (["bench", "nosuch"], "No such command"),
     (["search"], "give --text, --image"),
     (["search", "--text", "  "], "empty"),
+    (["search", "--text", "the and of"], "only stop words"),
+    (["search", "--text", "please show me something", "--image", "x.png"], "only stop words"),
     (["generate", "--out", "x.png", "--text", "red", "--steps", "0"], "--steps"),
     (["generate", "--out", "x.png", "--text", "red", "--guidance", "99"], "--guidance"),
     (["generate", "--out", "x.png", "--person", "p.png"], "--mask"),
@@ -116,6 +118,7 @@ def test_bench_lists_its_subjects_each_with_only_its_own_options():
     assert "--caption-weight" in options["cir"] and "--caption-weight" not in options["retrieval"]
     assert "--clip" in options["clip-score"] and "--clip" not in options["fid"]
     assert "--spice" in options["caption"] and "--spice" not in options["speed"]
+    assert "--shapes" in options["queries"] and "--image-weight" in options["cir"]
 
 
 def test_recipes_list_and_show_the_packaged_recipes():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unifashion_core.data.adapters.demo import make_items, prepare_demo
-from unifashion_core.data.demo.attributes import PALETTE, attribute_space, space_summary
+from unifashion_core.data.demo.attributes import ATTRIBUTES, PALETTE, attribute_space, space_summary
 from unifashion_core.data.demo.drawing import draw_garment, garment_pixels, nearest_colour
 from unifashion_core.data.demo.triplets import make_triplets
 from unifashion_core.data.images import open_image
@@ -16,6 +16,7 @@ from unifashion_core.data.manifest import SPLITS, Dataset, Item, Triplet, load_d
 from unifashion_core.errors import UserError
 
 NUM_ITEMS = 300
+NUM_TRYON = 144  # the default: DEFAULT_NUM_TRYON
 IMAGE_SIZE = 64
 
 
@@ -37,16 +38,17 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def test_writes_readable_images_and_artifacts(demo_dir: Path, dataset: Dataset) -> None:
     assert {"manifest.jsonl", "triplets.jsonl", "report.json"} <= set(_tree(demo_dir))
-    assert len(dataset.items) == NUM_ITEMS
+    assert len(dataset.items) == NUM_ITEMS + NUM_TRYON
     for item in dataset.items:
         image = open_image(dataset.image_path(item))
         assert image.size == (IMAGE_SIZE, IMAGE_SIZE)
-        assert re.fullmatch(r"images/demo-\d{6}\.png", item.image)
+        assert re.fullmatch(r"images/demo-(tryon-)?\d{6}\.png", item.image)
     report = dataset.report
     assert report["dataset"] == "demo" and report["seed"] == 0
     assert report["image_size"] == IMAGE_SIZE and report["num_items_requested"] == NUM_ITEMS
+    assert report["num_tryon"] == NUM_TRYON
     assert report["attribute_space"]["size"] == len(attribute_space())
-    assert sum(report["num_items"].values()) == NUM_ITEMS
+    assert sum(report["num_items"].values()) == NUM_ITEMS + NUM_TRYON
     assert report["num_skipped"] == 0
 
 
@@ -89,7 +91,7 @@ def _parse_caption(caption: str, space: dict[str, Any]) -> dict[str, str | None]
 def test_captions_and_descriptions_match_attributes(dataset: Dataset) -> None:
     space = dataset.report["attribute_space"]
     for item in dataset.items:
-        attributes = item.attributes
+        attributes = {key: item.attributes[key] for key in ATTRIBUTES}
         assert _parse_caption(item.caption, space) == attributes
         assert item.category == attributes["type"]
         assert attributes["colour"] in PALETTE and attributes["pattern"] in space["pattern"]
@@ -258,9 +260,9 @@ class _Recorder:
 
 def test_reports_progress(tmp_path: Path) -> None:
     recorder = _Recorder()
-    prepare_demo(tmp_path / "data", num_items=20, seed=3, image_size=32, progress=recorder)
-    assert recorder.events[0] == ("start", ("prepare", 20))
-    assert recorder.events[1:] == [("advance", ("prepare", 1))] * 20
+    prepare_demo(tmp_path / "data", num_items=20, seed=3, image_size=32, progress=recorder, num_tryon=5)
+    assert recorder.events[0] == ("start", ("prepare", 25))
+    assert recorder.events[1:] == [("advance", ("prepare", 1))] * 25
 
 
 @pytest.mark.parametrize(
@@ -270,9 +272,67 @@ def test_reports_progress(tmp_path: Path) -> None:
         ({"num_items": 0}, "num_items"),
         ({"seed": -1}, "seed"),
         ({"image_size": 8}, "image_size"),
+        ({"num_items": len(attribute_space()), "num_tryon": 1}, "between 0 and 0"),
+        ({"num_tryon": -1}, "num_tryon"),
     ],
 )
 def test_bad_arguments_are_user_errors(tmp_path: Path, arguments: dict[str, int], message: str) -> None:
     with pytest.raises(UserError, match=message):
         prepare_demo(tmp_path / "data", **arguments)
     assert not (tmp_path / "data").exists()
+
+
+# --- the try-on part ---------------------------------------------------------------------------
+
+# SHA-256 of manifest.jsonl and triplets.jsonl of prepare_demo(num_items=60, seed=0, image_size=32)
+# as written before the try-on part existed: adding it must not change the catalogue.
+CATALOGUE_60 = ("176d07304e931014e3dd97d8c70aab8eca89d5befc679aba548a3a697d813215",
+                "1c8e29194cf573dc4cae211954826b2530e4ff7d69e9f2c8d780d3db9dc9fb65")
+
+
+def test_tryon_part_leaves_the_catalogue_byte_identical(tmp_path: Path) -> None:
+    import hashlib
+
+    trees = {}
+    for num_tryon in (0, None):
+        out = tmp_path / str(num_tryon)
+        prepare_demo(out, num_items=60, seed=0, image_size=32, num_tryon=num_tryon)
+        lines = (out / "manifest.jsonl").read_bytes().splitlines(keepends=True)
+        digests = (hashlib.sha256(b"".join(lines[:60])).hexdigest(),
+                   hashlib.sha256((out / "triplets.jsonl").read_bytes()).hexdigest())
+        assert digests == CATALOGUE_60
+        trees[num_tryon] = _tree(out)
+    assert len(trees[None]) > len(trees[0])
+    written = {"report.json", "manifest.jsonl"}  # the report counts the try-on part; the manifest lists it after
+    assert {name: data for name, data in trees[None].items() if name in trees[0] and name not in written} == {
+        name: data for name, data in trees[0].items() if name not in written}
+
+
+def test_tryon_items_are_viton_style_examples(dataset: Dataset) -> None:
+    from unifashion_core.data.adapters.demo import TRYON_FOLDERS
+    from unifashion_core.data.demo.people import REGIONS
+    from unifashion_core.data.tryon import has_tryon
+
+    tryon = [item for item in dataset.items if item.id.startswith("demo-tryon-")]
+    assert len(tryon) == NUM_TRYON and all(has_tryon(item) for item in tryon)
+    assert not any(has_tryon(item) for item in dataset.items if item not in tryon)
+    assert {t.reference for t in dataset.triplets} & {item.id for item in tryon} == set()
+    by_id = dataset.by_id()
+    for item in tryon:
+        assert set(item.extras) == set(TRYON_FOLDERS)
+        files = {key: np.asarray(open_image(dataset.image_path(item, key))) for key in item.extras}
+        assert all(array.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) for array in files.values())
+        mask = files["mask"][..., 0]
+        assert set(np.unique(mask)) == {0, 255} and 0.05 < (mask > 0).mean() < 0.6
+        lines = files["sketch"][..., 0] < 128  # dark lines on white
+        assert lines.any() and (mask[lines] > 0).mean() > 0.9  # drawn inside the region to generate
+        kept = mask == 0
+        assert np.array_equal(files["agnostic"][kept], files["person"][kept])
+        worn = garment_pixels(files["person"][mask > 0], background=(232, 232, 232))
+        assert len(worn) > 0
+        partner = by_id[item.attributes["unpaired_person"]]
+        assert partner.id != item.id and partner.split == item.split and has_tryon(partner)
+        same_region = [m for m in tryon if m.split == item.split
+                       and REGIONS[m.attributes["type"]] == REGIONS[item.attributes["type"]]]
+        if len(same_region) > 1:
+            assert REGIONS[partner.attributes["type"]] == REGIONS[item.attributes["type"]]

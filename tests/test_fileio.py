@@ -99,7 +99,7 @@ def test_a_replace_killed_between_its_two_renames_gets_the_old_tree_back(tmp_pat
 
 def _prepare(out: Path, home: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "unifashion_cli.main", "prepare", "demo", "--out", str(out),
-               "--num-items", "300", "--image-size", "48", "-q", *extra]  # fmt: skip
+               "--num-items", "300", "--num-tryon", "0", "--image-size", "48", "-q", *extra]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "UNIFASHION_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

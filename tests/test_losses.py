@@ -105,6 +105,32 @@ def test_identical_captions_are_not_negatives() -> None:
     assert (neg_text != torch.arange(3)).all()
 
 
+def test_itc_with_positives_spreads_the_targets_over_them(toy: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, texts = toy
+    assert itc_loss(images, texts, 0.07, positives=torch.eye(3, dtype=torch.bool)).item() == pytest.approx(
+        itc_loss(images, texts, 0.07).item(), rel=1e-9)
+    positives = torch.eye(3, dtype=torch.bool)
+    positives[2, 0] = True  # text 0 ("blue dress") describes image 2 too
+    logits = max_sim(images, texts) / 0.07  # (images, texts)
+    i2t = -(torch.log_softmax(logits, 1) * positives / positives.sum(1, keepdim=True)).sum(1).mean()
+    t2i = -(torch.log_softmax(logits.T, 1) * positives.T / positives.T.sum(1, keepdim=True)).sum(1).mean()
+    assert itc_loss(images, texts, 0.07, positives=positives).item() == pytest.approx(((i2t + t2i) / 2).item())
+
+
+def test_texts_that_describe_an_image_are_never_its_negatives() -> None:
+    positives = torch.eye(4, dtype=torch.bool)
+    positives[3, 0] = True  # text 0 describes image 3 as well, not the other way round
+    sim = torch.zeros(4, 4)
+    sim[3, 0] = sim[0, 3] = 10.0  # the hardest candidates are exactly that pair
+    generator = torch.Generator().manual_seed(0)
+    for strategy in ("hardest", "sample"):
+        for _ in range(30):
+            neg_text, neg_image = select_hard_negatives(sim, sim, strategy, generator, positives=positives)
+            assert neg_text[3] != 0 and neg_image[0] != 3  # image 3 / text 0 keep away from each other
+    neg_text, neg_image = select_hard_negatives(sim, sim, "hardest", positives=positives)
+    assert neg_text[0] == 3 and neg_image[3] == 0  # text 3 does not describe image 0: a fair negative
+
+
 def test_hard_negative_errors() -> None:
     with pytest.raises(ValueError, match="strategy"):
         select_hard_negatives(torch.randn(3, 3), torch.randn(3, 3), "easiest")

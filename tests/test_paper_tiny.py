@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from unifashion_cli.main import app
 from unifashion_core.checkpoint import load_checkpoint, read_meta
 from unifashion_core.config import Recipe, load_recipe
+from unifashion_core.data.manifest import Item
 from unifashion_core.models.unifashion import build_model
 from unifashion_core.train import stages as stage_lib
 from unifashion_core.train.data import Batch
@@ -87,9 +88,10 @@ def _gradients(recipe: Recipe, checkpointing: bool) -> dict[str, torch.Tensor]:
     tokens = torch.randn(4, 10, 32)  # (B, T, C) of the tiny BLIP-2 vision tower
     queries = model.source_queries("image", tokens, ["a red dress"] * 4).detach()
     pixels = torch.rand(4, 3, 16, 16) * 2 - 1
+    texts = ["a red dress", "jeans", "a coat", "a hat"]
+    items = [Item(str(i), f"{i}.png", "train", text) for i, text in enumerate(texts)]
     builders = (
-        lambda: stage_lib.retrieval_stage(model, recipe, tokens, ["a red dress", "jeans", "a coat", "a hat"],
-                                          tokens, []),
+        lambda: stage_lib.retrieval_stage(model, recipe, tokens, items, tokens, []),
         lambda: stage_lib.caption_stage(model, recipe, queries, ["a red dress"] * 4, queries, []),
         lambda: stage_lib.generate_stage(model, recipe, dict.fromkeys(("text", "image", "multimodal"), queries),
                                          pixels.__getitem__, 4, None),

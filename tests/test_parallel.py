@@ -44,7 +44,10 @@ PHASE2 = [*NO_NOISE, "train.phase2.max_steps=3", "loss.itg_weight=0", "train.eva
 # float32 sums in another order (gradient all-reduce, gathered similarities, batch-size dependent
 # kernels) through 3-4 steps. Measured largest differences: retrieval 1.5e-7; phase 2 5e-6 on the
 # Q-Former and 7e-5 on the generator's query means retaken from it; phase 2 moved the Q-Former by 0.1.
+# After the merge with shopper's branch (its tiny phase-1 model): 6e-6 on the Q-Former and 1.6e-4 on
+# the query means, which average the Q-Former's outputs and so carry its rounding amplified.
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
+STATISTICS_TOLERANCE = {"atol": 5e-4, "rtol": 1e-4}  # generator.query_mean / query_std
 
 
 def test_each_process_reads_its_own_rows_of_every_global_batch():
@@ -125,7 +128,8 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(runs, run):
         start = _weights(runs / "phase1")
         assert max(float((one[key] - start[key]).abs().max()) for key in one if key.startswith("qformer.")) > 1e-2
     for key in one:
-        torch.testing.assert_close(two[key], one[key], **TOLERANCE, msg=key)
+        tolerance = STATISTICS_TOLERANCE if key.startswith("generator.query_") else TOLERANCE
+        torch.testing.assert_close(two[key], one[key], **tolerance, msg=key)
     losses = [[json.loads(line) for line in (runs / side / run / "metrics.jsonl").read_text().splitlines()
                if '"loss"' in line] for side in ("two", "one")]
     assert [record["step"] for record in losses[0]] == list(range(1, len(losses[1]) + 1))  # written once

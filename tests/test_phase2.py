@@ -203,9 +203,9 @@ def test_captioned_index_and_composed_search(workdir, phase2_run, tmp_path, monk
     assert all(isinstance(c, str) for c in index.captions) and index.caption_vectors.shape == (index.num_items, 32)
     triplet = dataset.split_triplets("test")[0]
     image = dataset.image_path(dataset.by_id()[triplet.reference])
-    model, index = load_searcher(tmp_path / "index", None)
-    with_captions = search(model, index, triplet.text, image, k=index.num_items, caption_weight=0.5)
-    without = {r.id: r.score for r in search(model, index, triplet.text, image, k=index.num_items, use_captions=False)}
+    model, view = load_searcher(tmp_path / "index", None)
+    with_captions = search(model, view, triplet.text, image, k=index.num_items, caption_weight=0.5)
+    without = {r.id: r.score for r in search(model, view, triplet.text, image, k=index.num_items, use_captions=False)}
     tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision))
     fused = model.embed_composed(tokens, [triplet.text])[0].numpy()  # (D,)
     rows = {item_id: row for row, item_id in enumerate(index.ids)}

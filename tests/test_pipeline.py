@@ -82,6 +82,28 @@ def test_index_and_search_with_no_paths_after_training(workspace, tmp_path):
     assert own["score"] >= similar["results"][0]["score"] - 2e-3
 
 
+def test_pq_index_and_filtered_search(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))  # keep the shared workspace's latest index
+    index = tmp_path / "pq"
+    result = runner.invoke(app, ["index", "--kind", "pq", "--checkpoint", str(workspace / "run" / "checkpoint"),
+                                 "--data", str(workspace / "data"), "--out", str(index), "-q"])
+    assert result.exit_code == 0, result.output
+    query = ["search", "--text", "red striped shirt", "--index", str(index), "--json"]
+    unfiltered = json.loads(runner.invoke(app, query).stdout)["results"]
+    assert {"category", "split"} <= unfiltered[0]["fields"].keys()
+    wanted = unfiltered[-1]["fields"]["category"]
+    result = runner.invoke(app, [*query, "-k", "3", "--filter", f"category={wanted}", "--filter", "split=test"])
+    assert result.exit_code == 0, result.output
+    filtered = json.loads(result.stdout)
+    assert filtered["query"]["filter"] == {"category": wanted, "split": "test"}
+    assert len(filtered["results"]) == 3 and all(r["fields"]["category"] == wanted for r in filtered["results"])
+    for flag, message in (("brand=acme", "cannot filter on 'brand'"), ("category", "is not FIELD=VALUE")):
+        result = runner.invoke(app, [*query, "--filter", flag])
+        assert result.exit_code == 2 and message in result.output
+    result = runner.invoke(app, [*query, "-k", "1000"])
+    assert result.exit_code == 2 and "-k must be between 1 and the number of indexed items" in result.output
+
+
 def test_search_refuses_an_index_built_by_another_model(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "other-ws"))  # keep the shared workspace's latest
     other = tmp_path / "other-run"
@@ -181,8 +203,18 @@ class _InterruptAt(NullProgress):
                 raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("ema", [[], ["train.caption.ema_decay=0.9"]], ids=["raw", "ema"])
-def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, ema):
+TEXT_AUGMENT = ["data.augment.other_field=0.3", "data.augment.attribute_captions=0.5",
+                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3"]
+
+
+@pytest.mark.parametrize(("overrides", "interrupt_at", "stopped_at"), [
+    ([], 7, ("caption", 2)),  # caption step 3
+    (["train.caption.ema_decay=0.9"], 7, ("caption", 2)),
+    (TEXT_AUGMENT, 3, ("retrieval", 2)),  # retrieval step 3: the augmented texts continue exactly
+    (["model.vision.trainable_blocks=2"], 3, ("retrieval", 2)),  # the vision encoder's top trains too
+], ids=["raw", "ema", "text-augment", "vision-top"])
+def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, monkeypatch, overrides, interrupt_at,
+                                                        stopped_at):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
     recipe = load_recipe(
         TINY,
@@ -191,15 +223,15 @@ def test_resumed_training_equals_uninterrupted_training(workspace, tmp_path, mon
             "train.save_every=2",
             "train.retrieval.max_steps=4",
             "train.caption.max_steps=4",
-            *ema,
+            *overrides,
         ],
     )
     data = workspace / "data"
     run_training(recipe, data=data, out=tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
-        run_training(recipe, data=data, out=tmp_path / "resumed", progress=_InterruptAt(7))  # caption step 3
+        run_training(recipe, data=data, out=tmp_path / "resumed", progress=_InterruptAt(interrupt_at))
     meta = json.loads((tmp_path / "resumed" / "checkpoint" / "meta.json").read_text())
-    assert meta["stage"] == "caption" and meta["step"] == 2
+    assert (meta["stage"], meta["step"]) == stopped_at
     run_training(recipe, data=data, out=tmp_path / "resumed", resume=True)
     straight = load_file(str(tmp_path / "straight" / "checkpoint" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "checkpoint" / "model.safetensors"))

@@ -40,9 +40,9 @@ def _cli(*args: object, home: Path) -> tuple[int, str]:
 
 
 def test_prepare_forwards_options_and_returns_a_result(tmp_path: Path, catalogue: Path) -> None:
-    demo = prepare("demo", tmp_path / "demo", num_items=40, image_size=32, seed=3)
+    demo = prepare("demo", tmp_path / "demo", num_items=40, image_size=32, seed=3, num_tryon=4)
     assert isinstance(demo, PrepareResult) and demo.out == tmp_path / "demo"
-    assert sum(demo.num_items.values()) == 40 and demo.report["image_size"] == 32
+    assert sum(demo.num_items.values()) == 44 and demo.report["image_size"] == 32 and demo.report["num_tryon"] == 4
     assert demo.num_triplets == demo.report["num_triplets"] and demo.leakage is None
     product = prepare("fashion-product", tmp_path / "fp", catalogue, test_fraction=0.5, val_fraction=0.0)
     assert product.num_items == {"train": 3, "val": 0, "test": 3}

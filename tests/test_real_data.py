@@ -45,3 +45,5 @@ def test_demo_retrieval_reaches_the_issue_targets(tmp_path, monkeypatch):
     report = json.loads(_ok(["bench", "retrieval", "--protocol", "full", "--json", "-q"]))
     assert report["protocols"]["full"]["model"]["t2i_R@10"] >= 0.90
     assert report["protocols"]["full"]["model"]["i2t_R@10"] >= 0.90
+    queries = json.loads(_ok(["bench", "queries", "--json", "-q"]))  # issue 15: short queries
+    assert all(figures["P@5"] >= 0.90 for figures in queries["shapes"]["model"].values()), queries["shapes"]

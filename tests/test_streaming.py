@@ -161,10 +161,11 @@ def test_bad_training_settings_are_one_line_errors(tmp_path, monkeypatch):
 
 
 def test_the_memory_bench_repeats_the_demo_with_its_own_ids_and_image_files(demo, tmp_path):
-    repeated = load_dataset(repeat_dataset(demo, tmp_path / "repeated", 200))
     base = load_dataset(demo)
-    assert len(repeated.items) == 200 and len({item.id for item in repeated.items}) == 200
-    assert len({item.image for item in repeated.items}) == 200
+    count = len(base.items) + 40  # every item once, some twice
+    repeated = load_dataset(repeat_dataset(demo, tmp_path / "repeated", count))
+    assert len(repeated.items) == count and len({item.id for item in repeated.items}) == count
+    assert len({item.image for item in repeated.items}) == count
     first, copy = base.items[0], next(item for item in repeated.items if item.id == f"{base.items[0].id}~1")
     assert (copy.caption, copy.split) == (first.caption, first.split)
     assert os.path.samefile(repeated.image_path(copy), base.image_path(first))  # a hard link, not a copy

@@ -31,6 +31,8 @@ EXCLUDE_REFERENCE = typer.Option(False, "--exclude-reference",
                                  help="Remove each query's reference image from its gallery.")
 NO_CAPTIONS = typer.Option(False, "--no-captions", help="Score without gallery captions only.")
 CAPTION_WEIGHT = typer.Option(1.0, "--caption-weight", help="Weight w of the gallery-caption term.")
+IMAGE_WEIGHT = typer.Option(0.4, "--image-weight",
+                            help="Zero-shot composed score: weight of image->image (text->image gets the rest).")
 
 
 def _run(subject: str, out_dir: Path | None, json_output: bool, quiet: bool,
@@ -142,20 +144,59 @@ def clip_score(
 
 @app.command()
 @handle_errors
+def tryon(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, max_items: int = MAX_ITEMS,
+    queries: str = typer.Option("image", "--queries",
+                                help="The garment as image (in-shop photo), text (caption) or multimodal (both)."),
+    with_sketch: bool = typer.Option(False, "--with-sketch", help="Also give try-on the person's sketch."),
+    steps: int = STEPS, sampler: str = SAMPLER, guidance: float | None = GUIDANCE, seed: int = SEED,
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Try-on (paired SSIM/PSNR/FID/KID against two baselines; unpaired FID/KID) and design from a sketch."""
+    from unifashion_core.evaluation.bench_tryon import bench_tryon
+
+    bench = _cached(lambda **kw: bench_tryon(**kw, split=split, max_items=max_items, queries=queries,
+                                             with_sketch=with_sketch, steps=steps, sampler=sampler,
+                                             guidance=guidance, seed=seed))
+    _run("tryon", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
 def cir(
     checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
     exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,
     caption_weight: float = CAPTION_WEIGHT,
     gallery: str = typer.Option("auto", "--gallery", help="split, category, or auto (category for Fashion-IQ)."),
+    image_weight: float = IMAGE_WEIGHT,
     out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
 ) -> None:
-    """Composed retrieval: Recall@10/50 per category and averaged, with and without gallery captions."""
+    """Composed retrieval: Recall@10/50 per category and averaged, fused (with and without gallery captions)
+    next to the zero-shot late fusion, image-only and text-only."""
     from unifashion_core.evaluation.bench_cir import bench_cir
 
     bench = _cached(lambda **kw: bench_cir(**kw, split=split, seed=seed, exclude_reference=exclude_reference,
                                            use_captions=not no_captions, caption_weight=caption_weight,
-                                           gallery=gallery))
+                                           gallery=gallery, image_weight=image_weight))
     _run("cir", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
+
+
+@app.command()
+@handle_errors
+def queries(
+    checkpoint: Path | None = CHECKPOINT, data: Path | None = DATA, split: str = SPLIT, seed: int = SEED,
+    shapes: str | None = typer.Option(None, "--shapes", help="Query shapes: attribute fields joined by '+', "
+                                      "comma-separated (default per dataset, e.g. type,colour+type)."),
+    max_queries: int = typer.Option(200, "--max-queries", help="At most this many value combinations per shape."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Short shopper queries built from the attributes ("blue dress"): P@5 and nDCG@10 per shape, with the
+    ridge baseline."""
+    from unifashion_core.evaluation.bench_queries import bench_queries
+
+    parsed = [shape for shape in (shapes or "").split(",") if shape.strip()] if shapes is not None else None
+    bench = _cached(lambda **kw: bench_queries(**kw, split=split, shapes=parsed, max_queries=max_queries, seed=seed))
+    _run("queries", out_dir, json_output, quiet, bench, checkpoint=checkpoint, data=data)
 
 
 @app.command()
@@ -210,6 +251,28 @@ def paper_speed(
         return bench_paper_speed(recipe, overrides or [], only=tuple(only.split(",")), batch_size=batch_size, **kw)
 
     _run("paper-speed", out_dir, json_output, quiet, bench)
+
+
+@app.command()
+@handle_errors
+def index(
+    items: int = typer.Option(100_000, "--items", help="Catalogue size N."),
+    queries: int = typer.Option(8, "--queries", help="Query vectors per image Q."),
+    dim: int = typer.Option(256, "--dim", help="Embedding width D."),
+    kind: str = typer.Option("flat,pq", "--kind", help="Index kinds to build and query, comma-separated."),
+    sample: int = typer.Option(200, "--sample", help="Queries per mode (latency and recall@10 against exact)."),
+    clusters: int = typer.Option(0, "--clusters", help="Cluster centres of the synthetic items (0: N / 100)."),
+    threads: int = typer.Option(1, "--threads", help="Threads per single query (batches use every core)."),
+    seed: int = SEED, out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Index build time, disk, peak RSS, latency and recall@10 on seeded synthetic vectors (no model)."""
+    from unifashion_core.evaluation.bench_index import bench_index
+
+    def bench(**kw: Any) -> Any:
+        return bench_index(**kw, items=items, num_queries=queries, dim=dim, kinds=tuple(kind.split(",")),
+                           sample=sample, seed=seed, clusters=clusters, threads=threads)
+
+    _run("index", out_dir, json_output, quiet, bench)
 
 
 @app.command()

@@ -12,9 +12,13 @@ def generate(
     out_path: Path = typer.Option(..., "--out", help="Output PNG (several images: NAME-0.png, NAME-1.png...)."),
     text: str | None = typer.Option(None, "--text", help='What to draw, e.g. "blue polka-dot dress".'),
     image: Path | None = typer.Option(None, "--image", help="Reference garment image (with --text: edit it)."),
-    person: Path | None = typer.Option(None, "--person", help="Try-on / design: the person image."),
-    mask: Path | None = typer.Option(None, "--mask", help="Try-on / design: agnostic mask (white = generate)."),
-    sketch: Path | None = typer.Option(None, "--sketch", help="Try-on / design: garment sketch."),
+    person: Path | None = typer.Option(None, "--person", help="Try-on: the person to dress (needs --mask)."),
+    mask: Path | None = typer.Option(
+        None, "--mask", help="Try-on: agnostic mask, white = generate (thresholded at 50 %; resized if scaled)."
+    ),
+    sketch: Path | None = typer.Option(
+        None, "--sketch", help="Design: the garment's lines (either polarity); with --person, on the person."
+    ),
     steps: int | None = typer.Option(
         None, "--steps", help="Sampling steps (default: the recipe's, 20; paper: 50 plms)."
     ),
@@ -46,6 +50,8 @@ def generate(
         if len(images) == 1
         else [target.with_name(f"{target.stem}-{i}{target.suffix}") for i in range(len(images))]
     )
+    for note in settings["notes"]:
+        err.print(f"note: {note}")
     for i, (picture, path) in enumerate(zip(images, paths, strict=True)):
         save_png(picture, path, {**settings, "index": i})
     if json_output:

@@ -4,7 +4,7 @@ import os
 
 import typer
 
-from unifashion_cli import bench, caption, demo, generate, index, prepare, recipes, search, train
+from unifashion_cli import bench, caption, demo, generate, index, prepare, recipes, search, serve, train
 from unifashion_cli.console import OneLineErrors
 
 # Our own rich progress reports the work; the libraries' download/loading bars would only add noise.
@@ -21,10 +21,11 @@ app = typer.Typer(
 
 app.command(name="prepare")(prepare.prepare)
 app.command(name="train")(train.train)
-app.command(name="index")(index.index)
+app.add_typer(index.app, name="index")
 app.command(name="search")(search.search)
 app.command(name="caption")(caption.caption)
 app.command(name="generate")(generate.generate)
+app.command(name="serve")(serve.serve)
 app.add_typer(bench.app, name="bench")
 app.command(name="demo")(demo.demo)
 app.add_typer(recipes.app, name="recipes")

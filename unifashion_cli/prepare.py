@@ -23,6 +23,9 @@ def prepare(
     ),
     num_items: int | None = typer.Option(None, "--num-items", help="demo: how many items to draw."),
     image_size: int | None = typer.Option(None, "--image-size", help="demo: image side in pixels."),
+    num_tryon: int | None = typer.Option(
+        None, "--num-tryon", help="demo: garments worn by drawn people (try-on part; default up to 144, 0 = none)."
+    ),
     triplets: bool = typer.Option(
         False, "--triplets", help="fashion-product: derive composed-retrieval triplets from attributes."
     ),
@@ -42,7 +45,7 @@ def prepare(
     check_output_dir(out_dir, overwrite)
     given = {
         "val_fraction": val_fraction, "test_fraction": test_fraction, "num_items": num_items,
-        "image_size": image_size, "triplets": triplets or None, "max_pixels": max_pixels,
+        "image_size": image_size, "num_tryon": num_tryon, "triplets": triplets or None, "max_pixels": max_pixels,
     }  # fmt: skip
     options = {key: value for key, value in given.items() if value is not None}
     with RichProgress(quiet) as progress:

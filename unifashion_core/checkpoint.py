@@ -23,6 +23,7 @@ from unifashion_core.config import ModelConfig, Recipe, dump_recipe, load_recipe
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, read_json, refuse_corrupt, write_json, write_text_atomic
 from unifashion_core.models.unifashion import UniFashion, build_model
+from unifashion_core.models.vision import trainable_prefixes
 
 FORMAT_VERSION = 1
 REMEDY = "restore the checkpoint from a copy or train it again"
@@ -45,7 +46,8 @@ def _git_sha() -> str:
 def _is_rebuildable(key: str, m: ModelConfig) -> bool:
     """True for frozen weights that come from their source (not stored in the checkpoint)."""
     if key.startswith("vision."):
-        return m.vision.name != "tiny"
+        trained = trainable_prefixes(m.vision)
+        return m.vision.name != "tiny" and not (trained and key.removeprefix("vision.").startswith(trained))
     if key.startswith("captioner.llm.") and m.captioner.llm not in ("tiny", "small"):
         return "lora_" not in key
     if key.startswith("generator.vae."):

@@ -112,11 +112,33 @@ class _Section:
 
 
 @dataclass(frozen=True)
+class TextAugmentConfig(_Section):
+    """Phase 1a: how each training text is varied, per example and per step (all 0 = the plain text).
+
+    Applied in this order, each with its own probability: use the other text field, replace the
+    text by a phrase of a random subset of the item's attributes, drop words, wrap the text in a
+    shopper's phrasing (``train/text_augment.py``).
+    """
+
+    _key = "data.augment"
+    other_field: float = 0.0  # the description in place of the caption (or the reverse)
+    attribute_captions: float = 0.0  # "blue dress" from a random subset of the item's attributes
+    word_dropout: float = 0.0  # each word dropped with this probability (one always stays)
+    paraphrase: float = 0.0  # "i want ...", "find me ..." around the text
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            if not 0.0 <= getattr(self, f.name) <= 1.0:
+                raise UserError(f"data.augment.{f.name} is a probability in [0, 1], got {getattr(self, f.name)}.")
+
+
+@dataclass(frozen=True)
 class DataConfig(_Section):
     _key = "data"
     path: str = ""  # prepared dataset directory; "" = the workspace's latest `prepare`
     caption_field: Literal["caption", "description"] = "caption"  # which text trains retrieval
     max_text_length: int = 32  # tokens; longer texts are truncated
+    augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)  # phase-1a training texts
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,13 @@ class VisionConfig(_Section):
     name: Literal["tiny", "efficientnet_lite0", "blip2"] = "tiny"
     weights: str = ""  # path, hub id or package:NAME; "" = the packaged default; random = architecture only
     image_size: int = 224
+    # top stages trained with the Q-Former in phase 1a (EfficientNet: 1 = the head convolution,
+    # 2 = also the last MBConv block, ...); 0 = frozen, as in the paper
+    trainable_blocks: int = 0
+
+    def check(self) -> None:
+        if self.trainable_blocks < 0:
+            raise UserError(f"model.vision.trainable_blocks must be >= 0, got {self.trainable_blocks}.")
 
 
 @dataclass(frozen=True)
@@ -186,14 +215,43 @@ QUERY_SOURCES = tuple(f.name for f in dataclasses.fields(QueryMixConfig))
 
 
 @dataclass(frozen=True)
+class TryOnQueryMixConfig(QueryMixConfig):
+    """Inpainting batches: relative weights of the query sources of the garment worn."""
+
+    _key = "model.generator.tryon.query_mix"
+    text: float = 0.0  # its text alone (design on a person, the MGD task)
+    image: float = 1.0  # its in-shop image (virtual try-on)
+    multimodal: float = 0.0  # image + text
+
+
+@dataclass(frozen=True)
+class TryOnConfig(_Section):
+    """Generate stage (and phase 2's q2I): inpainting batches from items with person + mask extras
+    (docs/design.md section 10)."""
+
+    _key = "model.generator.tryon"
+    fraction: float = 0.0  # share of batches that are inpainting batches (when the data has try-on items)
+    resolution: int = 0  # side of the inpainting batches in pixels; 0 = model.generator.resolution
+    query_mix: TryOnQueryMixConfig = field(default_factory=TryOnQueryMixConfig)
+
+    def check(self) -> None:
+        if not 0.0 <= self.fraction <= 1.0:
+            raise UserError(f"model.generator.tryon.fraction must be in [0, 1], got {self.fraction}.")
+        if self.resolution < 0:
+            raise UserError(f"model.generator.tryon.resolution must be >= 0, got {self.resolution}.")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig(_Section):
     _key = "model.generator"
     preset: Preset = "tiny"  # tiny | small (pixel space) | paper (SD v1.4 latent)
     unet: str = ""  # paper: a local directory or hub id
     vae: str = ""
     resolution: int = 64
-    inpainting: bool = False
-    use_sketch: bool = False
+    inpainting: bool = False  # extra UNet inputs: masked image + mask (try-on); always on for paper
+    use_sketch: bool = False  # one more UNet input: a sketch (design from a sketch)
+    sketch_fraction: float = 0.0  # training examples given their sketch (file, or the target's edges)
+    tryon: TryOnConfig = field(default_factory=TryOnConfig)
     # epsilon (the paper's q2I) | v_prediction | sample (x0; fastest from scratch)
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
     pooled_conditioning: bool = False  # tiny/small: mean context added to the timestep embedding too
@@ -203,6 +261,19 @@ class GeneratorConfig(_Section):
     num_inference_steps: int = 20
     sampler: Literal["dpm++", "plms", "ddim"] = "dpm++"
     guidance_scale: float = 5.0
+
+    def check(self) -> None:
+        if not 0.0 <= self.sketch_fraction <= 1.0:
+            raise UserError(f"model.generator.sketch_fraction must be in [0, 1], got {self.sketch_fraction}.")
+        if self.sketch_fraction > 0 and not self.use_sketch:
+            raise UserError("model.generator.sketch_fraction needs model.generator.use_sketch: true.")
+        if self.tryon.fraction > 0 and not (self.inpainting or self.preset == "paper"):
+            raise UserError("model.generator.tryon.fraction needs model.generator.inpainting: true.")
+
+    @property
+    def tryon_resolution(self) -> int:
+        """Side of try-on (inpainting) images: ``tryon.resolution``, else ``resolution``."""
+        return self.tryon.resolution or self.resolution
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ a run killed in the middle keeps the shards it finished. A shard that is cut sho
 or of another model or manifest is logged, removed and computed again: old and new features are
 never mixed. Training reads the tokens a batch at a time (``shards.Rows``), so memory does
 not grow with the dataset.
+
+When phase 1a trains the encoder's top stages, it caches the frozen trunk's ``(C', H', W')``
+feature maps instead (``num_top``), in ``trunk<num_top>-<trunk fingerprint>/``, keyed by the
+trunk's weights alone.
 """
 
 import hashlib
@@ -36,10 +40,16 @@ def feature_cache_dir(cache_root: str | Path | None, dataset: Dataset) -> Path |
     return None if cache_root is None else Path(cache_root) / dataset.manifest_hash[:16]
 
 
-def vision_fingerprint(vision: torch.nn.Module) -> str:
-    """16-hex digest of the vision encoder's weights and input size (the cache key)."""
-    digest = hashlib.sha256(str(vision.image_size).encode())
+def vision_fingerprint(vision: torch.nn.Module, num_top: int = 0) -> str:
+    """16-hex digest of the vision encoder's weights and input size (the cache key), leaving out the
+    top ``num_top`` stages (those that train)."""
+    from unifashion_core.models.vision import top_prefixes
+
+    skip = top_prefixes(vision.stage_prefixes(), num_top) if num_top else ()
+    digest = hashlib.sha256((str(vision.image_size) + (f":top{num_top}" if num_top else "")).encode())
     for name, tensor in sorted(vision.state_dict().items()):
+        if skip and name.startswith(skip):
+            continue
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -90,21 +100,26 @@ def cached_tokens(
     progress: Progress = NullProgress(),
     batch_size: int = 32,
     num_workers: int = 0,
+    num_top: int = 0,
 ) -> tuple[list[Item], Rows, SkipLog]:
     """Vision tokens of ``items``, left on disk: (kept items, their float16 ``(T, C)`` rows, skipped log).
 
     Tokens already in ``cache_dir`` (keyed by the manifest hash and the vision fingerprint) are
     reused; the others are computed (images decoded by ``num_workers`` DataLoader processes) and
     added. Items whose image cannot be read are skipped and logged, and tried again next time.
+    With ``num_top`` > 0 the rows are the trunk's float16 ``(C', H', W')`` maps below the top
+    ``num_top`` stages (``vision.trunk``), cached apart from the tokens.
     """
-    fingerprint = vision_fingerprint(vision)
-    key = {"manifest_sha256": dataset.manifest_hash, "vision_fingerprint": fingerprint}
-    folder = None if cache_dir is None else Path(cache_dir) / f"tokens-{fingerprint}"
+    fingerprint = vision_fingerprint(vision, num_top)
+    kind = f"trunk{num_top}" if num_top else "tokens"
+    key = {"manifest_sha256": dataset.manifest_hash, "vision_fingerprint": fingerprint, "kind": kind}
+    folder = None if cache_dir is None else Path(cache_dir) / f"{kind}-{fingerprint}"
     shards, where = _open_cache(folder, key, progress)
     todo = [item for item in items if item.id not in where]
     barrier()  # every process has listed the cache before any adds to it
     skipped = SkipLog()
-    computed = _compute_tokens(vision, dataset, todo, folder, key, batch_size, num_workers, skipped, progress)
+    computed = _compute_tokens(vision, dataset, todo, folder, key, batch_size, num_workers, num_top, skipped,
+                               progress)
     barrier()
     if folder is not None:
         shards, where = _open_cache(folder, key, progress)
@@ -123,12 +138,13 @@ def image_tokens(
     cache_dir: Path | None,
     progress: Progress = NullProgress(),
     batch_size: int = 32,
+    num_top: int = 0,
 ) -> tuple[list[Item], torch.Tensor, SkipLog]:
     """Vision tokens of ``items`` in memory: (kept items, (N, T, C) float16 tokens, skipped log).
 
     As :func:`cached_tokens`, with every row read into one tensor (for evaluation-sized splits).
     """
-    kept, tokens, skipped = cached_tokens(vision, dataset, items, cache_dir, progress, batch_size)
+    kept, tokens, skipped = cached_tokens(vision, dataset, items, cache_dir, progress, batch_size, num_top=num_top)
     return kept, tokens.load(), skipped
 
 
@@ -144,7 +160,8 @@ def _open_cache(folder: Path | None, key: dict[str, str], progress: Progress) ->
     remove_stale_temporaries(folder)
     for name in sorted(path.stem for path in folder.glob("*.json")):
         shard, record, problem = open_shard(folder, name)
-        if shard is not None and any(record.get(field) != value for field, value in key.items()):
+        # shards written before the trunk caches have no kind: they hold tokens
+        if shard is not None and any(({"kind": "tokens"} | record).get(field) != value for field, value in key.items()):
             problem = "it holds the features of another vision model or manifest"
         elif shard is not None and (len(record.get("ids", ())) != shard.num_rows or
                                     (shards and shard.row_shape != shards[0].row_shape)):
@@ -160,7 +177,7 @@ def _open_cache(folder: Path | None, key: dict[str, str], progress: Progress) ->
 
 def _compute_tokens(
     vision: torch.nn.Module, dataset: Dataset, todo: list[Item], folder: Path | None, key: dict[str, str],
-    batch_size: int, num_workers: int, skipped: SkipLog, progress: Progress,
+    batch_size: int, num_workers: int, num_top: int, skipped: SkipLog, progress: Progress,
 ) -> list[tuple[Shard, list[str]]]:
     """Compute the tokens of ``todo`` shard by shard: this process's shards of a shared folder
     (written there), or all of them in memory (returned as (shard, ids))."""
@@ -185,7 +202,8 @@ def _compute_tokens(
                 # channels-last, as ``preprocess`` lays a batch out: the encoders' float results depend on it
                 pixels = torch.stack([entry[1] for entry in readable]).contiguous(memory_format=torch.channels_last)
                 pixels = pixels.to(device)  # (b, 3, S, S)
-                arrays.append(vision(pixels).to(torch.float16).cpu().numpy())  # (b, T, C)
+                features = vision.trunk(pixels, num_top) if num_top else vision(pixels)
+                arrays.append(features.to(torch.float16).cpu().numpy())  # (b, T, C) or (b, C', H', W')
                 ids += [mine[entry[0]].id for entry in readable]
             done += len(batch)
             progress.advance("vision features", len(batch))

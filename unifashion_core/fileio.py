@@ -67,7 +67,7 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_siblings(out)
+    remove_stale_siblings(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
@@ -130,8 +130,9 @@ def _stale_siblings(out: Path, kinds: str = "tmp|old") -> list[Path]:
                   and not is_running(int(found[1])))
 
 
-def _remove_stale_siblings(out: Path) -> None:
-    """Remove the temporaries of ``out`` left by runs that were killed (their process is gone)."""
+def remove_stale_siblings(out: Path) -> None:
+    """Put back ``out`` if a run was killed mid-swap (``restore_interrupted``), then remove the
+    temporaries and set-aside old trees of ``out`` left by runs that were killed (their process is gone)."""
     restore_interrupted(out)
     for sibling in _stale_siblings(out):
         shutil.rmtree(sibling, ignore_errors=True)

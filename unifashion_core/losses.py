@@ -40,6 +40,18 @@ def max_sim(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
     return per_query.max(dim=1).values  # (B, M)
 
 
+def pooled(image_embeds: Tensor) -> Tensor:
+    """One vector per image: the mean of its normalised query embeddings, renormalised.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` projected query outputs.
+
+    Returns:
+        ``(B, D)`` unit vectors.
+    """
+    return F.normalize(image_embeds.float().mean(dim=1), dim=-1)
+
+
 def itc_logits(
     image_embeds: Tensor, text_embeds: Tensor, temperature: float | Tensor, gather: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -74,6 +86,7 @@ def itc_loss(
     temperature: float | Tensor,
     label_smoothing: float = 0.0,
     gather: bool = False,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Image-text contrastive loss (Eq. 3): mean of the i2t and t2i in-batch cross-entropies.
 
@@ -83,14 +96,35 @@ def itc_loss(
         temperature: the softmax temperature.
         label_smoothing: cross-entropy label smoothing (BLIP-2 uses 0.1, UniFashion's code 0).
         gather: gather features across processes (see :func:`itc_logits`).
+        positives: ``[i, j]`` True when text ``j`` describes image ``i`` too (a short text such
+            as "blue dress" fits many images); the targets are then spread evenly over each row's
+            positives. ``(B, B)`` bool over the local batch, or, when gathering, ``(W * B, W * B)``
+            over the gathered global batch (this process's rows are taken from it). None: only
+            the diagonal.
 
     Returns:
         The scalar loss.
     """
     logits_i2t, logits_t2i, labels = itc_logits(image_embeds, text_embeds, temperature, gather)
-    loss_i2t = F.cross_entropy(logits_i2t, labels, label_smoothing=label_smoothing)
-    loss_t2i = F.cross_entropy(logits_t2i, labels, label_smoothing=label_smoothing)
+    targets_i2t = labels if positives is None else _spread_targets(positives, labels, logits_i2t.shape[1])
+    targets_t2i = labels if positives is None else _spread_targets(positives.T, labels, logits_t2i.shape[1])
+    loss_i2t = F.cross_entropy(logits_i2t, targets_i2t, label_smoothing=label_smoothing)
+    loss_t2i = F.cross_entropy(logits_t2i, targets_t2i, label_smoothing=label_smoothing)
     return (loss_i2t + loss_t2i) / 2
+
+
+def _spread_targets(positives: Tensor, labels: Tensor, num_columns: int) -> Tensor:
+    """``(B, num_columns)`` target probabilities: each row's positives, evenly. ``positives`` is
+    ``(B, B)`` over the local batch (put in its block of columns) or ``(num_columns, num_columns)``
+    over the gathered global batch (this process's rows of it)."""
+    batch = labels.shape[0]
+    start = int(labels[0])  # the local block's first column (rank * B)
+    if positives.shape[1] == num_columns:
+        targets = positives[start:start + batch].float()  # (B, W * B)
+    else:
+        targets = torch.zeros(batch, num_columns, device=positives.device)
+        targets[:, start:start + batch] = positives.float()
+    return targets / targets.sum(dim=1, keepdim=True)
 
 
 def _same_caption(texts: list[str], batch: int, device: torch.device) -> Tensor:
@@ -133,6 +167,7 @@ def select_hard_negatives(
     strategy: str = "sample",
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
+    positives: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Choose one hard negative text per image and one hard negative image per text.
 
@@ -148,6 +183,8 @@ def select_hard_negatives(
         strategy: ``"sample"`` or ``"hardest"``.
         generator: random generator for sampling (on the same device as the similarities).
         texts: the ``B`` captions of the batch, to avoid false negatives from duplicates.
+        positives: ``(B, B)`` bool, ``[i, j]`` True when text ``j`` describes image ``i``: never a
+            negative pair (overrides ``texts``).
 
     Returns:
         ``neg_text_idx`` ``(B,)`` (a text index for each image) and ``neg_image_idx`` ``(B,)``
@@ -166,9 +203,10 @@ def select_hard_negatives(
                          f"and {tuple(sim_t2i.shape)}.")
     if batch < 2:
         raise ValueError("hard negatives need a batch of at least 2 pairs (ITM requires B >= 2).")
-    same = None if texts is None else _same_caption(texts, batch, sim_i2t.device)
-    neg_text_idx = _pick_negatives(sim_i2t, strategy, generator, same)  # (B,)
-    neg_image_idx = _pick_negatives(sim_t2i, strategy, generator, same)  # (B,)
+    if positives is None and texts is not None:
+        positives = _same_caption(texts, batch, sim_i2t.device)
+    neg_text_idx = _pick_negatives(sim_i2t, strategy, generator, positives)  # (B,)
+    neg_image_idx = _pick_negatives(sim_t2i, strategy, generator, None if positives is None else positives.T)  # (B,)
     return neg_text_idx, neg_image_idx
 
 
@@ -183,6 +221,7 @@ def itm_loss(
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
     shard: BatchShard | None = None,
+    positives: Tensor | None = None,
 ) -> Tensor:
     """Image-text matching loss (Eq. 4) on B positives and 2B hard negatives.
 
@@ -206,18 +245,23 @@ def itm_loss(
         generator: random generator for the sampling.
         texts: the G captions, so identical captions are never used as negatives.
         shard: this process's rows of the batch (None: all of it, G = B).
+        positives: ``(G, G)`` bool, text ``j`` describes image ``i``: never used as a negative pair
+            (overrides ``texts``).
 
     Returns:
         The scalar loss.
     """
     rows = (shard or BatchShard.whole(input_ids.shape[0])).rows
-    tokens_of = image_tokens.__getitem__ if isinstance(image_tokens, Tensor) else image_tokens
     neg_text_idx, neg_image_idx = select_hard_negatives(
-        sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts
+        sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts, positives
     )
     neg_text_idx, neg_image_idx = neg_text_idx[rows], neg_image_idx[rows]  # (B,) positions in the batch
-    positives = tokens_of(torch.arange(input_ids.shape[0], device=input_ids.device)[rows])  # (B, N, C)
-    images_3b = torch.cat([positives, positives, tokens_of(neg_image_idx)])  # (3B, N, C)
+    if isinstance(image_tokens, Tensor):  # whole, so gradients sum into the tokens as without a shard
+        own = image_tokens if shard is None or shard.local_size == shard.size else image_tokens[rows]  # (B, N, C)
+        tokens_of = image_tokens.__getitem__
+    else:
+        own, tokens_of = image_tokens(torch.arange(input_ids.shape[0], device=input_ids.device)[rows]), image_tokens
+    images_3b = torch.cat([own, own, tokens_of(neg_image_idx)])  # (3B, N, C)
     ids, mask = input_ids[rows], attention_mask[rows]  # (B, L)
     ids_3b = torch.cat([ids, input_ids[neg_text_idx], ids])  # (3B, L)
     mask_3b = torch.cat([mask, attention_mask[neg_text_idx], mask])  # (3B, L)

@@ -1,7 +1,8 @@
 """`unifashion demo`: the whole main job on the embedded default (demo data + `small` preset).
 
 Stages: prepare -> train (phase 1: retrieval, caption, generate) -> index -> search -> caption ->
-generate -> bench -> composed (phase 2, captioned index, a composed query, bench cir). Everything
+generate -> tryon (drawn test people dressed by the generator, bench tryon) -> bench -> composed
+(phase 2, captioned index, a composed query, bench cir). Everything
 is written under one home directory (the CLI passes its workspace); ``demo/report.md`` summarises
 what ran and the figures measured, and :class:`DemoResult` says where each artifact is.
 """
@@ -28,7 +29,17 @@ QUICK_OVERRIDES = [
     "train.eval_fid_items=0",
     "train.save_every=0",
 ]
-TEXT_QUERIES = ("red striped long-sleeve shirt", "blue dress", "black trousers")
+# --tryon: the try-on batches at 64 px instead of the generator's 32 (each such batch costs about
+# twice as much); the plain generator stays at 32 px.
+TRYON_OVERRIDES = ["model.generator.tryon.resolution=64"]
+TRYON_EXAMPLES = 3  # test people dressed for the report's try-on rows
+TRYON_BENCH_ITEMS = 40  # bench tryon: all 18 test people; 40 garments designed from sketches (x2 samples)
+# Example searches and the attribute values their first result must have.
+TEXT_QUERIES: dict[str, dict[str, str]] = {
+    "red striped long-sleeve shirt": {"colour": "red", "pattern": "striped", "sleeve": "long-sleeve", "type": "shirt"},
+    "blue dress": {"colour": "blue", "type": "dress"},
+    "black trousers": {"colour": "black", "type": "trousers"},
+}
 GENERATION_PROMPTS = ("red solid t-shirt", "blue polka-dot dress", "green checked skirt", "yellow striped shirt")
 
 
@@ -54,7 +65,8 @@ class DemoResult:
 
 
 def run_demo(
-    home: str | Path, quick: bool = False, num_items: int | None = None, progress: Progress = NullProgress()
+    home: str | Path, quick: bool = False, num_items: int | None = None, progress: Progress = NullProgress(),
+    tryon: bool = False,
 ) -> DemoResult:
     """Run every built stage on the demo data under ``home``.
 
@@ -63,10 +75,11 @@ def run_demo(
         quick: a few-minute smoke run (short training; numbers are smoke-level).
         num_items: demo items to draw (default 1200, quick 300).
         progress: progress events.
+        tryon: train and show try-on at 64 px (``TRYON_OVERRIDES``) rather than 32.
     """
     home = Path(home).absolute()
-    recipe = load_recipe(RECIPE, QUICK_OVERRIDES if quick else [])
-    report: dict[str, Any] = {"quick": quick, "workspace": str(home), "stages": {}}
+    recipe = load_recipe(RECIPE, (QUICK_OVERRIDES if quick else []) + (TRYON_OVERRIDES if tryon else []))
+    report: dict[str, Any] = {"quick": quick, "tryon": tryon, "workspace": str(home), "stages": {}}
     paths = {
         "data": home / "data" / "demo",
         "run": home / "runs" / recipe.name,
@@ -82,6 +95,7 @@ def run_demo(
         ("search", lambda: _search(paths)),
         ("caption", lambda: _caption(paths, progress)),
         ("generate", lambda: _generate(paths, progress)),
+        ("tryon", lambda: _tryon(paths, quick, progress)),
         ("bench", lambda: _bench(paths, quick, progress)),
         ("composed", lambda: _composed(recipe, paths, progress)),
     ]
@@ -127,13 +141,16 @@ def _search(paths: dict[str, Path]) -> dict[str, Any]:
     from unifashion_core.retrieval.search import contact_sheet, load_searcher, search
 
     model, index = load_searcher(paths["index"], None)
+    dataset = load_dataset(paths["data"])
+    attributes = {item.id: item.attributes for item in dataset.items}
     sheets, queries = [], []
-    for number, text in enumerate(TEXT_QUERIES):
+    for number, (text, wanted) in enumerate(TEXT_QUERIES.items()):
         results = search(model, index, text=text, k=5)
         sheet = contact_sheet(results, paths["demo"] / f"search-text-{number}.png", None, text)
         sheets.append(sheet.name)
-        queries.append({"query": text, "top": [(r.id, r.caption, round(r.score, 4)) for r in results]})
-    dataset = load_dataset(paths["data"])
+        first = attributes[results[0].id]
+        queries.append({"query": text, "top": [(r.id, r.caption, round(r.score, 4)) for r in results],
+                        "first_matches": all(first.get(name) == value for name, value in wanted.items())})
     reference = dataset.split("test")[0]
     image = dataset.image_path(reference)
     results = search(model, index, image=image, k=5, mode="i2i")
@@ -187,21 +204,83 @@ def _generate(paths: dict[str, Path], progress: Progress) -> dict[str, Any]:
     return {"images": made}
 
 
+def _tryon(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str, Any]:
+    """Dress a few test people as ``unifashion generate --person --mask --image`` does, and (not
+    with --quick) bench tryon: paired, unpaired and design, with the same-run baselines."""
+    from unifashion_core.evaluation.bench_tryon import bench_tryon
+
+    result: dict[str, Any] = {"examples": _dress_examples(paths, progress)}
+    if not quick:
+        report = bench_tryon(paths["run"] / "checkpoint", paths["data"], paths["bench"] / "tryon",
+                             max_items=TRYON_BENCH_ITEMS, cache_dir=paths["cache"], progress=progress)
+        result["bench"] = {"resolution": report["resolution"], "paired": report["paired"],
+                           "unpaired": report["unpaired"], "design": report.data.get("design")}
+    return result
+
+
+def _dress_examples(paths: dict[str, Path], progress: Progress) -> list[dict[str, Any]]:
+    """The first test people wearing their own garment, given as its in-shop image; the inputs
+    are copied next to the report."""
+    from unifashion_core.data.manifest import load_dataset
+    from unifashion_core.data.tryon import has_tryon
+    from unifashion_core.inference import GenerationRequest, generate_images, save_png
+
+    dataset = load_dataset(paths["data"])
+    rows = []
+    for number, item in enumerate([item for item in dataset.split("test") if has_tryon(item)][:TRYON_EXAMPLES]):
+        inputs = {"person": dataset.image_path(item, "person"), "garment_image": dataset.image_path(item),
+                  "mask": dataset.image_path(item, "mask")}
+        request = GenerationRequest(image=inputs["garment_image"], person=inputs["person"], mask=inputs["mask"],
+                                    seed=number)
+        images, settings = generate_images(paths["run"] / "checkpoint", request, progress)
+        row = {"garment": item.caption,
+               "result": save_png(images[0], paths["demo"] / f"tryon-{number}.png", settings).name}
+        for key, source in inputs.items():
+            row[key] = f"tryon-inputs/{number}-{key}.png"
+            (paths["demo"] / row[key]).parent.mkdir(parents=True, exist_ok=True)
+            (paths["demo"] / row[key]).write_bytes(source.read_bytes())
+        rows.append(row)
+    return rows
+
+
+def _render_tryon(stage: dict[str, Any]) -> list[str]:
+    """Markdown lines for the demo report's try-on section."""
+    from unifashion_core.evaluation.reports import markdown_table
+
+    lines = ["## Try-on", "", "| person | garment | mask | result |", "|---|---|---|---|"]
+    lines += [f"| ![]({e['person']}) | ![]({e['garment_image']}) {e['garment']} | ![]({e['mask']}) | "
+              f"![]({e['result']}) |" for e in stage["examples"]]
+    if "bench" in stage:
+        bench = stage["bench"]
+        paired = [{"method": name, **bench["paired"][name]} for name in ("model", "mean_colour", "untrained")]
+        lines += ["", f"bench tryon, {bench['paired']['num_pairs']} test people, {bench['resolution']} px:", "",
+                  markdown_table(paired, ["method", "ssim_mask", "psnr_mask", "ssim", "psnr", "changed_outside_mask"])]
+        if bench.get("design"):
+            design = bench["design"]
+            rows = [{"sketch": name, **design[name]} for name in ("with_sketch", "without_sketch")]
+            lines += [f"Design from a sketch ({design['num_items']} test garments):", "",
+                      markdown_table(rows, ["sketch", "edge_iou", "colour_accuracy", "fid"])]
+    return lines + [""]
+
+
 def _bench(paths: dict[str, Path], quick: bool, progress: Progress) -> dict[str, Any]:
     from unifashion_core.evaluation.bench_caption import bench_caption
     from unifashion_core.evaluation.bench_generation import bench_generation
+    from unifashion_core.evaluation.bench_queries import bench_queries
     from unifashion_core.evaluation.bench_retrieval import bench_retrieval
 
     checkpoint, data, bench, cache = paths["run"] / "checkpoint", paths["data"], paths["bench"], paths["cache"]
     benches = {"retrieval": lambda: bench_retrieval(checkpoint, data, bench / "retrieval", cache_dir=cache,
-                                                    progress=progress)}
+                                                    progress=progress),
+               "queries": lambda: bench_queries(checkpoint, data, bench / "queries", cache_dir=cache,
+                                                progress=progress)}
     # --quick measures retrieval only: the caption metrics (Java METEOR) and FID take minutes.
     if not quick:
         benches["caption"] = lambda: bench_caption(checkpoint, data, bench / "caption", cache_dir=cache,
                                                    progress=progress)
         benches["fid"] = lambda: bench_generation("fid", checkpoint, data, bench / "fid", max_items=100,
                                                   progress=progress)
-    keys = ("protocols", "fid", "kid_mean", "colour_accuracy")
+    keys = ("protocols", "fid", "kid_mean", "colour_accuracy", "shapes")
     return {subject: {k: v for k, v in run().data.items() if k in keys} for subject, run in benches.items()}
 
 
@@ -273,6 +352,17 @@ def _render_composed(stage: dict[str, Any]) -> list[str]:
     ]
 
 
+def _render_short_queries(shapes: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    """Markdown lines: `bench queries` P@5 and nDCG@10 per query shape, model next to the baseline."""
+    from unifashion_core.evaluation.reports import markdown_table
+
+    rows = [{"shape": shape, "model P@5": figures["P@5"], "model nDCG@10": figures["nDCG@10"],
+             "baseline P@5": shapes["baseline"][shape]["P@5"], "queries": figures["num_queries"]}
+            for shape, figures in shapes["model"].items()]
+    return ["## Short queries (`bench queries`, test split)", "",
+            markdown_table(rows, ["shape", "model P@5", "model nDCG@10", "baseline P@5", "queries"])]
+
+
 def render_report(report: dict[str, Any]) -> str:
     """demo/report.md: what ran, how long it took, and what it measured."""
     stages = report["stages"]
@@ -292,12 +382,16 @@ def render_report(report: dict[str, Any]) -> str:
     lines += ["", "## Search", ""]
     for query, sheet in zip(stages["search"]["queries"], stages["search"]["sheets"], strict=True):
         lines.append(f"**{query['query']}**: " + "; ".join(f"{c} ({s})" for _, c, s in query["top"]))
+        if "first_matches" in query:
+            lines += ["", f"First result has every value named: {'yes' if query['first_matches'] else '**no**'}."]
         lines += ["", f"![]({sheet})", ""]
+    lines += _render_short_queries(stages["bench"]["queries"]["shapes"])
     lines += ["## Captions", "", "| image | generated | reference |", "|---|---|---|"]
     lines += [f"| ![]({e['image']}) | {e['caption']} | {e['reference']} |" for e in stages["caption"]["examples"]]
     lines += ["", "## Generation", "", "| prompt | image |", "|---|---|"]
     lines += [f"| {g['prompt']} | ![]({g['image']}) |" for g in stages["generate"]["images"]]
-    lines += ["", "## Bench", "", "```", _format(stages["bench"]), "```", ""]
+    lines += [""] + _render_tryon(stages["tryon"])
+    lines += ["## Bench", "", "```", _format(stages["bench"]), "```", ""]
     lines += _render_composed(stages["composed"])
     return "\n".join(lines) + "\n"
 

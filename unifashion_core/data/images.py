@@ -1,12 +1,13 @@
 """Safe image loading: every mode becomes RGB, huge or broken files are refused with a reason."""
 
 import contextlib
+import io
 import struct
 import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -60,13 +61,13 @@ def _pil_pixel_limit(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = previous
 
 
-def _decode(path: Path, max_pixels: int) -> Image.Image:
-    """The first frame of ``path``, EXIF orientation applied, pixels loaded (PIL errors pass).
+def _decode(source: Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """The first frame of ``source``, EXIF orientation applied, pixels loaded (PIL errors pass).
 
     ``Image.open`` reads only the header and refuses an image over ``max_pixels`` before any
     pixel is decoded.
     """
-    with _pil_pixel_limit(max_pixels), Image.open(path) as image:
+    with _pil_pixel_limit(max_pixels), Image.open(source) as image:
         image.seek(0)  # animated images: the first frame
         image.load()
         return ImageOps.exif_transpose(image)
@@ -90,17 +91,41 @@ def open_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError("missing", f"{path} is not a file" if path.exists() else f"{path} does not exist")
     if path.stat().st_size == 0:
         raise ImageError("empty", f"{path} is a 0-byte file")
+    return _open_rgb(path, str(path), max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int = MAX_PIXELS, name: str = "the image") -> Image.Image:
+    """Decode image bytes (an upload) as RGB, exactly as :func:`open_image` opens a file.
+
+    Args:
+        data: the encoded image (PNG, JPEG, WebP...).
+        max_pixels: refuse images with more pixels than this.
+        name: how messages name the image.
+
+    Raises:
+        ImageError: with reason ``empty``, ``too_large``, ``truncated``, ``unsupported_mode``
+            or ``unreadable``.
+    """
+    if not data:
+        raise ImageError("empty", f"{name} is empty (0 bytes)")
+    return _open_rgb(io.BytesIO(data), name, max_pixels)
+
+
+def _open_rgb(source: Path | BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """Decode ``source`` and convert it to RGB; failures become an ImageError naming ``name``."""
     try:
-        image = _decode(path, max_pixels)
+        image = _decode(source, max_pixels)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError("too_large", f"{path} has more than the {max_pixels:,}-pixel limit") from exc
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
+        raise ImageError("too_large", f"{name} has more than the {max_pixels:,}-pixel limit") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError("unreadable", f"{name} could not be decoded (not in an image format this reads)") from exc
+    except _DECODE_ERRORS as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "unreadable"
-        raise ImageError(reason, f"{path} could not be decoded ({exc})") from exc
+        raise ImageError(reason, f"{name} could not be decoded ({exc})") from exc
     try:
         return _to_rgb(image)
     except _DECODE_ERRORS as exc:
-        raise ImageError("unsupported_mode", f"{path} has the unsupported mode {image.mode} ({exc})") from exc
+        raise ImageError("unsupported_mode", f"{name} has the unsupported mode {image.mode} ({exc})") from exc
 
 
 def load_user_image(path: str | Path) -> Image.Image:
@@ -111,17 +136,30 @@ def load_user_image(path: str | Path) -> Image.Image:
         raise UserError(f"cannot use image: {exc}.") from exc
 
 
+def as_image(source: str | Path | Image.Image) -> Image.Image:
+    """An image given as a path (opened with :func:`load_user_image`) or already decoded (as RGB)."""
+    return source.convert("RGB") if isinstance(source, Image.Image) else load_user_image(source)
+
+
+def pad_geometry(width: int, height: int, max_aspect: float = 1.25) -> tuple[int, int, int, int]:
+    """Where :func:`pad_to_aspect` puts a ``width`` x ``height`` image: (canvas width, canvas
+    height, left, top)."""
+    if max(width, height) / min(width, height) <= max_aspect:
+        return width, height, 0, 0
+    if width > height:
+        canvas = (width, int(round(width / max_aspect)))
+    else:
+        canvas = (int(round(height / max_aspect)), height)
+    return canvas[0], canvas[1], (canvas[0] - width) // 2, (canvas[1] - height) // 2
+
+
 def pad_to_aspect(image: Image.Image, max_aspect: float = 1.25, fill: int = 255) -> Image.Image:
     """Pad the short side so that long/short <= max_aspect (the paper pads before resizing)."""
-    width, height = image.size
-    if max(width, height) / min(width, height) <= max_aspect:
+    canvas_width, canvas_height, left, top = pad_geometry(*image.size, max_aspect)
+    if (canvas_width, canvas_height) == image.size:
         return image
-    if width > height:
-        new_size = (width, int(round(width / max_aspect)))
-    else:
-        new_size = (int(round(height / max_aspect)), height)
-    canvas = Image.new("RGB", new_size, (fill, fill, fill))
-    canvas.paste(image, ((new_size[0] - width) // 2, (new_size[1] - height) // 2))
+    canvas = Image.new("RGB", (canvas_width, canvas_height), (fill, fill, fill))
+    canvas.paste(image, (left, top))
     return canvas
 
 

@@ -78,7 +78,8 @@ def run_ablation(
                              cache_dir=cache_dir, progress=progress)
         bench = bench_cir(trained.checkpoint, data, out / "bench" / slug, split=split, seed=seed,
                           exclude_reference=exclude_reference, use_captions=use_captions,
-                          caption_weight=caption_weight, cache_dir=cache_dir, progress=progress)
+                          caption_weight=caption_weight, zero_shot=False, cache_dir=cache_dir,
+                          progress=progress)
         variants[label] = {"overrides": list(overrides), "terms": list(trained.terms),
                            "checkpoint": str(trained.checkpoint),
                            "checkpoint_fingerprint": bench["checkpoint_fingerprint"], "settings": bench["settings"]}

@@ -15,6 +15,7 @@ import torch
 from unifashion_core.batching import batch_slices
 from unifashion_core.config import VisionConfig
 from unifashion_core.data.manifest import Dataset, Item
+from unifashion_core.errors import UserError
 from unifashion_core.features import image_tokens
 from unifashion_core.models.weights import MINILM, resolve_weights
 from unifashion_core.progress import NullProgress, Progress
@@ -80,3 +81,30 @@ def baseline_similarity(
     weights = fit_ridge((x_train - mean) / std, minilm_sentence_embeddings(train_texts), alpha)
     images = apply_ridge((pooled_image_features(tokens) - mean) / std, weights)
     return images @ minilm_sentence_embeddings(texts).T
+
+
+def split_baseline_similarity(
+    dataset: Dataset, items: list[Item], texts: list[str], field: str, vision: VisionConfig = BASELINE_VISION,
+    cache: Path | None = None, progress: Progress = NullProgress(),
+) -> np.ndarray:
+    """The ridge baseline's image x text similarity (N, M) over ``items``, fitted on the training split.
+
+    Args:
+        dataset: the prepared dataset (its ``train`` split fits the ridge map).
+        items: the gallery items.
+        texts: the query texts.
+        field: the item text field the map is fitted on.
+        vision: the baseline's frozen encoder.
+        cache: where its frozen features are cached (None: not on disk).
+        progress: progress events.
+
+    Raises:
+        UserError: no usable training item, or an item of ``items`` whose image cannot be read.
+    """
+    train_items, train_tokens = baseline_tokens(vision, dataset, dataset.split("train"), cache, progress)
+    if not train_items:
+        raise UserError(f"{dataset.root} has no usable training items to fit the ridge baseline on.")
+    kept, test_tokens = baseline_tokens(vision, dataset, items, cache, progress)
+    if len(kept) != len(items):
+        raise UserError(f"{len(items) - len(kept)} images of the split could not be read for the baseline.")
+    return baseline_similarity(train_tokens, [item.text(field) for item in train_items], test_tokens, texts)

@@ -2,14 +2,13 @@
 
 from pathlib import Path
 
-import torch
-
 from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.fileio import write_jsonl
+from unifashion_core.losses import pooled
 from unifashion_core.progress import NullProgress, Progress
 
 
@@ -54,7 +53,7 @@ def bench_caption(
         raise UserError(f"split {split!r} has no reference captions to score against.")
     captions = model.caption_images(tokens, style, progress=progress, task="caption bench")
     predictions = dict(zip([i.id for i in items], captions, strict=True))
-    nearest = (_pooled(model.embed_images(tokens)) @ _pooled(model.embed_images(train_tokens)).T).argmax(1)
+    nearest = (pooled(model.embed_images(tokens)) @ pooled(model.embed_images(train_tokens)).T).argmax(1)
     baseline = {item.id: train_items[j].caption_target(style) for item, j in zip(items, nearest.tolist(), strict=True)}
     model_scores = caption_scores(predictions, references, spice=spice)
     base_scores = caption_scores(baseline, references, spice=spice)
@@ -80,8 +79,3 @@ def bench_caption(
         "Scores as pycocoevalcap returns them (fractions; the paper reports x100).\n"
     )
     return write_report("caption", out, report, markdown)
-
-
-def _pooled(embeddings: torch.Tensor) -> torch.Tensor:
-    """Mean of the normalised query embeddings (N, Q, D), renormalised: (N, D)."""
-    return torch.nn.functional.normalize(embeddings.mean(1), dim=-1)

@@ -16,7 +16,9 @@ of queries whose target is among the top K. Per-category recalls are averaged ov
   triplets of every split (with the prepare report's per-split accounting where it has one).
 - Ranks are pessimistic (``metrics.retrieval.positive_ranks``): a tie with another item counts
   against the query and a non-finite target score is a miss.
-- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4).
+- Scores without and with gallery captions: ``max_q <e, z_q> [+ w <e, c>]`` (paper Table 4), the
+  trained fused score; and the zero-shot late fusion that needs no phase 2
+  (``metrics.cir.zero_shot_scores``) next to its two halves, image-only and text-only.
 """
 
 import math
@@ -36,6 +38,7 @@ from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.progress import NullProgress, Progress
 
 Gallery = Literal["auto", "split", "category"]
+ZERO_SHOT_SETTINGS = ("zero_shot", "image_only", "text_only")
 
 
 def evaluate_cir(
@@ -47,6 +50,7 @@ def evaluate_cir(
     caption_weight: float = 1.0,
     exclude_reference: bool = False,
     by_category: bool = False,
+    image_weight: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Rank the gallery for every labelled triplet, with and (when given) without captions.
 
@@ -59,6 +63,8 @@ def evaluate_cir(
         caption_weight: ``w`` of the caption term.
         exclude_reference: remove each query's reference image from its gallery.
         by_category: restrict each query's gallery to its category.
+        image_weight: also rank by the zero-shot score with this image weight, and by its image-only
+            and text-only halves (``ZERO_SHOT_SETTINGS``); None: the fused settings only.
 
     Returns:
         ``ranks`` per setting ``(M,)`` (``inf`` for a miss) and the top gallery rows per
@@ -66,7 +72,8 @@ def evaluate_cir(
     """
     rows = {item.id: row for row, item in enumerate(items)}
     ok = [i for i, t in enumerate(triplets) if cir.triplet_status(t, rows) == "ok"]
-    settings = ["without_captions", *(["with_captions"] if captions is not None else [])]
+    settings = ["without_captions", *(["with_captions"] if captions is not None else []),
+                *(ZERO_SHOT_SETTINGS if image_weight is not None else [])]
     ranks = {name: torch.full((len(triplets),), math.inf) for name in settings}
     tops = {name: torch.full((len(triplets), min(cir.TOP_LISTED, len(items))), -1, dtype=torch.long)
             for name in settings}
@@ -78,10 +85,15 @@ def evaluate_cir(
     fused = model.embed_composed(tokens[references], [t.text for t in scored])  # (m, D)
     gallery = model.embed_images(tokens)  # (N, Q, D)
     allowed = cir.allowed_items(scored, items, rows, exclude_reference, by_category)  # (m, N)
-    for name in settings:
+    for name in settings[:2 if captions is not None else 1]:
         caption_embeds = captions if name == "with_captions" else None
         ranks[name][ok], tops[name][ok] = cir.rank_targets(fused, gallery, targets, allowed, caption_embeds,
                                                            caption_weight)
+    if image_weight is not None:
+        texts = model.embed_texts([t.text for t in scored])  # (m, D)
+        for name, weight in zip(ZERO_SHOT_SETTINGS, (image_weight, 1.0, 0.0), strict=True):
+            scores = cir.zero_shot_scores(gallery[references], texts, gallery, weight)  # (m, N)
+            ranks[name][ok], tops[name][ok] = cir.rank_scored(scores, targets, allowed)
     return ranks, tops
 
 
@@ -95,6 +107,8 @@ def bench_cir(
     use_captions: bool = True,
     caption_weight: float = 1.0,
     gallery: Gallery = "auto",
+    zero_shot: bool = True,
+    image_weight: float = cir.ZERO_SHOT_IMAGE_WEIGHT,
     cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
 ) -> BenchReport:
@@ -110,6 +124,8 @@ def bench_cir(
         use_captions: also score with gallery captions made by the checkpoint's captioner.
         caption_weight: ``w`` of the caption term.
         gallery: ``split``, ``category`` or ``auto`` (category for Fashion-IQ).
+        zero_shot: also score with the zero-shot late fusion, image-only and text-only.
+        image_weight: the zero-shot score's image weight, in [0, 1].
         cache_dir: where frozen vision features are cached (None: not on disk).
         progress: progress events.
 
@@ -122,6 +138,8 @@ def bench_cir(
         raise UserError(f"unknown CIR gallery {gallery!r}; choose auto, split or category.")
     if not math.isfinite(caption_weight):
         raise UserError(f"--caption-weight must be a finite number, got {caption_weight}.")
+    if not 0.0 <= image_weight <= 1.0:
+        raise UserError(f"--image-weight must be in [0, 1], got {image_weight}.")
     checkpoint = checkpoint_dir(checkpoint)
     dataset = load_dataset(data)
     triplets = dataset.split_triplets(split)
@@ -142,7 +160,7 @@ def bench_cir(
     caption_embeds = model.embed_texts(generated) if use_captions else None  # (N, D)
     # 3. rank and summarise (unanswerable queries are misses)
     ranks, tops = evaluate_cir(model, items, tokens, labelled, caption_embeds, caption_weight, exclude_reference,
-                               by_category)
+                               by_category, image_weight if zero_shot else None)
     rows = {item.id: row for row, item in enumerate(items)}
     status = [cir.triplet_status(t, rows) for t in labelled]
     report = {
@@ -150,6 +168,7 @@ def bench_cir(
         f"reference {'excluded' if exclude_reference else 'kept'}; w={caption_weight:g}",
         "protocol_options": {"gallery": "category" if by_category else "split", "exclude_reference": exclude_reference,
                              "caption_weight": caption_weight, "use_captions": use_captions,
+                             "zero_shot_image_weight": image_weight if zero_shot else None,
                              "caption_style": model.config.captioner.style if use_captions else None,
                              "query_text": "the triplet's evaluation text", "ties": "pessimistic",
                              "misses": "unanswerable queries (missing or unreadable images) count as misses"},
@@ -162,6 +181,7 @@ def bench_cir(
         "dataset_triplets": dataset_triplets(dataset),
         "skipped_images": skipped.counts(),
         "settings": {name: cir.summary(labelled, setting_ranks) for name, setting_ranks in ranks.items()},
+        "chance": _chance(labelled, status, items, exclude_reference, by_category),
     }
     out = Path(out)
     _write_queries(out, labelled, status, items, ranks, tops)
@@ -177,6 +197,15 @@ def dataset_triplets(dataset: Dataset) -> dict[str, dict[str, Any]]:
     prepared = dataset.report.get("triplets") or {}
     return {split: {"num_triplets": len(dataset.split_triplets(split)), **prepared.get(split, {})}
             for split in SPLITS}
+
+
+def _chance(triplets: list[Triplet], status: list[str], items: list[Item], exclude_reference: bool,
+            by_category: bool) -> dict[str, float]:
+    """Expected R@K of a random ranking: ``min(1, K / gallery size)`` per query, 0 for a miss."""
+    rows = {item.id: row for row, item in enumerate(items)}
+    ok = [t for t, state in zip(triplets, status, strict=True) if state == "ok"]
+    sizes = cir.allowed_items(ok, items, rows, exclude_reference, by_category).sum(1).float()  # (m,)
+    return {f"R@{k}": float((k / sizes).clamp(max=1.0).sum()) / len(triplets) for k in cir.KS}
 
 
 def _write_queries(out: Path, triplets: list[Triplet], status: list[str], items: list[Item],
@@ -198,12 +227,17 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: one row per (setting, category) and the category average of each setting."""
     rows = []
     for name, summary in report["settings"].items():
-        rows += [{"captions": name, "category": category, **values}
+        rows += [{"score": name, "category": category, **values}
                  for category, values in summary["per_category"].items()]
-        rows.append({"captions": name, "category": "**average**", **summary["average"]})
-    missing = report["unanswerable"]
+        rows.append({"score": name, "category": "**average**", **summary["average"]})
+    missing, chance = report["unanswerable"], report["chance"]
+    weight = report["protocol_options"]["zero_shot_image_weight"]
+    zero_shot = (f"zero_shot = {weight:g} x image->image + {1 - weight:g} x text->image (no composed training); "
+                 "image_only and text_only are its halves. " if weight is not None else "")
     return (f"# Composed image retrieval ({report['split']})\n\n{provenance_lines(report)}\n"
-            f"{markdown_table(rows, ['captions', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
+            f"{markdown_table(rows, ['score', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
+            "without_captions / with_captions = the trained fused score (phase 2 trains it); "
+            f"{zero_shot}Chance: R@10 {chance['R@10']:.4f}, R@50 {chance['R@50']:.4f}.\n\n"
             f"Queries asked: {report['num_queries']}; answerable: {report['num_answerable']}. Misses from missing "
             f"or unreadable images: {missing['missing_reference']} references, {missing['missing_target']} targets; "
             f"{report['num_unlabelled']} triplets without a target.\n")

@@ -21,7 +21,7 @@ from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.config import VisionConfig
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
-from unifashion_core.evaluation.baseline import BASELINE_VISION, baseline_similarity, baseline_tokens
+from unifashion_core.evaluation.baseline import BASELINE_VISION, split_baseline_similarity
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.features import feature_cache_dir, image_tokens
 from unifashion_core.fileio import read_json, write_json
@@ -129,7 +129,7 @@ def bench_retrieval(
         raise UserError(f"split {split!r} of {dataset.root} has fewer than 2 usable items.")
     texts = [item.text(field) for item in items]
     sims = {"model": max_sim(model.embed_images(tokens), model.embed_texts(texts)).numpy(),
-            "baseline": _baseline(dataset, items, texts, field, baseline_vision, cache, progress)}
+            "baseline": split_baseline_similarity(dataset, items, texts, field, baseline_vision, cache, progress)}
     out = Path(out)
     results = {name: _protocol_results(name, sims, texts, items, seed, candidates, out)
                for name in PROTOCOLS[protocol]}
@@ -144,18 +144,6 @@ def bench_retrieval(
         "protocols": results,
     }
     return write_report("retrieval", out, report, render_markdown(report))
-
-
-def _baseline(dataset: Any, items: list[Item], texts: list[str], field: str, vision: VisionConfig,
-              cache: Path | None, progress: Progress) -> np.ndarray:
-    """The ridge baseline's image x text similarity over ``items``, fitted on the training split."""
-    train_items, train_tokens = baseline_tokens(vision, dataset, dataset.split("train"), cache, progress)
-    if not train_items:
-        raise UserError(f"{dataset.root} has no usable training items to fit the ridge baseline on.")
-    kept, test_tokens = baseline_tokens(vision, dataset, items, cache, progress)
-    if len(kept) != len(items):
-        raise UserError(f"{len(items) - len(kept)} images of the split could not be read for the baseline.")
-    return baseline_similarity(train_tokens, [item.text(field) for item in train_items], test_tokens, texts)
 
 
 def _protocol_results(name: str, sims: dict[str, np.ndarray], texts: list[str], items: list[Item], seed: int,

@@ -46,7 +46,7 @@ def _query_latency(model: Any, checkpoint: Path, data: Path, split: str, texts: 
         timings = []
         for text in texts:
             started = time.perf_counter()
-            index.search_images(model.embed_texts([text]).numpy(), 10)
+            index.search_images(model.embed_texts([text]).numpy(), min(10, index.num_items))
             timings.append((time.perf_counter() - started) * 1000)
         return {
             "p50_ms": float(np.percentile(timings, 50)),

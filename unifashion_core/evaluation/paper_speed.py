@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from unifashion_core.config import Recipe, load_recipe
+from unifashion_core.data.manifest import Item
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, write_report
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
@@ -88,10 +89,13 @@ class _Bench:
         with self.autocast():
             tokens = self.model.image_tokens(pixels)
         vision = timed(lambda: self.model.image_tokens(pixels), 1, 3)
-        stage = stage_lib.retrieval_stage(self.model, self.recipe, tokens, [CAPTION] * self.batch, tokens[:0], [])
+        stage = stage_lib.retrieval_stage(self.model, self.recipe, tokens, self._items(), tokens[:0], [])
         seconds = self.step_seconds(stage)
         return {"seconds_per_step": seconds, "pairs_per_s": self.batch / seconds, "vision_forward_s": vision,
                 "trainable_parameters": sum(p.numel() for p in stage.params)}
+
+    def _items(self) -> list[Item]:
+        return [Item(id=str(n), image="", split="train", caption=CAPTION) for n in range(self.batch)]
 
     def _queries(self) -> torch.Tensor:
         qformer = self.model.qformer

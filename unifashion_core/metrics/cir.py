@@ -13,10 +13,13 @@ import numpy as np
 import torch
 
 from unifashion_core.data.manifest import Item, Triplet
-from unifashion_core.losses import max_sim
+from unifashion_core.losses import max_sim, pooled
 from unifashion_core.metrics.retrieval import positive_ranks, recalls_from_ranks
 
 KS = (10, 50)
+# The zero-shot late fusion's image weight (``zero_shot_scores``), chosen on the fashion-product-1k
+# validation triplets (benchmarks/README.md, "Short queries and real photos"): 1 = image-only, 0 = text-only.
+ZERO_SHOT_IMAGE_WEIGHT = 0.4
 TOP_LISTED = 10  # result rows kept per query for the queries.jsonl listing
 
 
@@ -101,9 +104,39 @@ def rank_targets(
     Returns:
         ``(M,)`` ranks and ``(M, min(TOP_LISTED, N))`` top rows (-1 where nothing is allowed).
     """
-    scores = composed_scores(fused, gallery, captions, caption_weight).masked_fill(~allowed, -math.inf)
+    return rank_scored(composed_scores(fused, gallery, captions, caption_weight), targets, allowed)
+
+
+def rank_scored(
+    scores: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rank_targets` for ready ``(M, N)`` scores (e.g. :func:`zero_shot_scores`)."""
+    scores = scores.masked_fill(~allowed, -math.inf)
     top_scores, top_rows = scores.topk(min(TOP_LISTED, scores.shape[1]), dim=1)  # (M, k)
     return target_ranks(scores, targets), top_rows.masked_fill(torch.isinf(top_scores), -1)
+
+
+def zero_shot_scores(
+    references: torch.Tensor, texts: torch.Tensor, gallery: torch.Tensor, image_weight: float
+) -> torch.Tensor:
+    """The zero-shot composed score: a late fusion that needs no composed training (docs/design.md section 5).
+
+    ``image_weight * cos(pooled reference, pooled candidate) + (1 - image_weight) * max_q <z_q, t>``:
+    image->image similarity of the pooled query embeddings plus text->image similarity of the
+    modification text alone. ``image_weight`` 1 is image-only search, 0 text-only.
+
+    Args:
+        references: ``(M, Q, D)`` reference image embeddings.
+        texts: ``(M, D)`` embeddings of the modification texts (the text mode).
+        gallery: ``(N, Q, D)`` gallery image embeddings.
+        image_weight: weight of the image term, in [0, 1].
+
+    Returns:
+        ``(M, N)`` scores.
+    """
+    image = pooled(references) @ pooled(gallery).T  # (M, N)
+    text = max_sim(gallery.float(), texts.float()).T  # (M, N)
+    return image_weight * image + (1.0 - image_weight) * text
 
 
 def summary(triplets: list[Triplet], ranks: torch.Tensor) -> dict[str, Any]:

@@ -564,10 +564,11 @@ def build_generator(cfg: GeneratorConfig, query_width: int, num_queries: int) ->
         )
     config = _TINY_UNET if cfg.preset == "tiny" else _SMALL_UNET
     multiple = 2 ** (len(config["block_out_channels"]) - 1)
-    if cfg.resolution < multiple or cfg.resolution % multiple:
-        raise UserError(
-            f"resolution {cfg.resolution} must be a positive multiple of {multiple} for the {cfg.preset} generator."
-        )
+    for key, value in (("resolution", cfg.resolution), ("tryon.resolution", cfg.tryon_resolution)):
+        if value < multiple or value % multiple:
+            raise UserError(
+                f"{key} {value} must be a positive multiple of {multiple} for the {cfg.preset} generator."
+            )
     unet_model = UNet2DConditionModel(
         sample_size=cfg.resolution,
         in_channels=_unet_in_channels(PIXEL_CHANNELS, cfg.inpainting, cfg.use_sketch),

@@ -88,6 +88,18 @@ class UniFashion(nn.Module):
         """Frozen vision features: (B, 3, S, S) -> (B, N, C)."""
         return self.vision(pixel_values)
 
+    def vision_top(self, features: torch.Tensor, batch_size: int = EMBED_BATCH) -> torch.Tensor:
+        """Vision tokens (N, T, C) from cached features: the trunk's maps (N, C', H', W') through the
+        top stages phase 1a trains (``model.vision.trainable_blocks``), or the tokens themselves
+        when the encoder is frozen throughout."""
+        num_top = self.config.vision.trainable_blocks
+        if not num_top:
+            return features
+        with torch.no_grad():  # ``features`` may be rows on disk (``shards.Rows``), read a chunk at a time
+            chunks = [features[rows] for rows in batch_slices(len(features), batch_size)]
+            return torch.cat([self.vision.top(chunk.to(self.device).float(), num_top).to(chunk.dtype)
+                              for chunk in chunks])
+
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Texts -> (input_ids, attention_mask) on the model's device, truncated to the tokenizer's
         ``model_max_length`` (the recipe's ``data.max_text_length``)."""

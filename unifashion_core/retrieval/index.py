@@ -1,28 +1,35 @@
 """The late-interaction retrieval index (docs/design.md section 5).
 
-An index directory holds::
+An index directory holds, every array in the same row order::
 
-    index.faiss          FAISS inner-product index over all N * Q image query vectors
-    image_vectors.npy    (N, Q, D) float16 query vectors (memory-mapped on load)
+    image_vectors.npy    (N, Q, D) float16 image query vectors (memory-mapped on load)
     text_vectors.npy     (N, D) float16 embeddings of the items' own texts (image -> text search)
     caption_vectors.npy  (N, D) float16 embeddings of generated gallery captions (optional)
     captions.jsonl       the generated captions, one {"id", "caption"} per line (optional)
-    ids.jsonl            one {"id"} per line, row order of every array
+    ids.jsonl            one {"id"} per line
+    items.jsonl, item_offsets.npy, fields.json, field_codes.npy
+                         each item's record and filterable fields (see payload.py)
+    image.pq, text.pq, caption.pq
+                         FAISS 4-bit PQ codes scanned as first stages, one vector per item
+                         (kind ``pq`` only, see ann.py)
     meta.json            format_version, fingerprint, manifest_sha256, split, num_items,
                          num_queries, dim, kind, ann, has_captions, created_with (+ caller fields)
 
-The image-text score is ``max_q <z_q, t>``. ``flat`` indexes are exact; ``hnsw`` and ``ivfpq``
-collect candidate items approximately, then re-rank them exactly from the float16 vectors.
-Vectors are stored as given: the caller passes L2-normalised embeddings.
+Scores: text -> image ``max_q <z_q, t>``; image -> text ``max_q <z_q, t>`` over the image's
+Q vectors; composed ``max_q <e, z_q> + w <e, c>``. ``flat`` scores every allowed item exactly;
+``pq`` takes candidates from the first stages and re-ranks them exactly from the float16
+vectors, so its scores are the exact ones and only the candidate set is approximate.
+Vectors are stored as given: the caller passes L2-normalised embeddings. The vectors stay
+row-addressable on disk, so a later layer can add and remove items and rebuild the first
+stages from them without re-embedding.
 """
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import faiss
 import numpy as np
 
 from unifashion_core import __version__
@@ -37,10 +44,19 @@ from unifashion_core.fileio import (
     write_json,
     write_jsonl,
 )
+from unifashion_core.retrieval import ann
+from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank, zero_shot_scorer
+from unifashion_core.retrieval.payload import (
+    FIELD_CODES,
+    ITEM_OFFSETS,
+    Filter,
+    ItemRecord,
+    ItemStore,
+    PayloadWriter,
+)
 
-FORMAT_VERSION = 1
-KINDS = ("flat", "hnsw", "ivfpq")
-INDEX_FILE = "index.faiss"
+FORMAT_VERSION = 2
+KINDS = ("flat", "pq")
 IMAGE_VECTORS = "image_vectors.npy"
 TEXT_VECTORS = "text_vectors.npy"
 CAPTION_VECTORS = "caption_vectors.npy"
@@ -48,18 +64,13 @@ CAPTIONS = "captions.jsonl"
 IDS = "ids.jsonl"
 META = "meta.json"
 BUILD_META = "build.json"
+STAGES = {"image": "image.pq", "text": "text.pq", "caption": "caption.pq"}
 
-CANDIDATE_FACTOR = 4  # ANN first stage fetches k * Q * 4 vectors before the exact re-rank
-HNSW_M = 32  # graph neighbours per node
-HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 64  # raised to the number of vectors asked for at search time
-IVFPQ_NBITS = 8
-IVFPQ_MIN_VECTORS = 39 * (1 << IVFPQ_NBITS)  # FAISS k-means wants ~39 points per centroid
-IVFPQ_NPROBE = 32
+CANDIDATE_FACTOR = 4  # Qdrant's composed search fetches 4 k candidates from each vector
+EXACT_MAX_VECTORS = 1 << 14  # a filter allowing fewer vectors than this is scored exactly
+COPY_BLOCK = 10_000  # rows per shard when add_rows carries an index over
 _RESERVED = {"format_version", "num_items", "num_queries", "dim", "kind", "ann", "has_captions",
              "created_with"}
-_BLOCK_FLOATS = 1 << 24  # about 64 MB of float32 per scoring block
-_QUERY_BLOCK = 256
 
 Array = np.ndarray
 SearchResult = tuple[np.ndarray, np.ndarray]
@@ -70,14 +81,16 @@ def _json_roundtrip(data: dict[str, Any]) -> Any:
     return json.loads(json.dumps(data, sort_keys=True))
 
 
-def _check_batch(
+def check_batch(
     ids: list[str],
     image_vectors: Array,
     text_vectors: Array,
     caption_vectors: Array | None,
     captions: list[str] | None,
+    records: list[ItemRecord] | None,
 ) -> tuple[int, int, bool]:
-    """Validate one ``add`` call; return its layout (num_queries, dim, has_captions)."""
+    """Validate one batch (``IndexWriter.add``, ``QdrantIndex.upsert``); return its layout
+    ``(num_queries, dim, has_captions)``."""
     if image_vectors.ndim != 3 or text_vectors.ndim != 2:
         raise ValueError("image_vectors must be (B, Q, D) and text_vectors (B, D).")
     batch, num_queries, dim = image_vectors.shape
@@ -89,8 +102,13 @@ def _check_batch(
     if caption_vectors is not None and (caption_vectors.shape != (batch, dim)
                                         or len(captions or ()) != batch):
         raise ValueError(f"caption_vectors must be ({batch}, {dim}) with {batch} captions.")
+    if records is not None and [r.id for r in records] != list(ids):
+        raise ValueError("records must be given in the order of ids, one per id.")
     if len(set(ids)) != batch:
         raise ValueError("ids within one add() call must be unique.")
+    vectors = (image_vectors, text_vectors) + (() if caption_vectors is None else (caption_vectors,))
+    if not all(np.isfinite(v).all() for v in vectors):
+        raise ValueError("vectors contain NaN or infinite values.")
     return num_queries, dim, caption_vectors is not None
 
 
@@ -143,15 +161,29 @@ class IndexWriter:
         for stray in self.partial.glob(".shard-*.tmp-*"):  # a batch being written when a run was killed
             stray.unlink()
         for path in sorted(self.partial.glob("shard-*.npz")):
-            shard = _read_shard(path)
+            with np.load(path, allow_pickle=False) as shard:
+                self._ids.extend(shard["ids"].tolist())
+                num_queries, dim = shard["image_vectors"].shape[1:]
+                self._layout = (num_queries, dim, "caption_vectors" in shard.files)
             self._shards.append(path)
-            self._ids.extend(shard["ids"].tolist())
-            num_queries, dim = shard["image_vectors"].shape[1:]
-            self._layout = (num_queries, dim, "caption_vectors" in shard)
 
     def done_ids(self) -> set[str]:
         """Ids of the items already added (by this writer or a resumed earlier one)."""
         return set(self._ids)
+
+    @property
+    def layout(self) -> tuple[int, int, bool] | None:
+        """``(Q, D, has_captions)`` of the added batches; None before the first."""
+        return self._layout
+
+    def shards(self) -> Iterator[dict[str, Array]]:
+        """The added batches, one dict of arrays per shard (``ids``, ``records``, vectors...)."""
+        for path in self._shards:
+            yield _read_shard(path)
+
+    def discard(self) -> None:
+        """Remove the partial build (after its batches went elsewhere, e.g. to Qdrant)."""
+        shutil.rmtree(self.partial, ignore_errors=True)
 
     def add(
         self,
@@ -160,6 +192,7 @@ class IndexWriter:
         text_vectors: Array,
         caption_vectors: Array | None = None,
         captions: list[str] | None = None,
+        records: list[ItemRecord] | None = None,
     ) -> None:
         """Write one batch as a shard file (atomically: a crash loses at most this batch).
 
@@ -169,19 +202,23 @@ class IndexWriter:
             text_vectors: ``(B, D)`` embeddings of the items' texts.
             caption_vectors: ``(B, D)`` embeddings of generated captions, or None.
             captions: the B generated captions, or None (given with ``caption_vectors``).
+            records: the B items' records (text, image path, filterable fields) in the order
+                of ``ids``; None stores bare ids.
 
         Raises:
-            ValueError: shapes that disagree with each other or with earlier batches, or ids
-                that were already added.
+            ValueError: shapes that disagree with each other or with earlier batches, ids that
+                were already added, records that do not match the ids, or NaN vectors.
         """
         if not ids:
             return
-        layout = _check_batch(ids, image_vectors, text_vectors, caption_vectors, captions)
+        layout = check_batch(ids, image_vectors, text_vectors, caption_vectors, captions, records)
         if self._layout not in (None, layout):
             raise ValueError(f"batch layout (Q, D, captions) {layout} differs from {self._layout}.")
         if repeated := self.done_ids().intersection(ids):
             raise ValueError(f"{len(repeated)} ids were already added, e.g. {min(repeated)!r}.")
+        records = records or [ItemRecord(item_id) for item_id in ids]
         arrays = {"ids": np.array(ids, dtype=str),
+                  "records": np.array([r.to_json() for r in records], dtype=str),
                   "image_vectors": np.asarray(image_vectors, dtype=np.float16),
                   "text_vectors": np.asarray(text_vectors, dtype=np.float16)}
         if caption_vectors is not None:
@@ -194,6 +231,23 @@ class IndexWriter:
         self._ids.extend(ids)
         self._layout = layout
 
+    def add_rows(self, index: "RetrievalIndex", rows: Array) -> None:
+        """Carry items of an existing index over as they are (vectors, generated captions, records).
+
+        A compaction writes a fresh index this way: the base index's live rows, then the newly
+        added items through :meth:`add`, then :meth:`finalize` (which rebuilds the first stages).
+
+        Args:
+            index: a loaded local index with this writer's layout.
+            rows: the rows to copy, in the order wanted.
+        """
+        for block in batch_slices(len(rows), COPY_BLOCK):
+            chosen = np.asarray(rows[block])
+            captions = None if index.captions is None else [index.captions[row] for row in chosen]
+            self.add([index.ids[row] for row in chosen], index.image_vectors[chosen], index.text_vectors[chosen],
+                     None if index.caption_vectors is None else index.caption_vectors[chosen], captions,
+                     [index.item_at(row) for row in chosen])
+
     def finalize(self, kind: str = "flat", order: list[str] | None = None) -> "RetrievalIndex":
         """Assemble the shards into the index directory ``out`` and return it loaded.
 
@@ -201,33 +255,30 @@ class IndexWriter:
         the partial build is removed afterwards.
 
         Args:
-            kind: ``flat`` (exact), ``hnsw`` or ``ivfpq`` (approximate first stage).
+            kind: ``flat`` (exact) or ``pq`` (PQ-scan candidates + exact re-rank).
             order: the ids in the row order wanted (must be exactly the added ids); by
                 default the order in which they were added.
 
         Raises:
-            UserError: unknown kind, nothing added, or too few vectors to train ``ivfpq``.
+            UserError: unknown kind or nothing added.
             ValueError: ``order`` is not a permutation of the added ids.
         """
-        if kind not in KINDS:
-            raise UserError(f"unknown index kind {kind!r}; use one of {', '.join(KINDS)}.")
+        check_kind(kind)
         if self._layout is None:
             raise UserError(f"no items were added to the index {self.out}; nothing to build.")
         positions = self._positions(order)
         num_queries, dim, has_captions = self._layout
-        num_vectors = len(positions) * num_queries
-        if kind == "ivfpq" and num_vectors < IVFPQ_MIN_VECTORS:
-            raise UserError(f"only {num_vectors} vectors, too few to train an ivfpq index (needs "
-                            f"{IVFPQ_MIN_VECTORS}); use --kind flat (exact) or hnsw.")
+        if kind == "pq":
+            ann.check_size(len(positions), dim)
         meta = {**self.meta, "format_version": FORMAT_VERSION, "num_items": len(positions),
-                "num_queries": num_queries, "dim": dim, "kind": kind,
+                "num_queries": num_queries, "dim": dim, "kind": kind, "ann": None,
                 "has_captions": has_captions, "created_with": f"unifashion {__version__}"}
         with atomic_dir(self.out) as tmp:
-            image_vectors = self._write_arrays(tmp, positions, self._layout)
-            index, meta["ann"] = _build_faiss(kind, image_vectors)
-            faiss.write_index(index, str(tmp / INDEX_FILE))
+            self._write_arrays(tmp, positions, self._layout)
+            if kind == "pq":
+                meta["ann"] = build_stages(tmp, has_captions)
             write_json(tmp / META, meta)
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.discard()
         return RetrievalIndex.load(self.out)
 
     def _positions(self, order: list[str] | None) -> dict[str, int]:
@@ -241,10 +292,8 @@ class IndexWriter:
                              f"{extra} added ids not listed, or duplicates).")
         return {item_id: row for row, item_id in enumerate(order)}
 
-    def _write_arrays(
-        self, tmp: Path, positions: dict[str, int], layout: tuple[int, int, bool]
-    ) -> Array:
-        """Write vectors, ids and captions in final row order; return the image vectors."""
+    def _write_arrays(self, tmp: Path, positions: dict[str, int], layout: tuple[int, int, bool]) -> None:
+        """Write vectors, ids, captions and item records in final row order."""
         num_items = len(positions)
         num_queries, dim, has_captions = layout
 
@@ -255,148 +304,165 @@ class IndexWriter:
         text = create(TEXT_VECTORS, (num_items, dim))
         caption = create(CAPTION_VECTORS, (num_items, dim)) if has_captions else None
         captions = [""] * num_items
-        for path in self._shards:
-            shard = _read_shard(path)
+        payload = PayloadWriter(tmp, num_items)
+        for shard in self.shards():
             rows = np.array([positions[i] for i in shard["ids"].tolist()])
             image[rows], text[rows] = shard["image_vectors"], shard["text_vectors"]
+            for row, line in zip(rows.tolist(), shard["records"].tolist(), strict=True):
+                payload.add(row, ItemRecord.from_json(line))
             if caption is not None:
                 caption[rows] = shard["caption_vectors"]
-                for row, text_ in zip(rows, shard["captions"].tolist(), strict=True):
-                    captions[row] = text_
+                for row, generated in zip(rows.tolist(), shard["captions"].tolist(), strict=True):
+                    captions[row] = generated
+        payload.close()
         ids = sorted(positions, key=positions.__getitem__)
         write_jsonl(tmp / IDS, ({"id": i} for i in ids))
         if caption is not None:
             caption.flush()
-            records = ({"id": i, "caption": c} for i, c in zip(ids, captions, strict=True))
-            write_jsonl(tmp / CAPTIONS, records)
+            write_jsonl(tmp / CAPTIONS, ({"id": i, "caption": c} for i, c in zip(ids, captions, strict=True)))
         text.flush()
         image.flush()
-        return image
 
 
-def _build_faiss(kind: str, image_vectors: Array) -> tuple[Any, dict[str, int]]:
-    """A FAISS inner-product index over all ``N * Q`` vectors, and its search parameters."""
-    dim = image_vectors.shape[-1]
-    flat = image_vectors.reshape(-1, dim)  # (N * Q, D)
-    if kind == "flat":
-        index, ann = faiss.IndexFlatIP(dim), {}
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        ann = {"hnsw_m": HNSW_M, "ef_search": HNSW_EF_SEARCH}
-    else:
-        index, ann = _train_ivfpq(flat)
-    for block in batch_slices(len(flat), _BLOCK_FLOATS // dim):
-        index.add(np.ascontiguousarray(flat[block], dtype=np.float32))
-    return index, ann
+class CatalogueIndex(Protocol):
+    """What every backend offers (:class:`RetrievalIndex`, ``qdrant.QdrantIndex``): the three
+    searches with filters, item records, and the layout. Search results are ``(scores, rows)``
+    where a row is whatever :meth:`item_at` takes (a row number locally, a point id in Qdrant)."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def num_items(self) -> int: ...
+
+    @property
+    def num_queries(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def item(self, item_id: str) -> ItemRecord: ...
+
+    def item_at(self, row: int) -> ItemRecord: ...
+
+    def field_values(self, name: str) -> list[str]: ...
+
+    def search_images(self, queries: Array, k: int, filter: Filter | None = None,
+                      allowed: Array | None = None) -> SearchResult: ...
+
+    def search_texts(self, image_queries: Array, k: int, filter: Filter | None = None,
+                     allowed: Array | None = None) -> SearchResult: ...
+
+    def search_composed(self, fused: Array, k: int, caption_weight: float = 1.0, use_captions: bool = True,
+                        filter: Filter | None = None, allowed: Array | None = None) -> SearchResult: ...
 
 
-def _train_ivfpq(flat: Array) -> tuple[Any, dict[str, int]]:
-    """An untrained-then-trained IVF-PQ index sized for ``len(flat)`` vectors."""
-    num_vectors, dim = flat.shape
-    nlist = max(1, min(int(4 * num_vectors**0.5), num_vectors // 39))
-    pq_m = max(m for m in range(1, max(1, min(64, dim // 4)) + 1) if dim % m == 0)
-    index = faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{IVFPQ_NBITS}",
-                                faiss.METRIC_INNER_PRODUCT)
-    index.do_polysemous_training = False
-    sample = np.linspace(0, num_vectors - 1, min(num_vectors, 256 * max(nlist, 256))).astype(int)
-    index.train(np.ascontiguousarray(flat[sample], dtype=np.float32))
-    return index, {"nlist": nlist, "pq_m": pq_m, "nprobe": min(nlist, IVFPQ_NPROBE)}
+def check_kind(kind: str) -> None:
+    """Refuse an unknown index kind."""
+    if kind not in KINDS:
+        raise UserError(f"unknown index kind {kind!r}; use flat (exact) or pq (approximate + exact re-rank).")
 
 
-def _top_k(scores: Array, k: int) -> SearchResult:
-    """Row-wise top ``k`` of ``(M, N)`` scores, best first: scores and columns ``(M, k)``."""
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (M, k) unordered
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part_scores, order, axis=1), np.take_along_axis(part, order, axis=1)
+def build_stages(path: Path, has_captions: bool) -> dict[str, Any]:
+    """Build the PQ-scan first stages from the vector files in the index directory ``path``: pooled
+    image vectors, texts and (when present) captions, one vector per item.
 
-
-def _max_sim(queries: Array, vectors: Array) -> Array:
-    """``(M, D)`` queries against ``(n, Q, D)`` item vectors: ``(M, n)`` max over Q."""
-    per_query = np.einsum("nqd,md->mnq", np.asarray(vectors, dtype=np.float32), queries)
-    return per_query.max(axis=2)  # (M, n)
-
-
-def _first_distinct(scores: Array, items: Array, k: int) -> SearchResult:
-    """Keep the first ``k`` distinct items of each row of a best-first vector ranking.
-
-    Missing results (fewer distinct items) are padded with index -1 and score -inf.
+    Returns:
+        ``meta["ann"]``: each stage's parameters.
     """
-    num_rows = items.shape[0]
-    out_scores = np.full((num_rows, k), -np.inf, dtype=np.float32)
-    out_items = np.full((num_rows, k), -1, dtype=np.int64)
-    for row in range(num_rows):
-        keep = items[row] >= 0
-        row_items, row_scores = items[row][keep], scores[row][keep]
-        first = np.sort(np.unique(row_items, return_index=True)[1])[:k]
-        out_items[row, : len(first)] = row_items[first]
-        out_scores[row, : len(first)] = row_scores[first]
-    return out_scores, out_items
+    image = np.load(path / IMAGE_VECTORS, mmap_mode="r")  # (N, Q, D)
+    num_items, _, dim = image.shape
+    sources: dict[str, ann.Vectors] = {"image": lambda rows: ann.pooled(image[rows]),
+                                       "text": _float32_rows(path / TEXT_VECTORS)}
+    if has_captions:
+        sources["caption"] = _float32_rows(path / CAPTION_VECTORS)
+    return {name: ann.build_stage(vectors, num_items, dim, path / STAGES[name]) for name, vectors in sources.items()}
+
+
+def _float32_rows(path: Path) -> "ann.Vectors":
+    """``rows -> float32 vectors`` of a memory-mapped ``(N, D)`` array."""
+    array = np.load(path, mmap_mode="r")
+    return lambda rows: np.asarray(array[rows], dtype=np.float32)
 
 
 class RetrievalIndex:
-    """A loaded index: item ids, memory-mapped vectors and the FAISS index.
+    """A loaded index: item ids and records, memory-mapped vectors and the first stages.
 
-    Every search returns ``(scores, indices)``, both ``(M, k)`` with ``k`` capped at the
-    number of items, best first; ``indices`` are rows of :attr:`ids`.
+    Every search returns ``(scores, rows)``, both ``(M, k)`` best first, where ``rows`` index
+    :attr:`ids`. ``k`` may not exceed the catalogue; with a filter, fewer items may be
+    allowed than ``k`` and then every allowed item is returned (``k`` shrinks). A ``pq``
+    search that finds fewer candidates than ``k`` pads with row -1 and score -inf.
+
+    Filters restrict a search to items whose fields match (``{"category": "dress",
+    "gender": ["Men", "Unisex"]}``); ``allowed`` is a boolean ``(N,)`` row mask combined with
+    the filter (a live catalogue passes its deletions this way). Both apply inside the ranking:
+    the result is the top ``k`` of the allowed items.
     """
 
-    def __init__(
-        self,
-        meta: dict[str, Any],
-        ids: list[str],
-        faiss_index: Any,
-        image_vectors: Array,
-        text_vectors: Array,
-        caption_vectors: Array | None = None,
-        captions: list[str] | None = None,
-    ) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], ids: list[str], vectors: dict[str, Array],
+                 captions: list[str] | None, items: ItemStore, stages: dict[str, ann.Stage]) -> None:
+        self.path = path
         self.meta = meta
         self.ids = ids
-        self.image_vectors = image_vectors  # (N, Q, D) float16
-        self.text_vectors = text_vectors  # (N, D) float16
-        self.caption_vectors = caption_vectors  # (N, D) float16 or None
+        self.image_vectors = vectors["image"]  # (N, Q, D) float16
+        self.text_vectors = vectors["text"]  # (N, D) float16
+        self.caption_vectors = vectors.get("caption")  # (N, D) float16 or None
         self.captions = captions
-        self._faiss = faiss_index
+        self.items = items
+        self.stages = stages
+        self._rows: dict[str, int] | None = None
 
     @classmethod
     def load(cls, path: str | Path, expected_fingerprint: str | None = None) -> "RetrievalIndex":
-        """Open an index directory, refusing one built by another model or a newer version.
+        """Open an index directory, refusing one built by another model or another format.
 
         Args:
             path: the index directory.
             expected_fingerprint: the query model's fingerprint; None skips the check.
 
         Raises:
-            UserError: missing or incomplete directory, newer format, fingerprint mismatch.
+            UserError: missing, incomplete or inconsistent directory, other format version,
+                fingerprint mismatch.
         """
         path = Path(path)
-        meta = _read_meta(path)
-        fingerprint = meta.get("fingerprint")
-        if expected_fingerprint is not None and fingerprint != expected_fingerprint:
-            raise UserError(f"index {path} was built by a different model (fingerprint "
-                            f"{fingerprint}), the query model is {expected_fingerprint}; "
-                            "rebuild it with `unifashion index`.")
-        for name in (INDEX_FILE, IMAGE_VECTORS, TEXT_VECTORS, IDS):
-            if not (path / name).is_file():
-                raise UserError(f"index {path} is incomplete ({name} is missing); rebuild it "
-                                "with `unifashion index`.")
+        meta = read_meta(path)
+        check_fingerprint(path, meta, expected_fingerprint)
         with refuse_corrupt(path, "rebuild it with `unifashion index --overwrite`", errors=(KeyError, TypeError)):
-            ids = [record["id"] for record in read_jsonl(path / IDS)]
+            vectors = {"image": _open_array(path, IMAGE_VECTORS), "text": _open_array(path, TEXT_VECTORS)}
             captions = None
-            caption_vectors = None
-            if meta.get("has_captions"):
+            if meta["has_captions"]:
+                vectors["caption"] = _open_array(path, CAPTION_VECTORS)
                 captions = [record["caption"] for record in read_jsonl(path / CAPTIONS)]
-                caption_vectors = np.load(path / CAPTION_VECTORS, mmap_mode="r")
-            index = cls(meta, ids, faiss.read_index(str(path / INDEX_FILE)),
-                        np.load(path / IMAGE_VECTORS, mmap_mode="r"),
-                        np.load(path / TEXT_VECTORS, mmap_mode="r"), caption_vectors, captions)
-        if not (len(ids) == len(index.image_vectors) == len(index.text_vectors)
-                and index._faiss.ntotal == len(ids) * index.num_queries):
-            raise UserError(f"index {path} is inconsistent (ids and vectors differ in length); "
-                            "rebuild it with `unifashion index`.")
+            ids = [record["id"] for record in read_jsonl(_need(path, IDS))]
+            stages = {name: ann.Stage(_need(path, STAGES[name]), meta["ann"][name])
+                      for name in STAGES if meta["ann"] and name in meta["ann"]}
+            index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
+        index._check_consistent()
         return index
+
+    def _check_consistent(self) -> None:
+        """Every file describes the same N items."""
+        num_items, num_queries, dim = len(self.ids), self.meta["num_queries"], self.meta["dim"]
+        expected = {IMAGE_VECTORS: (self.image_vectors.shape, (num_items, num_queries, dim)),
+                    TEXT_VECTORS: (self.text_vectors.shape, (num_items, dim)),
+                    META: (self.meta["num_items"], num_items),
+                    ITEM_OFFSETS: (self.items.offsets.shape, (num_items, 2)),
+                    FIELD_CODES: (self.items.codes.shape, (len(self.items.names), num_items))}
+        if self.caption_vectors is not None:
+            expected[CAPTION_VECTORS] = (self.caption_vectors.shape, (num_items, dim))
+            expected[CAPTIONS] = (len(self.captions or ()), num_items)
+        for name, stage in self.stages.items():
+            expected[STAGES[name]] = (stage.ntotal, num_items)
+        for name, (found, wanted) in expected.items():
+            if found != wanted:
+                raise UserError(f"index {self.path} is inconsistent: {name} holds {found} where {IDS} "
+                                f"implies {wanted}; rebuild it with `unifashion index`.")
 
     @property
     def num_items(self) -> int:
@@ -409,47 +475,102 @@ class RetrievalIndex:
         return int(self.image_vectors.shape[1])
 
     @property
+    def dim(self) -> int:
+        """D, the embedding width."""
+        return int(self.image_vectors.shape[2])
+
+    @property
     def kind(self) -> str:
-        """``flat``, ``hnsw`` or ``ivfpq``."""
+        """``flat`` or ``pq``."""
         return str(self.meta["kind"])
 
-    def search_images(self, queries: Array, k: int) -> SearchResult:
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint of the model that embedded the items."""
+        return str(self.meta["fingerprint"])
+
+    def as_exact(self) -> "RetrievalIndex":
+        """This index scored exactly (as ``flat``), sharing its memory maps: the parity reference."""
+        vectors = {"image": self.image_vectors, "text": self.text_vectors}
+        if self.caption_vectors is not None:
+            vectors["caption"] = self.caption_vectors
+        return RetrievalIndex(self.path, {**self.meta, "kind": "flat"}, self.ids, vectors, self.captions,
+                              self.items, {})
+
+    def row_of(self, item_id: str) -> int:
+        """The row of an item id.
+
+        Raises:
+            UserError: no such item.
+        """
+        if self._rows is None:
+            self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        if item_id not in self._rows:
+            raise UserError(f"no item {item_id!r} in the index {self.path}.")
+        return self._rows[item_id]
+
+    def item(self, item_id: str) -> ItemRecord:
+        """The record (text, image path relative to ``meta["data"]``, fields) of an item id."""
+        return self.items.record(self.row_of(item_id))
+
+    def item_at(self, row: int) -> ItemRecord:
+        """The record of a row, e.g. one a search returned."""
+        return self.items.record(row)
+
+    def field_values(self, name: str) -> list[str]:
+        """The distinct values of a filterable field, sorted."""
+        return self.items.values(name)
+
+    def search_images(self, queries: Array, k: int, filter: Filter | None = None,
+                      allowed: Array | None = None) -> SearchResult:
         """Rank images for text (or fused) queries by ``max_q <z_q, query>``.
 
         Args:
             queries: ``(M, D)`` query embeddings.
-            k: how many items to return per query (capped at N).
+            k: how many items to return per query (at most N).
+            filter: ``{field: value or [values]}`` the items must match, or None.
+            allowed: boolean ``(N,)`` rows that may be returned, or None.
 
         Returns:
-            scores ``(M, k)`` float32 and item indices ``(M, k)`` int64.
-        """
-        queries, k = self._check(queries, 2, k)
-        if self.kind == "flat":
-            num_vectors = min(self._faiss.ntotal, k * self.num_queries)
-            scores, vector_ids = self._faiss.search(queries, num_vectors)  # (M, k * Q)
-            return _first_distinct(scores, vector_ids // self.num_queries, k)
-        return self._search_ann(queries, k, caption_weight=None)
+            scores ``(M, k)`` float32 and item rows ``(M, k)`` int64.
 
-    def search_texts(self, image_queries: Array, k: int) -> SearchResult:
-        """Rank the items' texts for image queries by ``max_q <z_q, t>`` (exact).
+        Raises:
+            UserError: wrong shape, NaN or infinite queries, ``k`` outside 1..N, a filter on an
+                unknown field.
+        """
+        queries = self._check_queries(queries, 2)
+        mask, k = self._allowed(filter, allowed, k)
+        return self._rank_images(queries, k, mask, caption_weight=None)
+
+    def search_texts(self, image_queries: Array, k: int, filter: Filter | None = None,
+                     allowed: Array | None = None) -> SearchResult:
+        """Rank the items' texts for image queries by ``max_q <z_q, t>``.
 
         Args:
             image_queries: ``(M, Q, D)`` image query embeddings.
-            k: how many items to return per query (capped at N).
+            k, filter, allowed: as in :meth:`search_images`.
 
         Returns:
-            scores ``(M, k)`` and item indices ``(M, k)``.
+            scores ``(M, k)`` and item rows ``(M, k)``.
         """
-        image_queries, k = self._check(image_queries, 3, k)
+        image_queries = self._check_queries(image_queries, 3)
+        mask, k = self._allowed(filter, allowed, k)
+        if k == 0:
+            return _empty(len(image_queries))
 
-        def score(rows: slice, items: slice) -> Array:
-            texts = np.asarray(self.text_vectors[items], dtype=np.float32)  # (n, D)
-            return np.einsum("mqd,nd->mqn", image_queries[rows], texts).max(axis=1)  # (m, n)
+        def score(rows: slice, items: Any) -> Array:
+            return max_over_queries(image_queries[rows], self.text_vectors[items])  # (m, n)
 
-        return self._exact_search(score, len(image_queries), image_queries.shape[1], k)
+        if self._exact(mask, 1):
+            return exact_search(score, len(image_queries), _rows(mask), self.num_items, k, self.dim)
+        flat = image_queries.reshape(-1, self.dim)  # (M * Q, D)
+        found = self.stages["text"].candidates(flat, k, mask)  # (M * Q, C)
+        return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0],
+                      found.reshape(len(image_queries), -1), k)
 
     def search_composed(
-        self, fused: Array, k: int, caption_weight: float = 1.0, use_captions: bool = True
+        self, fused: Array, k: int, caption_weight: float = 1.0, use_captions: bool = True,
+        filter: Filter | None = None, allowed: Array | None = None,
     ) -> SearchResult:
         """Composed retrieval: ``max_q <e, z_q> + caption_weight * <e, c>`` (paper Table 4; docs/design.md section 5).
 
@@ -458,84 +579,125 @@ class RetrievalIndex:
 
         Args:
             fused: ``(M, D)`` fused embeddings of (reference image, modification text).
-            k: how many items to return per query (capped at N).
+            k: how many items to return per query (at most N).
             caption_weight: ``w`` (1 in the paper's code).
             use_captions: add the caption term when the index has captions.
+            filter, allowed: as in :meth:`search_images`.
 
         Returns:
-            scores ``(M, k)`` and item indices ``(M, k)``.
+            scores ``(M, k)`` and item rows ``(M, k)``.
         """
-        if not use_captions or self.caption_vectors is None:
-            return self.search_images(fused, k)
-        fused, k = self._check(fused, 2, k)
-        if self.kind != "flat":
-            return self._search_ann(fused, k, caption_weight)
+        fused = self._check_queries(fused, 2)
+        mask, k = self._allowed(filter, allowed, k)
+        with_captions = use_captions and self.caption_vectors is not None
+        return self._rank_images(fused, k, mask, caption_weight if with_captions else None)
 
-        def score(rows: slice, items: slice) -> Array:
-            captions = np.asarray(self.caption_vectors[items], dtype=np.float32)  # (n, D)
-            images = _max_sim(fused[rows], self.image_vectors[items])  # (m, n)
-            return images + caption_weight * fused[rows] @ captions.T
-
-        return self._exact_search(score, len(fused), self.num_queries, k)
-
-    def _check(self, queries: Array, ndim: int, k: int) -> tuple[Array, int]:
-        """Queries as contiguous float32 of the right shape, and ``k`` capped at N."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        dim = self.image_vectors.shape[2]
-        if queries.ndim != ndim or queries.shape[-1] != dim:
-            raise ValueError(f"queries must have {ndim} dimensions ending in D={dim}, got "
-                             f"{queries.shape}.")
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}.")
-        return queries, min(k, self.num_items)
-
-    def _exact_search(
-        self, score: Callable[[slice, slice], Array], num_rows: int, per_item: int, k: int
+    def search_zero_shot(
+        self, references: Array, texts: Array, k: int, image_weight: float, filter: Filter | None = None,
+        allowed: Array | None = None,
     ) -> SearchResult:
-        """Top ``k`` of a dense score, computed block by block to bound memory."""
-        items_per_block = max(1, _BLOCK_FLOATS // (_QUERY_BLOCK * per_item))
-        results = []
-        for rows in batch_slices(num_rows, _QUERY_BLOCK):
-            scores = np.concatenate([score(rows, items) for items in
-                                     batch_slices(self.num_items, items_per_block)], axis=1)  # (m, N)
-            results.append(_top_k(scores, k))
-        return (np.concatenate([s for s, _ in results]).astype(np.float32),
-                np.concatenate([i for _, i in results]).astype(np.int64))
+        """Composed retrieval by the zero-shot late fusion (``metrics.cir.zero_shot_scores``): an exact
+        scan of the image vectors, for checkpoints without phase-2 training.
 
-    def _search_ann(self, queries: Array, k: int, caption_weight: float | None) -> SearchResult:
-        """Approximate candidates from FAISS, then an exact re-rank (+ caption term)."""
-        num_vectors = min(self._faiss.ntotal, k * self.num_queries * CANDIDATE_FACTOR)
-        params = faiss.ParameterSpace()
-        if self.kind == "hnsw":
-            params.set_index_parameter(self._faiss, "efSearch",
-                                       max(self.meta["ann"]["ef_search"], num_vectors))
-        else:
-            params.set_index_parameter(self._faiss, "nprobe", self.meta["ann"]["nprobe"])
-        _, vector_ids = self._faiss.search(queries, num_vectors)  # (M, K)
-        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        out_items = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, query in enumerate(queries):
-            found = vector_ids[row][vector_ids[row] >= 0]
-            candidates = np.unique(found // self.num_queries)  # (c,) sorted rows
-            if len(candidates) == 0:
-                continue
-            scores = _max_sim(query[None], self.image_vectors[candidates])  # (1, c)
-            if caption_weight is not None and self.caption_vectors is not None:
-                captions = np.asarray(self.caption_vectors[candidates], dtype=np.float32)
-                scores = scores + caption_weight * captions @ query
-            top_scores, top = _top_k(scores, min(k, len(candidates)))
-            out_scores[row, : top.shape[1]] = top_scores[0]
-            out_items[row, : top.shape[1]] = candidates[top[0]]
-        return out_scores, out_items
+        Args:
+            references: ``(M, Q, D)`` reference image embeddings.
+            texts: ``(M, D)`` embeddings of the modification texts.
+            k, filter, allowed: as in :meth:`search_images`.
+            image_weight: weight of the image->image term, in [0, 1].
+        """
+        references, texts = self._check_queries(references, 3), self._check_queries(texts, 2)
+        mask, k = self._allowed(filter, allowed, k)
+        if k == 0:
+            return _empty(len(texts))
+        score = zero_shot_scorer(references, texts, image_weight)
+        return exact_search(lambda rows, items: score(rows, self.image_vectors[items]), len(texts), _rows(mask),
+                            self.num_items, k, self.num_queries * self.dim)
+
+    def _rank_images(self, queries: Array, k: int, mask: Array | None, caption_weight: float | None) -> SearchResult:
+        """Top ``k`` items by the image term (+ the caption term when ``caption_weight`` is set)."""
+        if k == 0:
+            return _empty(len(queries))
+
+        def score(rows: slice, items: Any) -> Array:
+            scores = max_sim(queries[rows], self.image_vectors[items])  # (m, n)
+            if caption_weight is not None:
+                captions = np.asarray(self.caption_vectors[items], dtype=np.float32)  # (n, D)
+                scores += caption_weight * queries[rows] @ captions.T
+            return scores
+
+        if self._exact(mask, self.num_queries):
+            return exact_search(score, len(queries), _rows(mask), self.num_items, k,
+                                self.num_queries * self.dim)
+        found = self.stages["image"].candidates(queries, k, mask)  # (M, C) by pooled image vector
+        if caption_weight is not None:
+            found = np.concatenate([found, self.stages["caption"].candidates(queries, k, mask)], axis=1)
+        return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0], found, k)
+
+    def _exact(self, mask: Array | None, per_item: int) -> bool:
+        """Score exactly: a flat index, or a filter that leaves few vectors to score."""
+        return self.kind == "flat" or (mask is not None and int(mask.sum()) * per_item <= EXACT_MAX_VECTORS)
+
+    def _check_queries(self, queries: Array, ndim: int) -> Array:
+        """Queries as contiguous float32 of the right shape, all finite."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != ndim or queries.shape[-1] != self.dim:
+            wanted = "(M, D)" if ndim == 2 else "(M, Q, D)"
+            raise UserError(f"query vectors must be {wanted} with D={self.dim} (the index's width), got shape "
+                            f"{queries.shape}; was the index built by another model?")
+        if not np.isfinite(queries).all():
+            raise UserError("query vectors contain NaN or infinite values.")
+        return queries
+
+    def _allowed(self, filter: Filter | None, allowed: Array | None, k: int) -> tuple[Array | None, int]:
+        """The allowed-row mask (None: all rows) and ``k`` capped at the allowed count."""
+        if not isinstance(k, int | np.integer) or not 1 <= k <= self.num_items:
+            raise UserError(f"k must be between 1 and the catalogue size ({self.num_items}), got {k}.")
+        mask = self.items.allowed_rows(filter) if filter else None
+        if allowed is not None:
+            allowed = np.asarray(allowed)
+            if allowed.shape != (self.num_items,) or allowed.dtype != bool:
+                raise ValueError(f"allowed must be a boolean ({self.num_items},) row mask, got "
+                                 f"{allowed.dtype} {allowed.shape}.")
+            mask = allowed if mask is None else mask & allowed
+        return mask, int(k) if mask is None else min(int(k), int(mask.sum()))
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    """``meta.json`` of an index directory, checked to be one this version can read."""
+def _rows(mask: Array | None) -> Array | None:
+    """Sorted allowed rows of a mask (None: all)."""
+    return None if mask is None else np.flatnonzero(mask)
+
+
+def _empty(num_queries: int) -> SearchResult:
+    """The result of a search that allows no item."""
+    return np.empty((num_queries, 0), dtype=np.float32), np.empty((num_queries, 0), dtype=np.int64)
+
+
+def _need(path: Path, name: str) -> Path:
+    """``path / name``, which must exist."""
+    if not (path / name).is_file():
+        raise UserError(f"index {path} is incomplete ({name} is missing); rebuild it with `unifashion index`.")
+    return path / name
+
+
+def _open_array(path: Path, name: str) -> Array:
+    """A memory-mapped ``.npy`` of the index, or a UserError if it is missing or damaged."""
+    with refuse_corrupt(_need(path, name), "rebuild it with `unifashion index --overwrite`"):
+        return np.load(path / name, mmap_mode="r")
+
+
+def check_fingerprint(path: str | Path, meta: dict[str, Any], expected: str | None) -> None:
+    """Refuse an index (or collection) whose vectors another model made."""
+    if expected is not None and meta.get("fingerprint") != expected:
+        raise UserError(f"index {path} was built by a different model (fingerprint {meta.get('fingerprint')}), "
+                        f"the query model is {expected}; rebuild it with `unifashion index`.")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` of an index directory, checked to be one this version reads."""
     if not path.is_dir():
         raise UserError(f"index {path} does not exist; build one with `unifashion index`.")
     if not (path / META).is_file():
-        raise UserError(f"{path} is not a unifashion index (no {META}); build one with "
-                        "`unifashion index`.")
+        raise UserError(f"{path} is not a unifashion index (no {META}); build one with `unifashion index`.")
     meta = read_json(path / META)
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if not isinstance(version, int):
@@ -543,4 +705,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise UserError(f"index {path} has format version {version}, newer than this unifashion "
                         f"reads ({FORMAT_VERSION}); upgrade unifashion or rebuild the index.")
+    if version < FORMAT_VERSION:
+        raise UserError(f"index {path} has format version {version}, written by an older unifashion; "
+                        "rebuild it with `unifashion index`.")
     return meta

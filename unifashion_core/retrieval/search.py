@@ -1,114 +1,252 @@
-"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries."""
+"""`unifashion search`: text->image, image->text, image->image and composed (image + text) queries
+against the live catalogue of a local index (retrieval/catalogue.py) or a Qdrant collection.
 
-from dataclasses import dataclass
+Composed queries use one of two scores (``COMPOSED_SCORES``): ``fused``, the Q-Former's fused
+(image + text) embedding that phase 2 trains (plus gallery captions when indexed), or
+``zero-shot``, a late fusion of image->image and text->image similarity that needs no composed
+training (``metrics.cir.zero_shot_scores``). ``auto`` takes ``fused`` for a phase-2 checkpoint and
+``zero-shot`` for any other.
+"""
+
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from unifashion_core.checkpoint import load_checkpoint
-from unifashion_core.data.images import load_user_image
+from unifashion_core.checkpoint import load_checkpoint, read_meta
+from unifashion_core.data.images import as_image, load_user_image
 from unifashion_core.errors import UserError
+from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT
 from unifashion_core.models.unifashion import UniFashion
-from unifashion_core.retrieval.build import item_texts
-from unifashion_core.retrieval.index import RetrievalIndex
+from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
+from unifashion_core.retrieval.index import CatalogueIndex, RetrievalIndex
+from unifashion_core.retrieval.index import read_meta as read_index_meta
+from unifashion_core.retrieval.payload import Filter, ItemRecord
+from unifashion_core.retrieval.query_text import check_query_words, tokenizer_warnings
 
 MODES = ("auto", "t2i", "i2t", "i2i", "cir")
+COMPOSED_SCORES = ("auto", "fused", "zero-shot")
 MAX_QUERY_CHARS = 2000  # longer user texts are truncated (with a warning from the caller)
+
+
+def open_index(path: str | Path, expected_fingerprint: str | None = None) -> CatalogueIndex:
+    """Open an index directory of either backend: an ``index.RetrievalIndex``, or a
+    ``qdrant.QdrantIndex`` when the directory names a Qdrant collection. Both search alike.
+
+    Raises:
+        UserError: as :meth:`RetrievalIndex.load` (and an unreachable or foreign collection).
+    """
+    if read_index_meta(Path(path)).get("backend") == "qdrant":
+        from unifashion_core.retrieval.qdrant import QdrantIndex
+
+        return QdrantIndex.open(path, expected_fingerprint)
+    return RetrievalIndex.load(path, expected_fingerprint)
 
 
 @dataclass(frozen=True)
 class SearchResult:
+    """One ranked item: its id, score, caption, image path and filterable fields."""
+
     rank: int
     id: str
     score: float
     caption: str
     image: str
+    fields: dict[str, str] = field(default_factory=dict)
 
 
-def check_query(text: str | None, image: str | Path | None, mode: str) -> tuple[str, list[str]]:
-    """Validate the query; return the effective mode and warnings (e.g. a truncated text)."""
+def check_query(
+    text: str | None, image: object | None, mode: str, names: tuple[str, str] = ("--text", "--image")
+) -> tuple[str, list[str]]:
+    """Validate the query; return the effective mode and warnings (e.g. a truncated text).
+
+    ``names`` are how messages call the text and the image (the CLI's options by default).
+    """
+    text_name, image_name = names
     if mode not in MODES:
         raise UserError(f"unknown search mode {mode!r}; choose one of {', '.join(MODES)}.")
     warnings = []
     if text is not None and not text.strip():
-        raise UserError('the query text is empty; give some words, e.g. --text "red striped shirt".')
+        raise UserError(f'the query text is empty; give some words, e.g. {text_name} "red striped shirt".')
+    if text is not None:
+        check_query_words(text)
     if text is not None and len(text) > MAX_QUERY_CHARS:
         warnings.append(f"query text truncated from {len(text)} to {MAX_QUERY_CHARS} characters")
     if text is None and image is None:
-        raise UserError("give --text, --image, or both (composed retrieval).")
+        raise UserError(f"give {text_name}, {image_name}, or both (composed retrieval).")
     if mode == "auto":
         mode = "cir" if text is not None and image is not None else ("t2i" if text is not None else "i2t")
     needs = {"t2i": (True, False), "i2t": (False, True), "i2i": (False, True), "cir": (True, True)}[mode]
     if needs != (text is not None, image is not None):
-        raise UserError(
-            f"mode {mode} needs {'--text ' if needs[0] else ''}{'--image' if needs[1] else ''}".strip() + "."
-        )
+        wanted = " and ".join(name for name, needed in zip(names, needs, strict=True) if needed)
+        raise UserError(f"mode {mode} takes {wanted}{'' if all(needs) else ' only'}.")
     return mode, warnings
 
 
-def load_searcher(index_path: str | Path, checkpoint: str | Path | None) -> tuple[UniFashion, RetrievalIndex]:
-    """Load the query model and the index, refusing an index built by a different model."""
-    loaded = load_checkpoint(checkpoint or _index_checkpoint(index_path))
-    return loaded.model, RetrievalIndex.load(index_path, expected_fingerprint=loaded.fingerprint)
+def load_searcher(
+    index_path: str | Path, checkpoint: str | Path | None
+) -> tuple[UniFashion, CatalogueView | CatalogueIndex]:
+    """Load the query model and the index: the live catalogue of a local index (its base and every
+    change since), or a Qdrant collection.
+
+    Raises:
+        UserError: the index was built by a different model, or its checkpoint is gone.
+    """
+    loaded = load_checkpoint(checkpoint or index_checkpoint(index_path))
+    if read_index_meta(Path(index_path)).get("backend") == "qdrant":
+        return loaded.model, open_index(index_path, expected_fingerprint=loaded.fingerprint)
+    return loaded.model, Catalogue.open(index_path, expected_fingerprint=loaded.fingerprint).snapshot()
 
 
-def _index_checkpoint(index_path: str | Path) -> str:
-    index = RetrievalIndex.load(index_path)
-    path = index.meta.get("checkpoint", "")
+def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
+    """The composed score a search uses: ``requested``, or for ``auto`` the one the query model has
+    been trained for (``fused`` after phase 2, else ``zero-shot``). A Qdrant collection has only the
+    ``fused`` score (the zero-shot score is an exact scan of local vectors).
+
+    Raises:
+        UserError: an unknown score name.
+    """
+    if requested not in COMPOSED_SCORES:
+        raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
+    if requested != "auto":
+        return requested
+    if read_index_meta(Path(index_path)).get("backend") == "qdrant":
+        return "fused"
+    phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1)
+    return "fused" if phase == 2 else "zero-shot"
+
+
+def index_checkpoint(index_path: str | Path) -> Path:
+    """The checkpoint that built an index (recorded in its meta), which must still exist."""
+    path = read_index_meta(Path(index_path)).get("checkpoint", "")
     if not path or not Path(path).exists():
         raise UserError(f"the checkpoint that built {index_path} is gone; pass --checkpoint.")
-    return path
+    return Path(path)
+
+
+@dataclass(frozen=True)
+class Query:
+    """An embedded query, ready to rank.
+
+    Attributes:
+        mode: ``t2i``, ``i2t``, ``i2i`` or ``cir``.
+        vectors: t2i ``(1, D)`` text embedding; i2t, i2i and zero-shot cir ``(1, Q, D)`` image
+            query embeddings; fused cir ``(1, D)`` fused embedding.
+        texts: zero-shot cir only: ``(1, D)`` embedding of the modification text.
+    """
+
+    mode: str
+    vectors: np.ndarray
+    texts: np.ndarray | None = None
+
+
+def embed_query(model: UniFashion, mode: str, text: str | None, image: Image.Image | None,
+                composed: str = "fused") -> Query:
+    """Embed a checked query (see :func:`check_query`) with the model, for :func:`rank`."""
+    from unifashion_core.models.vision import preprocess
+
+    if mode == "t2i":
+        return Query(mode, model.embed_texts([text]).numpy())
+    tokens = model.image_tokens(preprocess([image], model.vision).to(model.device))  # (1, T, C)
+    if mode == "cir" and composed == "fused":
+        return Query(mode, model.embed_composed(tokens, [text]).numpy())
+    if mode == "cir":
+        return Query(mode, model.embed_images(tokens).numpy(), model.embed_texts([text]).numpy())
+    return Query(mode, model.embed_images(tokens).numpy())
 
 
 def search(
     model: UniFashion,
-    index: RetrievalIndex,
+    index: CatalogueView | CatalogueIndex,
     text: str | None = None,
-    image: str | Path | None = None,
+    image: str | Path | Image.Image | None = None,
     k: int = 10,
     mode: str = "auto",
     caption_weight: float = 1.0,
     use_captions: bool = True,
+    composed: str = "fused",
+    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+    filter: Filter | None = None,
 ) -> list[SearchResult]:
-    """Run one query against an index and return the top ``k`` items, best first."""
-    from unifashion_core.models.vision import preprocess
+    """Run one query against a catalogue and return the top ``k`` items, best first.
 
+    ``image`` is a path or an already decoded image.
+
+    Args:
+        composed: the composed (image + text) score: ``fused`` or ``zero-shot`` (see the module).
+        image_weight: the zero-shot score's image weight, in [0, 1].
+        filter: ``{field: value or [values]}`` on manifest fields (category, split, any attribute):
+            the ranking is restricted to the items that match.
+    """
     mode, _ = check_query(text, image, mode)
-    if k < 1:
-        raise UserError("-k must be at least 1.")
+    if not 1 <= k <= index.num_items:
+        raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
+    if composed not in COMPOSED_SCORES[1:] or not 0.0 <= image_weight <= 1.0:
+        raise UserError(f"composed score {composed!r} with image weight {image_weight}: choose fused or zero-shot "
+                        "and a weight in [0, 1].")
     text = text[:MAX_QUERY_CHARS] if text is not None else None
-    tokens = image_embeds = None
-    if image is not None:
-        tokens = model.image_tokens(preprocess([load_user_image(image)], model.vision).to(model.device))
-        image_embeds = model.embed_images(tokens).numpy()  # (1, Q, D)
-    if mode == "t2i":
-        scores, rows = index.search_images(model.embed_texts([text]).numpy(), k)
-    elif mode == "i2t":
-        scores, rows = index.search_texts(image_embeds, k)
-    elif mode == "i2i":
-        scores, rows = _search_by_image(index, image_embeds[0], k)
+    if text is not None:
+        tokenizer_warnings(model.tokenizer, text)
+    query = embed_query(model, mode, text, None if image is None else as_image(image), composed)
+    return rank(index, query, k, caption_weight, use_captions, filter, image_weight)
+
+
+def rank(
+    index: CatalogueView | CatalogueIndex,
+    query: Query,
+    k: int,
+    caption_weight: float = 1.0,
+    use_captions: bool = True,
+    filter: Filter | None = None,
+    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+) -> list[SearchResult]:
+    """The top ``k`` items of the catalogue for an embedded query, best first."""
+    if query.mode == "t2i":
+        scores, rows = index.search_images(query.vectors, k, filter)
+    elif query.mode == "i2t":
+        scores, rows = index.search_texts(query.vectors, k, filter)
+    elif query.mode == "i2i":
+        scores, rows = _search_by_image(index, query.vectors[0], k, filter)
+    elif query.texts is not None:
+        if not hasattr(index, "search_zero_shot"):
+            raise UserError("the zero-shot composed score needs a local index; with this backend use "
+                            "--composed fused (a phase-2 checkpoint).")
+        scores, rows = index.search_zero_shot(query.vectors, query.texts, k, image_weight, filter)
     else:
-        fused = model.embed_composed(tokens, [text]).numpy()
-        scores, rows = index.search_composed(fused, k, caption_weight=caption_weight, use_captions=use_captions)
-    info = item_texts(index)
+        scores, rows = index.search_composed(query.vectors, k, caption_weight=caption_weight,
+                                             use_captions=use_captions, filter=filter)
     results = []
-    for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
-        item_id = index.ids[row]
-        entry = info.get(item_id, {"caption": "", "image": ""})
-        results.append(SearchResult(rank, item_id, float(score), entry["caption"], entry["image"]))
+    for rank_, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist(), strict=True), start=1):
+        if row >= 0:
+            record = index.item_at(row)
+            image_path = _image_file(index, record)
+            results.append(SearchResult(rank_, record.id, float(score), record.caption,
+                                        str(image_path) if image_path else "", record.fields))
     return results
 
 
-def _search_by_image(index: RetrievalIndex, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Image->image: max over query pairs of <z_q, z'_q'> (exact, through the index's vectors)."""
-    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, len(index.ids)))
+def _image_file(index: CatalogueView | CatalogueIndex, record: ItemRecord) -> Path | None:
+    """Where a result's image is on this machine: an upload of the live catalogue, or a dataset file."""
+    if isinstance(index, CatalogueView):
+        return index.image_file(record.id)
+    return Path(index.meta.get("data") or ".") / record.image if record.image else None
+
+
+def _search_by_image(
+    index: CatalogueView | CatalogueIndex, query: np.ndarray, k: int, filter: Filter | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image->image: max over query pairs of <z_q, z'_q'> (through the index's image search)."""
+    per_query_scores, per_query_rows = index.search_images(query.astype(np.float32), min(k * 4, index.num_items),
+                                                           filter)
     best: dict[int, float] = {}
     for scores, rows in zip(per_query_scores, per_query_rows, strict=True):
         for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
-            best[row] = max(best.get(row, -np.inf), score)
+            if row >= 0:
+                best[row] = max(best.get(row, -np.inf), score)
     ranked = sorted(best.items(), key=lambda pair: -pair[1])[:k]
-    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]])
+    return np.array([[s for _, s in ranked]]), np.array([[r for r, _ in ranked]], dtype=np.int64)
 
 
 def results_as_dicts(results: list[SearchResult]) -> list[dict[str, Any]]:
@@ -122,19 +260,20 @@ def contact_sheet(
     query_text: str | None,
     thumb: int = 128,
 ) -> Path:
-    """Write a PNG: the query (image and/or text) then the top results with rank and score."""
-    from PIL import Image, ImageDraw
+    """Write a PNG: the query tile, then the top results with rank and score.
+
+    The query tile shows the query image (the reference of a composed query) or, for a text
+    query, the text itself; a composed query's text is also written under the row.
+    """
+    from PIL import Image, ImageDraw, ImageOps
 
     from unifashion_core.data.images import ImageError, open_image
 
     columns = len(results) + 1
     sheet = Image.new("RGB", (columns * (thumb + 8) + 8, thumb + 60), "white")
     draw = ImageDraw.Draw(sheet)
-    tiles: list[tuple[Any, str]] = []
-    if query_image is not None:
-        tiles.append((load_user_image(query_image), "query"))
-    else:
-        tiles.append((None, "query"))
+    tiles: list[tuple[Any, str]] = [(_query_tile(query_image, query_text, thumb),
+                                     "query" if query_image is None or query_text is None else "reference + text")]
     for r in results:
         try:
             tiles.append((open_image(r.image), f"#{r.rank} {r.score:.3f}"))
@@ -143,8 +282,7 @@ def contact_sheet(
     for column, (picture, label) in enumerate(tiles):
         x = 8 + column * (thumb + 8)
         if picture is not None:
-            picture.thumbnail((thumb, thumb))
-            sheet.paste(picture, (x, 8))
+            sheet.paste(ImageOps.contain(picture, (thumb, thumb)), (x, 8))  # small photos scale up too
         draw.text((x, thumb + 14), label, fill="black")
     if query_text:
         draw.text((8, thumb + 34), f"text: {query_text[:120]}", fill="black")
@@ -154,3 +292,19 @@ def contact_sheet(
     sheet.save(tmp)
     tmp.replace(out)
     return out
+
+
+def _query_tile(query_image: str | Path | None, query_text: str | None, thumb: int) -> Any:
+    """The query's picture: its image, or a framed tile with the query text wrapped inside."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    if query_image is not None:
+        return load_user_image(query_image)
+    tile = Image.new("RGB", (thumb, thumb), (235, 235, 235))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle((0, 0, thumb - 1, thumb - 1), outline="black")
+    lines = textwrap.wrap(query_text or "", width=max(8, thumb // 7))[: max(1, (thumb - 8) // 12)]
+    draw.multiline_text((6, 6), "\n".join(lines), fill="black", spacing=2)
+    return tile

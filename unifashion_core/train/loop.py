@@ -63,6 +63,7 @@ def run_stage(
     optimizer = build_optimizer(stage.params, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # each stage starts from the seed, not from what earlier stages drew
     step = 0
     if resume_state is not None:
         _check_same_processes(resume_state, accelerator)

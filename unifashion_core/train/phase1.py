@@ -19,6 +19,7 @@ from unifashion_core.checkpoint import read_weights, save_checkpoint
 from unifashion_core.config import QUERY_SOURCES, Recipe
 from unifashion_core.data.images import pixel_values, pixel_values_of, rgb_images
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, load_dataset
+from unifashion_core.data.tryon import has_tryon, load_tryon, stack_tryon
 from unifashion_core.distributed import barrier
 from unifashion_core.errors import UserError
 from unifashion_core.features import cached_tokens, feature_cache_dir
@@ -117,9 +118,9 @@ class _TrainingData:
         items, tokens, skipped = {}, {}, SkipLog()
         limits = {"train": None, "val": recipe.train.eval_max_items}
         for split, limit in limits.items():
-            kept, split_tokens, split_skipped = cached_tokens(
+            kept, split_tokens, split_skipped = cached_tokens(  # the trunk's maps when the top trains
                 model.vision, dataset, dataset.split(split)[:limit], cache_dir, progress,
-                num_workers=recipe.train.num_workers)
+                num_workers=recipe.train.num_workers, num_top=recipe.model.vision.trainable_blocks)
             items[split], tokens[split] = kept, split_tokens
             skipped.entries += split_skipped.entries
         if len(items["train"]) < 2:
@@ -132,7 +133,7 @@ class _TrainingData:
     def build_stage(self, name: str) -> stage_lib.Stage:
         model, recipe = self.model, self.recipe
         if name == "retrieval":
-            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.texts("train"),
+            return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.items["train"],
                                              self.tokens["val"], self.texts("val"))
         if name == "caption":
             style = recipe.model.captioner.style
@@ -141,11 +142,27 @@ class _TrainingData:
                 [item.caption_target(style) for item in self.items["train"]], self.val_queries("image"),
                 [item.caption_target(style) for item in self.items["val"]])
         g = recipe.model.generator
+        needed = {source: g.standardize_queries or getattr(g.query_mix, source) > 0 for source in QUERY_SOURCES}
+        tryon_needed = {source: getattr(g.tryon.query_mix, source) > 0 for source in QUERY_SOURCES}
         queries = {source: self.train_queries(source) for source in QUERY_SOURCES
-                   if g.standardize_queries or getattr(g.query_mix, source) > 0}
+                   if needed[source] or (g.tryon.fraction > 0 and tryon_needed[source])}
+        tryon = self.tryon_data({s: q for s, q in queries.items() if tryon_needed[s]}) if g.tryon.fraction > 0 else None
         val_pixels = self.val_pixels()
-        return stage_lib.generate_stage(model, recipe, queries, self.train_pixels(), len(self.items["train"]),
-                                        (self.val_queries("text"), val_pixels) if len(val_pixels) else None)
+        return stage_lib.generate_stage(
+            model, recipe, {s: q for s, q in queries.items() if needed[s]}, self.train_pixels(),
+            len(self.items["train"]), (self.val_queries("text"), val_pixels) if len(val_pixels) else None, tryon)
+
+    def tryon_data(self, queries: dict[str, Rows]) -> stage_lib.TryOnData | None:
+        """The training items with person + mask extras as try-on examples (None when there are
+        none), their inputs loaded per batch; ``queries``: (N, Q, H) rows per source, all items
+        (those of the try-on items are read into memory)."""
+        rows = [row for row, item in enumerate(self.items["train"]) if has_tryon(item)]
+        if not rows:
+            return None
+        items, size = [self.items["train"][row] for row in rows], self.recipe.model.generator.tryon_resolution
+        return stage_lib.TryOnData({source: q[rows] for source, q in queries.items()},
+                                   lambda positions: stack_tryon([load_tryon(self.dataset, items[p], size)
+                                                                  for p in positions]))
 
     def train_queries(self, source: str) -> Rows:
         """Frozen Q-Former query outputs (N, Q, H) of the training items (``source`` as in
@@ -156,14 +173,14 @@ class _TrainingData:
             tokens, texts = self.tokens["train"], self.texts("train")
             self._train_queries[source] = compute_rows(
                 self.scratch / source, len(texts), piece,
-                lambda rows: self.model.source_queries(source, tokens.select(range(rows.start, rows.stop)),
-                                                       texts[rows]))
+                lambda rows: self.model.source_queries(
+                    source, self.model.vision_top(tokens.select(range(rows.start, rows.stop))), texts[rows]))
         return self._train_queries[source]
 
     def val_queries(self, source: str) -> torch.Tensor:
         """Frozen Q-Former query outputs (N, Q, H) of the validation items: ``source`` is "image"
         (image mode), "text" (text only) or "multimodal" (image + caption)."""
-        return self.model.source_queries(source, self.tokens["val"], self.texts("val"))
+        return self.model.source_queries(source, self.model.vision_top(self.tokens["val"]), self.texts("val"))
 
     def train_pixels(self) -> Field:
         """Training item ``i``'s image at the generator's resolution, in [-1, 1]: (3, R, R).

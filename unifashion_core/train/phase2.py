@@ -41,6 +41,7 @@ from unifashion_core.config import Recipe
 from unifashion_core.data.adapters.fashioniq import query_text
 from unifashion_core.data.images import pixel_values
 from unifashion_core.data.manifest import Dataset, Item, SkipLog, Triplet, load_dataset
+from unifashion_core.data.tryon import has_tryon, load_tryon, stack_tryon
 from unifashion_core.distributed import BatchShard
 from unifashion_core.errors import UserError
 from unifashion_core.features import cached_tokens, feature_cache_dir
@@ -54,7 +55,7 @@ from unifashion_core.train.data import Batch, ExampleData, rows_per_piece
 from unifashion_core.train.loop import run_stage
 from unifashion_core.train.runlog import RunLog
 from unifashion_core.train.setup import TrainResult, build_accelerator, prepare_run_dir, start_run_dir
-from unifashion_core.train.stages import Stage, scope, tokens_lookup
+from unifashion_core.train.stages import Stage, inpainting_loss, scope, tokens_lookup
 
 STAGE = "phase2"
 TERMS = ("cir", "itg", "q2i")
@@ -184,6 +185,23 @@ def cir_term(
     )
 
 
+def q2i_term(
+    model: UniFashion, recipe: Recipe, dataset: Dataset, query_output: torch.Tensor, pixels: torch.Tensor,
+    targets: list[Item], generator: torch.Generator, shard: BatchShard,
+) -> torch.Tensor:
+    """q2I from the fused queries (B, Q, H) of this process's ``shard.rows``: their target garments'
+    images ``pixels`` (B, 3, R, R), or, for a share ``model.generator.tryon.fraction`` of the
+    batches whose G ``targets`` (the whole batch's target items) all carry a try-on example, the
+    people wearing them filling their masks (paper Eq. 12, the generate stage's path)."""
+    g = recipe.model.generator
+    if g.tryon.fraction > 0 and all(has_tryon(item) for item in targets) and \
+            float(torch.rand((), generator=generator)) < g.tryon.fraction:
+        inputs = stack_tryon([load_tryon(dataset, item, g.tryon_resolution) for item in targets[shard.rows]])
+        return inpainting_loss(model.generator, g, query_output, inputs, "multimodal", generator, shard)
+    return model.generator.loss(query_output, pixels.to(query_output.device), drop_prob=g.cfg_drop_prob,
+                                generator=generator, source="multimodal", shard=shard)
+
+
 def trainable_modules(model: UniFashion, names: tuple[str, ...]) -> dict[str, nn.Module]:
     """The modules phase 2 trains: those of ``names`` (``train.phase2.trainable``) the model has.
 
@@ -211,7 +229,6 @@ def phase2_stage(
     terms = active_terms(model, recipe)
     weights = {"cir": loss_cfg.cir_weight, "itg": loss_cfg.itg_weight, "q2i": loss_cfg.q2i_weight}
     style, size = recipe.model.captioner.style, recipe.model.generator.resolution
-    drop_prob = recipe.model.generator.cfg_drop_prob
     targets = train.targets.tolist()
     fields = {"reference_tokens": lambda i: train.tokens[int(train.references[i])],
               "target_tokens": lambda i: train.tokens[targets[i]]}
@@ -235,8 +252,8 @@ def phase2_stage(
         if "itg" in terms:
             parts["itg"] = model.captioner.loss(fused.query_output, captions[shard.rows], style)
         if "q2i" in terms:
-            parts["q2i"] = model.generator.loss(fused.query_output, batch.fields["target_pixels"], drop_prob=drop_prob,
-                                                generator=generator, source="multimodal", shard=batch.shard)
+            parts["q2i"] = q2i_term(model, recipe, dataset, fused.query_output, batch.fields["target_pixels"],
+                                    [train.items[targets[i]] for i in batch.indices.tolist()], generator, batch.shard)
         loss = sum(weights[name] * value for name, value in parts.items())
         return loss, {name: float(value.detach()) for name, value in parts.items()}
 

@@ -14,17 +14,21 @@ so N processes with batch B train as one process with batch N * B.
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from unifashion_core.batching import batch_slices
-from unifashion_core.config import QUERY_SOURCES, OptimConfig, Recipe
+from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, QueryMixConfig, Recipe
+from unifashion_core.data.manifest import Item
+from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.distributed import BatchShard, gather
 from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.shards import Rows
 from unifashion_core.train.data import Batch, ExampleData, Field
+from unifashion_core.train.text_augment import augment_batch
 
 LossFn = Callable[[Batch, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 Examples = Rows | torch.Tensor  # per-example rows: ``[i]`` is one example, ``[index tensor]`` a batch
@@ -76,9 +80,13 @@ def scope(batch: Batch, gathered: bool) -> tuple[torch.Tensor, BatchShard]:
     return batch.local_indices, BatchShard.whole(batch.shard.local_size)
 
 
-def tokens_lookup(local: torch.Tensor, rows: Examples, indices: torch.Tensor, shard: BatchShard) -> TokensFn:
+def tokens_lookup(
+    local: torch.Tensor, rows: Examples, indices: torch.Tensor, shard: BatchShard,
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> TokensFn:
     """Tokens of positions in a batch of examples ``indices``: this process's ``local`` (B, T, C)
-    for its own rows, read from ``rows`` for the others' (ITM negatives from other processes)."""
+    for its own rows, read from ``rows`` for the others' (ITM negatives from other processes) and
+    passed through ``convert`` (e.g. the trainable top of the vision encoder) when given."""
 
     def lookup(positions: torch.Tensor) -> torch.Tensor:
         own = (positions >= shard.rows.start) & (positions < shard.rows.stop)  # (k,)
@@ -86,7 +94,8 @@ def tokens_lookup(local: torch.Tensor, rows: Examples, indices: torch.Tensor, sh
             return local[positions - shard.rows.start]
         out = local.new_empty(len(positions), *local.shape[1:])  # (k, T, C)
         out[own] = local[positions[own] - shard.rows.start]
-        out[~own] = rows[indices[positions[~own].cpu()]].to(local)
+        read = rows[indices[positions[~own].cpu()]].to(local)
+        out[~own] = read if convert is None else convert(read)
         return out
 
     return lookup
@@ -96,44 +105,69 @@ def retrieval_stage(
     model: UniFashion,
     recipe: Recipe,
     tokens: Examples,
-    texts: list[str],
+    items: list[Item],
     val_tokens: Examples,
     val_texts: list[str],
 ) -> Stage:
-    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM."""
+    """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
+
+    With ``model.vision.trainable_blocks``, ``tokens`` are the frozen trunk's feature maps and the
+    encoder's top stages train too.
+
+    ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
+    texts, varied by ``data.augment`` with the stage's generator (``text_augment``). A text that
+    fits other items of the batch too (an identical one, or "blue dress") counts them as positives
+    in ITC and never pairs with them as an ITM negative.
+    """
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
     gathered = loss_cfg.gather_across_processes
+    num_top = recipe.model.vision.trainable_blocks
+    vision_params = model.vision.top_parameters(num_top) if num_top else []
+    for param in vision_params:
+        param.requires_grad_(True)
+
+    def top(maps: torch.Tensor) -> torch.Tensor:
+        """Vision tokens (k, T, C) of the trunk's maps (k, C', H', W'), training the top stages."""
+        return model.vision.top(maps, num_top)
 
     def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch_tokens = batch.fields["tokens"].float()  # (B, T, C)
+        batch_tokens = batch.fields["tokens"].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
+        if num_top:
+            batch_tokens = top(batch_tokens)  # (B, T, C)
         indices, shard = scope(batch, gathered)
-        batch_texts = [texts[i] for i in indices.tolist()]  # (G) texts of the whole batch
+        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)  # (G)
+        positives = positives.to(batch_tokens.device)  # (G, G): text j describes image i
         all_ids, all_mask = model.tokenize(batch_texts)  # (G, L)
         ids, mask = all_ids[shard.rows], all_mask[shard.rows]  # (B, L)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered)
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and shard.size > 1:
             with torch.no_grad():
                 sim = max_sim(*(gather(x) if gathered else x for x in (image_embeds, text_embeds))) / temperature
-            itm = itm_loss(qformer.itm_logits, tokens_lookup(batch_tokens, tokens, indices, shard), all_ids,
-                           all_mask, sim, sim.T, loss_cfg.itm_negatives, generator, batch_texts, shard)  # sim (G, G)
+            lookup = batch_tokens if shard.local_size == shard.size else \
+                tokens_lookup(batch_tokens, tokens, indices, shard, top if num_top else None)
+            itm = itm_loss(qformer.itm_logits, lookup, all_ids, all_mask, sim, sim.T, loss_cfg.itm_negatives,
+                           generator, shard=shard, positives=positives)  # sim (G, G)
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
 
     def eval_fn() -> dict[str, float]:
-        recalls = cross_modal_recalls(max_sim(model.embed_images(val_tokens), model.embed_texts(val_texts)))
+        images = model.embed_images(model.vision_top(val_tokens))
+        recalls = cross_modal_recalls(max_sim(images, model.embed_texts(val_texts)))
         return {f"val_{k}": v for k, v in recalls.items()}
 
     return Stage(
         "retrieval",
-        qformer,
-        _trainable(qformer),
+        # DDP syncs the gradients of the module's parameters: the top stages' too, held apart so
+        # that training mode reaches only the Q-Former (the encoder's batch norms stay in eval)
+        nn.ModuleList([qformer, nn.ParameterList(vision_params)]) if num_top else qformer,
+        _trainable(qformer) + vision_params,
         recipe.train.retrieval,
         ExampleData(len(tokens), {"tokens": _field(tokens)}),
         loss_fn,
@@ -177,6 +211,24 @@ def caption_stage(
     )
 
 
+@dataclass
+class TryOnData:
+    """The try-on examples of the generate stage: garments worn by people (docs/design.md section 10).
+
+    Attributes:
+        queries: per query source with weight in ``model.generator.tryon.query_mix``, the (M, Q, H)
+            frozen query outputs of the M garments.
+        load: the inputs (person, mask, sketch) of some of the M examples, by position, at the
+            generator's try-on side; e.g. ``data.tryon.load_tryon`` over the items.
+    """
+
+    queries: dict[str, torch.Tensor]
+    load: Callable[[list[int]], TryOnInputs]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.queries.values())))
+
+
 def generate_stage(
     model: UniFashion,
     recipe: Recipe,
@@ -184,6 +236,7 @@ def generate_stage(
     pixels: Field,
     num_examples: int,
     val: tuple[torch.Tensor, torch.Tensor] | None,
+    tryon: TryOnData | None = None,
 ) -> Stage:
     """Phase 1b (q2I): image adapter + UNet on frozen query outputs.
 
@@ -192,6 +245,9 @@ def generate_stage(
     With ``standardize_queries`` the head first takes each source's statistics over the training
     set, so ``queries`` must then hold all three (N, Q, H) sources; otherwise those with weight.
     ``pixels(i)`` is example i's image at the generator's resolution, (3, R, R) in [-1, 1].
+    With ``tryon`` examples, a share ``model.generator.tryon.fraction`` of the batches are
+    inpainting batches instead (:func:`tryon_loss`); with ``sketch_fraction``, that share of the
+    plain examples get their image's edges as the sketch (design from a sketch).
     """
     generator_head = model.generator
     model.qformer.requires_grad_(False)
@@ -200,21 +256,23 @@ def generate_stage(
         for source in QUERY_SOURCES:
             rows = queries[source]
             generator_head.set_query_statistics(source, rows.pieces() if isinstance(rows, Rows) else rows)
-    weights = torch.tensor([getattr(g.query_mix, source) for source in QUERY_SOURCES], dtype=torch.float)
+    weights = mix_weights(g.query_mix)
     drawn = [source for source in QUERY_SOURCES if getattr(g.query_mix, source) > 0]
     fields = {f"queries/{source}": _field(queries[source]) for source in drawn} | {"pixel_values": pixels}
+    tryon = tryon if tryon is not None and len(tryon) and g.tryon.fraction > 0 else None
 
     def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         shard = batch.shard
+        if tryon is not None and float(torch.rand((), generator=generator)) < g.tryon.fraction:
+            loss = tryon_loss(generator_head, g, tryon, shard, generator)
+            return loss, {"q2i_tryon": float(loss.detach())}
         sources = torch.multinomial(weights, shard.size, replacement=True, generator=generator)[shard.rows]  # (B,)
-        template = batch.fields[f"queries/{drawn[0]}"]  # (B, Q, H)
-        batch_queries = template.new_empty(template.shape)  # (B, Q, H)
-        for k, source in enumerate(QUERY_SOURCES):
-            rows = sources == k
-            if rows.any():
-                batch_queries[rows] = batch.fields[f"queries/{source}"][rows.to(template.device)]
-        loss = generator_head.loss(batch_queries.float(), batch.fields["pixel_values"].float(),
-                                   drop_prob=g.cfg_drop_prob, generator=generator, source=sources, shard=shard)
+        targets = batch.fields["pixel_values"].float()  # (B, 3, R, R)
+        sketch = sketches(g, (targets + 1) / 2, None, generator, shard)
+        batch_queries = {source: batch.fields[f"queries/{source}"] for source in drawn}  # (B, Q, H) each
+        loss = generator_head.loss(gather_queries(batch_queries, torch.arange(len(sources)), sources), targets,
+                                   sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=sources,
+                                   shard=shard)
         return loss, {"q2i": float(loss.detach())}
 
     @torch.no_grad()
@@ -238,6 +296,70 @@ def generate_stage(
         loss_fn,
         eval_fn if val is not None and len(val[0]) else None,
     )
+
+
+def mix_weights(mix: QueryMixConfig) -> torch.Tensor:
+    """(3,) the weights of ``QUERY_SOURCES`` in a query mix."""
+    return torch.tensor([getattr(mix, source) for source in QUERY_SOURCES], dtype=torch.float)
+
+
+def gather_queries(queries: dict[str, torch.Tensor], rows: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+    """(B, Q, H) float: row ``b`` is ``queries[QUERY_SOURCES[sources[b]]][rows[b]]``."""
+    template = next(iter(queries.values()))  # (N, Q, H)
+    batch = template.new_empty(len(rows), *template.shape[1:])  # (B, Q, H)
+    rows, sources = rows.to(template.device), sources.to(template.device)
+    for k, source in enumerate(QUERY_SOURCES):
+        chosen = sources == k
+        if chosen.any():
+            batch[chosen] = queries[source][rows[chosen]]
+    return batch.float()
+
+
+def sketches(
+    g: GeneratorConfig, images: torch.Tensor, given: torch.Tensor | None, generator: torch.Generator,
+    shard: BatchShard | None = None,
+) -> torch.Tensor | None:
+    """The sketch input of a batch: ``given`` (B, 1, R, R) sketches, else the edges of ``images``
+    (B, 3, R, R) in [0, 1], for a share ``g.sketch_fraction`` of the examples; zeros for the rest.
+    None when the generator takes no sketch or none is given (no random draw then). With a
+    ``shard``, the B examples are its rows: the draw is made for the whole batch."""
+    if not g.use_sketch or g.sketch_fraction <= 0:
+        return None
+    shard = shard or BatchShard.whole(len(images))
+    keep = torch.rand(shard.size, generator=generator)[shard.rows] < g.sketch_fraction  # (B,)
+    if given is None:
+        given = torch.from_numpy(np.stack([edges(image) for image in images.cpu().numpy()]))[:, None]
+    return given.to(images) * keep[:, None, None, None].to(images)  # (B, 1, R, R)
+
+
+def tryon_loss(
+    generator_head: nn.Module, g: GeneratorConfig, tryon: TryOnData, shard: BatchShard, generator: torch.Generator
+) -> torch.Tensor:
+    """q2I on one inpainting batch (paper Eq. 12): ``shard.size`` examples drawn from ``tryon``
+    (this process's ``shard.rows`` of them), the UNet filling each person's mask from the masked
+    person (and the sketch, for a share ``g.sketch_fraction``), conditioned on the worn garment's
+    queries from ``g.tryon.query_mix``."""
+    rows = torch.randint(len(tryon), (shard.size,), generator=generator)[shard.rows]  # (B,)
+    sources = torch.multinomial(mix_weights(g.tryon.query_mix), shard.size, replacement=True,
+                                generator=generator)[shard.rows]  # (B,)
+    return inpainting_loss(generator_head, g, gather_queries(tryon.queries, rows, sources),
+                           tryon.load(rows.tolist()), sources, generator, shard)
+
+
+def inpainting_loss(
+    generator_head: nn.Module, g: GeneratorConfig, query_output: torch.Tensor, inputs: TryOnInputs,
+    source: str | torch.Tensor, generator: torch.Generator, shard: BatchShard | None = None,
+) -> torch.Tensor:
+    """q2I on inpainting inputs (paper Eq. 12): the UNet fills each person's mask, given the
+    masked person and the mask as extra channels (and the sketch, for a share
+    ``g.sketch_fraction``), conditioned on ``query_output`` (B, Q, H) of ``source``; with a
+    ``shard``, the B examples are its rows of a batch split across processes."""
+    device = next(generator_head.parameters()).device
+    person, mask = (torch.from_numpy(array).to(device) for array in (inputs.pixel_values, inputs.mask))
+    sketch = sketches(g, (person + 1) / 2, torch.from_numpy(inputs.sketch).to(device), generator, shard)
+    return generator_head.loss(query_output, person, mask=mask, masked_pixel_values=person * (1 - mask),
+                               sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=source,
+                               shard=shard)
 
 
 def _validation_fid(

@@ -8,9 +8,13 @@ Two layouts are read:
   ``{split}/im_sketch/``, and the MGD ``captions.json`` (or ``captions_mgd.json``) mapping
   the id without ``_00`` to 3 phrases.
   Without a pairs file, the ``{split}/cloth/`` folder is listed instead.
-- flat (the OOTDiffusion examples): ``garment/``, ``model/`` and ``captions_mgd.json``, no pairs;
-  every garment goes to ``test`` and the people are listed in the report (``persons``), since
-  they are not paired with the garments.
+- flat (the OOTDiffusion examples): ``garment/``, ``model/`` and ``captions_mgd.json``, no pairs
+  and no masks; everything goes to ``test``. The people are listed in the report (``persons``)
+  and, since they wear none of the garments, each person with an MGD caption (of the garment they
+  wear) also becomes a try-on item of its own: image and ``person`` extra the photo, ``mask`` an
+  agnostic mask derived from it (:func:`derive_upper_body_mask`; ``attributes["mask"] =
+  "derived"``), so that ``bench tryon --queries text`` measures paired try-on on them. Each
+  garment names a person as ``unpaired_person`` (in turn), for the unpaired setting.
 
 An item is one garment. caption = the first MGD phrase, references = the other two (independent
 annotations, the reference set for caption evaluation), description = the three phrases joined
@@ -22,20 +26,25 @@ in ``attributes["unpaired_person"]``. A garment without an MGD entry is skipped 
 root, by ``..``, an absolute name or a symlink, is skipped with reason ``outside_root``.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFilter
 
 from unifashion_core.data.adapters.common import (
     IMAGE_DIR,
     OUTSIDE_ROOT,
     clean_text,
     copy_files,
+    destination,
     report_info,
     resolve_inside,
     source_image,
 )
-from unifashion_core.data.images import MAX_PIXELS
+from unifashion_core.data.images import MAX_PIXELS, open_image
 from unifashion_core.data.manifest import Item, SkipLog, write_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import read_json, read_text
@@ -52,6 +61,8 @@ EXTRA_FOLDERS = {
 }
 IMAGE_EXTENSIONS = (".jpg", ".png", ".jpeg")
 CATEGORY = "upper_body"  # VITON-HD holds upper-body garments only
+DERIVED_MASKS = ("derived (flat layout): the person's silhouette between 24 % and 60 % of the height, "
+                 "widened by 2 % of the width; not VITON-HD's agnostic masks")
 
 
 @dataclass(frozen=True)
@@ -115,8 +126,76 @@ def prepare_vitonhd(
     else:
         raise UserError(f"{root} has no {{train,test}}_pairs.txt and no garment/; is it VITON-HD?")
     items = _garment_items(garments, captions, images, progress)
-    info = report_info("vitonhd", root, seed, layout=layout, captions=caption_file, persons=persons)
-    return write_dataset(out, items, [], images.skipped, info, copy_files(images.files, progress))
+    derived: dict[str, Path] = {}
+    if layout == "flat":
+        items = _flat_tryon_items(items, persons, captions, images, derived)
+    info = report_info("vitonhd", root, seed, layout=layout, captions=caption_file, persons=persons,
+                       **({"masks": DERIVED_MASKS} if derived else {}))
+    copy = copy_files(images.files, progress)
+
+    def write(tmp: Path) -> None:
+        copy(tmp)
+        for dest, person in derived.items():
+            derive_upper_body_mask(open_image(person)).save(destination(tmp, dest), format="PNG")
+
+    return write_dataset(out, items, [], images.skipped, info, write)
+
+
+def _flat_tryon_items(
+    garments: list[Item], persons: list[str], captions: dict[str, list[str]], images: "_Images",
+    derived: dict[str, Path],
+) -> list[Item]:
+    """The flat layout's garments, each naming a person in turn as its ``unpaired_person``, and
+    per person with an MGD caption a try-on example: the extras of the garment of the same id when
+    there is one, else an item of its own; ``derived`` gets {mask path: person photo}."""
+    by_id = {garment.id: garment for garment in garments}
+    people = []
+    for person in persons:
+        stem = Path(person).stem
+        phrases, reason = _phrases(captions, stem)
+        if reason:
+            images.skipped.add(stem, reason, person, "person")
+            continue
+        mask = f"{IMAGE_DIR}/derived/agnostic-mask/{stem}.png"
+        derived[mask] = images.files[person]
+        extras = {"person": person, "mask": mask}
+        if stem in by_id:
+            by_id[stem] = dataclasses.replace(by_id[stem], extras={**by_id[stem].extras, **extras})
+        else:
+            people.append(Item(id=stem, image=person, split="test", caption=phrases[0],
+                               description=", ".join(phrases), category=CATEGORY, references=tuple(phrases[1:]),
+                               attributes={"mask": "derived"}, extras=extras))
+    worn = [item.id for item in [*by_id.values(), *people] if "person" in item.extras]
+    paired = [dataclasses.replace(g, attributes={**g.attributes, "unpaired_person": worn[i % len(worn)]})
+              if worn and worn[i % len(worn)] != g.id else g for i, g in enumerate(by_id.values())]
+    return paired + people
+
+
+def derive_upper_body_mask(person: Image.Image) -> Image.Image:
+    """An agnostic mask for a VITON-HD-framed photo without one: between 24 % and 60 % of the
+    height (below the chin, above the hips), each row from the leftmost to the rightmost pixel of
+    the person's silhouette within 4 % of the height around it (silhouette: more than 30 of 255
+    away from the border's median colour; arms included, a light top on a light background filled
+    in), widened by 2 % of the width.
+
+    A heuristic for the flat examples only: the official layout's agnostic masks come from human
+    parsing and pose, which need models this package does not ship.
+    """
+    array = np.asarray(person, np.float32)
+    height, width = array.shape[:2]
+    border = np.median(np.concatenate([array[0], array[-1], array[:, 0], array[:, -1]]), axis=0)
+    silhouette = np.abs(array - border).max(axis=-1) > 30  # (H, W)
+    silhouette = np.asarray(Image.fromarray(silhouette.astype(np.uint8) * 255).filter(ImageFilter.MedianFilter(5))) > 0
+    rows = range(int(0.24 * height), int(0.60 * height))
+    window = max(1, round(0.04 * height))  # a row's span is the widest of its neighbours'
+    spans = {row: np.flatnonzero(silhouette[max(0, row - window):row + window + 1].any(axis=0)) for row in rows}
+    band = np.zeros_like(silhouette)
+    for row, found in spans.items():
+        if len(found):
+            band[row, found[0]:found[-1] + 1] = True
+    mask = Image.fromarray(band.astype(np.uint8) * 255)
+    grow = max(1, round(0.02 * width))
+    return mask.filter(ImageFilter.MaxFilter(2 * grow + 1))
 
 
 def _garment_items(

@@ -280,13 +280,16 @@ def _draw_details(image: Image.Image, shape: _Shape, shade: tuple[int, ...], uni
         draw.arc(_box(box, unit, offset), 20, 160, fill=shade, width=max(1, round(width * unit)))
 
 
-def draw_garment(attributes: Attributes, image_size: int, rng: np.random.Generator) -> Image.Image:
+def draw_garment(
+    attributes: Attributes, image_size: int, rng: np.random.Generator, vertical: bool | None = None
+) -> Image.Image:
     """Draw one garment centred on the plain background.
 
     Args:
         attributes: ``type``, ``colour``, ``pattern``, ``sleeve``, ``length``.
         image_size: width and height of the returned image in pixels.
-        rng: varies the position by a few pixels and the stripe direction.
+        rng: varies the position by a few pixels and (unless given) the stripe direction.
+        vertical: stripes run vertically (the try-on part draws the garment as its person wears it).
 
     Returns:
         An RGB image of ``image_size`` x ``image_size``.
@@ -294,7 +297,7 @@ def draw_garment(attributes: Attributes, image_size: int, rng: np.random.Generat
     size = image_size * SUPERSAMPLE
     unit = size / 100
     offset = (float(rng.uniform(-3, 3)), float(rng.uniform(-2, 2)))
-    vertical = bool(rng.integers(2))
+    vertical = bool(rng.integers(2)) if vertical is None else vertical
     shape = SHAPES[attributes["type"]](attributes)
     texture = _texture(attributes["colour"], attributes["pattern"], vertical, size)
     background = Image.new("RGB", (size, size), BACKGROUND)

@@ -18,6 +18,7 @@ from unifashion_core.data.demo.texts import Change, evaluation_text, modificatio
 from unifashion_core.data.manifest import Item, Triplet
 
 TRIPLETS_PER_REFERENCE: dict[str, int] = {"train": 1, "val": 2, "test": 2}
+Allowed = dict[str, set[str | None]]  # per attribute, the values a triplet's text allows
 
 
 def _order(garment: str, attribute: str) -> tuple[str, ...]:
@@ -105,10 +106,13 @@ def _allowed_values(reference: Attributes, target_type: str, changes: Sequence[C
     return allowed
 
 
-def _split_triplets(items: list[Item], split: str, rng: np.random.Generator, start: int) -> tuple[list[Triplet], int]:
-    """Triplets of one split; returns them and how many ambiguous candidates were passed over."""
+def _split_triplets(
+    items: list[Item], split: str, rng: np.random.Generator, start: int
+) -> tuple[list[tuple[Triplet, Allowed]], int]:
+    """Triplets of one split (with what their texts allow); and how many ambiguous candidates
+    were passed over."""
     gallery = _Gallery([item.attributes for item in items])
-    triplets: list[Triplet] = []
+    triplets: list[tuple[Triplet, Allowed]] = []
     num_ambiguous = 0
     for index in rng.permutation(len(items)):
         chosen = 0
@@ -153,8 +157,9 @@ def _make_triplet(
     candidate: int,
     rng: np.random.Generator,
     triplet_id: str,
-) -> Triplet | None:
-    """The triplet reference -> candidate, or None when its text would match another item too."""
+) -> tuple[Triplet, Allowed] | None:
+    """The triplet reference -> candidate and what its text allows, or None when the text would
+    match another item too."""
     reference, target = items[index].attributes, items[candidate].attributes
     changes = _describe_changes(reference, target, rng)
     allowed = _allowed_values(reference, target["type"], changes)
@@ -162,7 +167,7 @@ def _make_triplet(
     if gallery.matches(codes).tolist() != [candidate]:
         return None
     clauses = modification_clauses(reference, changes, rng)
-    return Triplet(
+    triplet = Triplet(
         id=triplet_id,
         split=items[index].split,
         reference=items[index].id,
@@ -171,6 +176,7 @@ def _make_triplet(
         texts=tuple(clauses),
         category=target["type"] or "",
     )
+    return triplet, allowed
 
 
 def make_triplets(items: list[Item], seed: int) -> tuple[list[Triplet], int]:
@@ -179,12 +185,24 @@ def make_triplets(items: list[Item], seed: int) -> tuple[list[Triplet], int]:
     Returns:
         The triplets and the number of candidates passed over because their text was ambiguous.
     """
+    triplets, num_ambiguous, _ = triplets_and_texts(items, seed)
+    return triplets, num_ambiguous
+
+
+def triplets_and_texts(items: list[Item], seed: int) -> tuple[list[Triplet], int, list[Allowed]]:
+    """:func:`make_triplets`, and per triplet the attribute values its text allows (an item added
+    to its split later must not have all of them, or the triplet's target stops being unique)."""
     rng = np.random.default_rng([seed, 3])
-    triplets: list[Triplet] = []
+    made: list[tuple[Triplet, Allowed]] = []
     num_ambiguous = 0
     for split in ("train", "val", "test"):
         split_items = [item for item in items if item.split == split]
-        new, ambiguous = _split_triplets(split_items, split, rng, start=len(triplets))
-        triplets += new
+        new, ambiguous = _split_triplets(split_items, split, rng, start=len(made))
+        made += new
         num_ambiguous += ambiguous
-    return triplets, num_ambiguous
+    return [triplet for triplet, _ in made], num_ambiguous, [allowed for _, allowed in made]
+
+
+def satisfies(attributes: Attributes, allowed: Allowed) -> bool:
+    """Whether a garment with ``attributes`` fits a triplet text that allows ``allowed``."""
+    return all(attributes[key] in allowed[key] for key in ATTRIBUTES)

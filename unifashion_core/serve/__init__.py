@@ -1,0 +1,1 @@
+"""`unifashion serve`: the catalogue search service (FastAPI; an optional extra)."""

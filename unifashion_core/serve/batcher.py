@@ -1,0 +1,119 @@
+"""Queries that arrive together are embedded together (dynamic batching).
+
+One model serves every request, one forward pass at a time, on one thread of its own. While a
+pass runs, more queries arrive; the next pass embeds all of them, one batch per mode, which costs
+little more than embedding one (a batch of 8 texts takes about twice the time of 1 on 2 cores).
+A query that arrives alone is embedded alone, at once: nothing waits for a batch to fill. Running
+the model on one thread (not on whichever request thread comes) also keeps its memory in one
+allocator arena, so the server's memory stays flat under load.
+"""
+
+import queue
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.retrieval.search import Query
+
+MAX_BATCH = 32  # queries per forward pass
+
+
+@dataclass
+class _Job:
+    mode: str
+    text: str | None
+    image: Image.Image | None
+    done: threading.Event = field(default_factory=threading.Event)
+    vectors: np.ndarray | None = None  # t2i, cir (1, D); i2t, i2i (1, Q, D)
+    error: BaseException | None = None
+
+
+class QueryBatcher:
+    """Embeds checked queries (see ``retrieval.search.check_query``), batching those that wait.
+
+    Args:
+        model: the query model (eval mode).
+        model_lock: held around every use of the model (shared with captioning and generation).
+        max_batch: the most queries embedded in one pass.
+    """
+
+    def __init__(self, model: UniFashion, model_lock: threading.Lock, max_batch: int = MAX_BATCH) -> None:
+        self.model = model
+        self.model_lock = model_lock
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="unifashion-model", daemon=True).start()
+
+    def embed(self, mode: str, text: str | None, image: Image.Image | None) -> Query:
+        """Embed one query; blocks until it (and any queries waiting with it) is embedded.
+
+        Raises:
+            whatever the model raised for the batch that held this query.
+        """
+        job = _Job(mode, text, image)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return Query(mode, job.vectors)
+
+    def close(self) -> None:
+        """Stop the model thread once the queries already asked are embedded."""
+        self._queue.put(None)
+
+    def _serve(self) -> None:
+        """The model thread: wait for a query, take the model, embed it with every query waiting by then."""
+        while (first := self._queue.get()) is not None:
+            jobs, closing = [first], False
+            with self.model_lock:
+                while len(jobs) < self.max_batch and not closing:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    closing = job is None
+                    jobs += [] if closing else [job]
+                self._run(jobs)
+            if closing:
+                return
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Embed ``jobs``, one batch per mode, and wake their owners (errors go to the batch's jobs)."""
+        try:
+            for mode in dict.fromkeys(job.mode for job in jobs):
+                self._embed([job for job in jobs if job.mode == mode])
+        finally:
+            for job in jobs:
+                if job.vectors is None and job.error is None:  # no owner may wait forever
+                    job.error = RuntimeError("the query was not embedded.")
+                job.done.set()
+
+    def _embed(self, batch: list[_Job]) -> None:
+        """Embed a batch of one mode; if it fails, each query alone, so one bad query fails only itself."""
+        try:
+            vectors = self._vectors(batch[0].mode, batch)
+        except Exception as exc:  # noqa: BLE001 - handed to the request that asked
+            if len(batch) == 1:
+                batch[0].error = exc
+                return
+            for job in batch:
+                self._embed([job])
+            return
+        for i, job in enumerate(batch):
+            job.vectors = vectors[i : i + 1]
+
+    def _vectors(self, mode: str, batch: list[_Job]) -> np.ndarray:
+        """t2i and cir ``(B, D)``; i2t and i2i ``(B, Q, D)``."""
+        from unifashion_core.models.vision import preprocess
+
+        model, texts = self.model, [job.text for job in batch]
+        if mode == "t2i":
+            return model.embed_texts(texts).numpy()
+        pixels = preprocess([job.image for job in batch], model.vision).to(model.device)
+        tokens = model.image_tokens(pixels)  # (B, T, C)
+        if mode == "cir":
+            return model.embed_composed(tokens, texts).numpy()
+        return model.embed_images(tokens).numpy()
