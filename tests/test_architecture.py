@@ -72,6 +72,10 @@ def _floor(module: str) -> str:
 
 # Who may not import whom: each floor stands only on the floors below it.
 FORBIDDEN = {
+    "distributed": {"data", "models", "losses", "checkpoint", "features", "shards", "metrics", "train", "retrieval",
+                    "inference", "evaluation", "walkthrough"},
+    "shards": {"data", "models", "losses", "checkpoint", "features", "metrics", "train", "retrieval", "inference",
+               "evaluation", "walkthrough"},
     "data": {"models", "losses", "checkpoint", "features", "metrics", "train", "retrieval", "inference",
              "evaluation", "walkthrough", "serve"},
     "models": {"checkpoint", "features", "metrics", "train", "retrieval", "inference", "evaluation", "walkthrough",

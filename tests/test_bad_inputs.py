@@ -66,7 +66,7 @@ Checkpoints, indexes, caches:
   51. an index with image_vectors.npy cut short             refused: names the folder
   52. a first stage (image.pq) of garbage                   refused
   53. an index without meta.json                            refused
-  54. a feature-cache file cut short                        refused: names the file, delete it
+  54. a feature-cache file cut short                        converted: says so, computes that shard again
   55. train --resume into a run killed before its first checkpoint   converted: starts at step 0, says so
   56. search with --checkpoint that is not a checkpoint     refused
 CLI values:
@@ -333,7 +333,21 @@ def _feature_cache_cut_short(c: Corpus, tmp: Path) -> list[str]:
     cache = feature_cache_dir(tmp / "ws" / "cache", dataset)  # the workspace each case runs in
     image_tokens(load_checkpoint(c.checkpoint).model.vision, dataset, list(dataset.items[:4]), cache)
     assert _cut_cache_short(cache)
-    return ["bench", "retrieval", "--checkpoint", c.checkpoint, "--data", c.data, "--out", tmp / "bench", "-q"]
+    return ["bench", "retrieval", "--checkpoint", c.checkpoint, "--data", c.data, "--out", tmp / "bench"]
+
+
+def _feature_cache_whole(tmp: Path) -> Callable[[Result], None]:
+    """Every shard of the workspace's feature cache reads back whole (the cut one was computed again)."""
+    from unifashion_core.shards import open_shard
+
+    def check(result: Result) -> None:
+        records = sorted((tmp / "ws" / "cache").glob("*/tokens-*/*.json"))
+        assert records
+        for record in records:
+            shard, _, problem = open_shard(record.parent, record.stem)
+            assert shard is not None and not problem, (record, problem)
+
+    return check
 
 
 def _resume_before_first_checkpoint(c: Corpus, tmp: Path) -> list[str]:
@@ -566,7 +580,7 @@ CASES: dict[str, tuple[Build, Callable[[Path], Callable[[Result], None]]]] = {
         lambda c, t: ["search", "--text", "red", "--index", _index(c, t, lambda p: (p / "meta.json").unlink())],
         lambda t: refused("not a unifashion index")),
     "feature cache: a file cut short": (
-        _feature_cache_cut_short, lambda t: refused("cache", "cut short", "delete it")),
+        _feature_cache_cut_short, lambda t: converted(_feature_cache_whole(t), stderr="computing it again")),
     "train --resume before the first checkpoint": (
         _resume_before_first_checkpoint, lambda t: converted(stderr="starting it from step 0")),
     "search: --checkpoint not a checkpoint": (
@@ -655,21 +669,20 @@ def test_bad_input(name: str, corpus: Corpus, tmp_path: Path) -> None:
         assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_image_tokens_refuses_a_feature_cache_cut_short(corpus: Corpus, tmp_path: Path) -> None:
+def test_image_tokens_computes_a_feature_cache_cut_short_again(corpus: Corpus, tmp_path: Path) -> None:
     from unifashion_core.checkpoint import load_checkpoint
     from unifashion_core.data.manifest import load_dataset
-    from unifashion_core.errors import UserError
     from unifashion_core.features import image_tokens
 
     dataset, vision = load_dataset(corpus.data), load_checkpoint(corpus.checkpoint).model.vision
     items = list(dataset.items[:4])
     _, tokens, _ = image_tokens(vision, dataset, items, tmp_path / "cache")
-    files = _cut_cache_short(tmp_path / "cache")
-    with pytest.raises(UserError) as refusal:
-        image_tokens(vision, dataset, items, tmp_path / "cache")
-    message = str(refusal.value)
-    assert "\n" not in message and "delete it" in message
-    assert any(str(path) in message for path in files)  # names the damaged file
-    for path in files:  # deleting it, as the message says, recomputes the same tokens
-        path.unlink()
-    assert torch.equal(image_tokens(vision, dataset, items, tmp_path / "cache")[1], tokens)
+    assert _cut_cache_short(tmp_path / "cache")
+    logged = []
+    from unifashion_core.progress import NullProgress
+
+    progress = NullProgress()
+    progress.log = logged.append
+    _, again, _ = image_tokens(vision, dataset, items, tmp_path / "cache", progress)
+    assert torch.equal(again, tokens)  # computed again, not mixed with the damaged rows
+    assert any("computing it again" in line for line in logged)

@@ -1,13 +1,11 @@
 """The caption head: prompt and labels, what trains, overfitting, adapters, the paper code path."""
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
+from paper_tiny import save_llama
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from unifashion_core.config import CaptionerConfig
 from unifashion_core.errors import UserError
@@ -208,26 +206,8 @@ def test_principal_projection_keeps_a_low_rank_geometry():
     assert _principal_projection(points, 6) is points
 
 
-def _save_tiny_llama(directory: Path) -> None:
-    """A Llama checkpoint + a Llama-like (Metaspace BPE, no PAD) tokenizer, as save_pretrained writes."""
-    sentences = ["a red cotton dress with long sleeves", "blue denim jacket with buttons",
-                 "USER: <Img></Img> Short description. ASSISTANT:"]
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Metaspace()
-    backend.decoder = decoders.Metaspace()
-    backend.train_from_iterator(
-        sentences, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         bos_token_id=1, eos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-
-
 def test_tiny_llama_checkpoint_goes_through_the_paper_code_path(tmp_path):
-    _save_tiny_llama(tmp_path / "llm")
+    save_llama(tmp_path / "llm")
     torch.manual_seed(0)
     captioner = build_captioner(CaptionerConfig(llm=str(tmp_path / "llm"), lora_r=4, lora_alpha=8,
                                 lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj")), WIDTH)

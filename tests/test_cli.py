@@ -14,7 +14,7 @@ from unifashion_cli.main import app
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("prepare", "train", "index", "search", "serve", "caption", "generate", "bench", "demo", "recipes")
 BENCH_SUBJECTS = ("retrieval", "caption", "fid", "kid", "clip-score", "cir", "queries", "ablation", "speed",
-                  "paper-speed")
+                  "paper-speed", "index", "memory")
 runner = CliRunner()
 
 
@@ -130,3 +130,30 @@ def test_recipes_list_and_show_the_packaged_recipes():
     assert shown.exit_code == 0 and "preset: small" in shown.output
     missing = runner.invoke(app, ["recipes", "show", "nope"])
     assert missing.exit_code == 2 and "packaged recipe" in missing.output
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_train_prints_and_updates_the_workspace_only_in_the_first_process(rank, tmp_path, monkeypatch):
+    from unifashion_core.train import phase1
+    from unifashion_core.train.setup import TrainResult
+
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("RANK", rank)  # what `accelerate launch` sets in each process
+    (tmp_path / "data").mkdir()
+    trained = []
+
+    def run_training(recipe, data, run, resume, overwrite, cache_dir, progress):  # every process trains
+        progress.log("training")
+        trained.append(run)
+        return TrainResult(run / "checkpoint", 1, {"retrieval/loss": 0.5})
+
+    monkeypatch.setattr(phase1, "run_training", run_training)
+    result = runner.invoke(app, ["train", "tiny", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert trained == [tmp_path / "run"]
+    state = tmp_path / "ws" / "state.json"
+    if rank == "0":
+        assert "checkpoint:" in result.output and "retrieval/loss: 0.5000" in result.output
+        assert str(tmp_path / "run" / "checkpoint") in state.read_text()
+    else:
+        assert result.output == "" and not state.exists()

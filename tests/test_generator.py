@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from paper_tiny import save_sd_pipeline
 
 from unifashion_core.config import GeneratorConfig
 from unifashion_core.errors import UserError
@@ -227,28 +227,8 @@ def test_small_preset_layout() -> None:
 
 @pytest.fixture
 def sd_pipeline_dir(tmp_path: Path) -> Path:
-    """A tiny SD-layout pipeline directory: unet/ (9 input channels) and vae/."""
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 32),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=16,
-    )
-    unet.save_pretrained(tmp_path / "unet")
-    vae.save_pretrained(tmp_path / "vae")
-    return tmp_path
+    """A tiny SD-layout pipeline directory: unet/ (9 input channels) and vae/ (tests/paper_tiny.py)."""
+    return save_sd_pipeline(tmp_path)
 
 
 def test_paper_preset_loads_pipeline_and_inpaints(sd_pipeline_dir: Path) -> None:
@@ -326,6 +306,7 @@ def test_generate_stage_conditions_each_row_on_its_drawn_source(monkeypatch) -> 
     from types import SimpleNamespace
 
     from unifashion_core.config import QUERY_SOURCES, load_recipe
+    from unifashion_core.train.data import Batch
     from unifashion_core.train.stages import generate_stage
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml",
@@ -335,9 +316,10 @@ def test_generate_stage_conditions_each_row_on_its_drawn_source(monkeypatch) -> 
     queries = {source: torch.randn(10, NUM_QUERIES, QUERY_WIDTH) for source in QUERY_SOURCES}
     seen = {}
     monkeypatch.setattr(generator, "loss", lambda q, pixels, **kw: seen.update(q=q, source=kw["source"]) or q.sum())
-    stage = generate_stage(model, recipe, queries, _images(10), None)
+    images = _images(10)
+    stage = generate_stage(model, recipe, queries, lambda index: images[index], len(images), None)
     indices = torch.tensor([7, 2, 9, 2, 0, 5, 3, 8])
-    stage.loss_fn(indices, torch.Generator().manual_seed(0), 0)
+    stage.loss_fn(Batch.read(stage.data, indices), torch.Generator().manual_seed(0), 0)
     assert set(seen["source"].tolist()) == {0, 1, 2}  # all three drawn in this batch
     for row, (index, source) in enumerate(zip(indices.tolist(), seen["source"].tolist(), strict=True)):
         assert torch.equal(seen["q"][row], queries[QUERY_SOURCES[source]][index])

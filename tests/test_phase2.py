@@ -22,6 +22,7 @@ from unifashion_core.retrieval.build import build_index
 from unifashion_core.retrieval.index import RetrievalIndex
 from unifashion_core.retrieval.search import load_searcher, search
 from unifashion_core.train import phase2
+from unifashion_core.train.data import Batch
 from unifashion_core.train.phase2 import run_phase2
 from unifashion_core.train.setup import TrainResult
 
@@ -91,7 +92,7 @@ def test_loss_is_the_weighted_sum_of_hand_computed_terms(workdir):
     weights = {"cir": 0.5, "itg": 0.25, "q2i": 2.0}
     run = setup(workdir, [f"loss.{k}_weight={v}" for k, v in weights.items()] + ["loss.itm_weight=0"])
     model, train, batch = run.model, run.train, torch.arange(6)
-    loss, logs = run.stage.loss_fn(batch, torch.Generator().manual_seed(0), 0)
+    loss, logs = run.stage.loss_fn(Batch.read(run.stage.data, batch), torch.Generator().manual_seed(0), 0)
     assert run.terms == ("cir", "itg", "q2i")
     assert loss.item() == pytest.approx(sum(w * logs[k] for k, w in weights.items()), rel=1e-5)
     with torch.no_grad():
@@ -131,8 +132,9 @@ def test_zero_weights_switch_terms_off(workdir):
     full = setup(workdir, [])
     cir_only = setup(workdir, ["loss.itg_weight=0", "loss.q2i_weight=0"])
     batch = torch.arange(8)
-    loss_full, logs_full = full.stage.loss_fn(batch, torch.Generator().manual_seed(1), 0)
-    loss_cir, logs_cir = cir_only.stage.loss_fn(batch, torch.Generator().manual_seed(1), 0)
+    loss_full, logs_full = full.stage.loss_fn(Batch.read(full.stage.data, batch), torch.Generator().manual_seed(1), 0)
+    loss_cir, logs_cir = cir_only.stage.loss_fn(Batch.read(cir_only.stage.data, batch),
+                                                torch.Generator().manual_seed(1), 0)
     assert cir_only.terms == ("cir",) and set(logs_cir) == {"cir"}
     assert loss_cir.item() == pytest.approx(logs_cir["cir"])
     assert logs_cir["cir"] == pytest.approx(logs_full["cir"], rel=1e-5)  # same batch, same ITM negatives
@@ -150,7 +152,7 @@ def test_zero_weights_switch_terms_off(workdir):
 def test_phase2_trains_the_modules_train_phase2_trainable_lists(workdir, trainable, trained):
     """Vision, LLM (and its LoRA) never train; the UNet only when listed."""
     result = setup(workdir, [f"train.phase2.trainable={trainable}"] if trainable else [])
-    loss, _ = result.stage.loss_fn(torch.arange(8), torch.Generator().manual_seed(1), 0)
+    loss, _ = result.stage.loss_fn(Batch.read(result.stage.data, torch.arange(8)), torch.Generator().manual_seed(1), 0)
     loss.backward()
     assert _with_gradients(result) == trained
     assert {id(p) for p in result.stage.params} == {id(p) for p in result.model.parameters() if p.requires_grad}

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, Blip2Config, Blip2ForImageTextRetrieval
+from paper_tiny import save_blip2
+from transformers import AutoModel, AutoTokenizer, Blip2Config
 
 from unifashion_core.config import QFormerConfig, VisionConfig
 from unifashion_core.errors import UserError
@@ -25,35 +26,9 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def blip2_dir(tmp_path_factory):
-    """A tiny random Blip2ForImageTextRetrieval saved with a (MiniLM) tokenizer."""
-    torch.manual_seed(0)
-    config = Blip2Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 48,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 30,
-            "patch_size": 10,
-        },
-        qformer_config={
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 48,
-            "cross_attention_frequency": 1,
-            "use_qformer_text_input": True,
-        },
-        num_query_tokens=4,
-        image_text_hidden_size=16,
-    )
-    model = Blip2ForImageTextRetrieval(config)
-    with torch.no_grad():
-        model.query_tokens.normal_()  # transformers initialises them to zero
+    """A tiny random Blip2ForImageTextRetrieval saved with a (MiniLM) tokenizer (tests/paper_tiny.py)."""
     path = tmp_path_factory.mktemp("blip2")
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(str(resolve_weights(MINILM))).save_pretrained(path)
-    return path, model.eval()
+    return path, save_blip2(path)
 
 
 def _inputs(tokenizer, texts: list[str] = TEXTS, max_length: int = 16):

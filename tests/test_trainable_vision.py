@@ -50,7 +50,7 @@ def test_phase1a_trains_the_top_stages_and_the_checkpoint_stores_only_them(tmp_p
     weights = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
     stored = {k for k in weights if k.startswith("vision.")}
     assert stored and all(k.startswith(("vision._blocks.15.", "vision._conv_head.", "vision._bn1.")) for k in stored)
-    assert list((tmp_path / "cache").rglob("trunk2-*.safetensors"))  # the frozen trunk is what is cached
+    assert list((tmp_path / "cache").rglob("trunk2-*/*.npy"))  # the frozen trunk is what is cached
     trained = load_checkpoint(tmp_path / "run").model.vision.state_dict()
     pretrained = build_vision_encoder(recipe.model.vision).state_dict()
     for key, value in trained.items():

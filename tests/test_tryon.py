@@ -126,6 +126,8 @@ def test_inpainting_batches_feed_mask_masked_person_and_sketch_to_the_unet(tiny_
 def test_phase2_q2i_takes_the_same_inpainting_path_for_worn_targets(tiny_phase1, monkeypatch):
     from types import SimpleNamespace
 
+    from unifashion_core.data.images import pixel_values
+    from unifashion_core.distributed import BatchShard
     from unifashion_core.models.generator import build_generator
     from unifashion_core.train.phase2 import q2i_term
 
@@ -138,8 +140,11 @@ def test_phase2_q2i_takes_the_same_inpainting_path_for_worn_targets(tiny_phase1,
     worn = [item for item in dataset.split("train") if has_tryon(item)][:3]
     plain = [item for item in dataset.split("train") if not has_tryon(item)][:3]
     queries, generator = torch.randn(3, 4, 64), torch.Generator().manual_seed(0)
-    q2i_term(model, recipe, dataset, queries, worn, generator)
-    q2i_term(model, recipe, dataset, queries, plain, generator)
+    whole = BatchShard.whole(3)
+    unused = torch.zeros(3, 3, 32, 32)  # a worn batch inpaints its people instead of these images
+    q2i_term(model, recipe, dataset, queries, unused, worn, generator, whole)
+    garments = pixel_values([dataset.image_path(item) for item in plain], 32)  # as the batch streams them
+    q2i_term(model, recipe, dataset, queries, garments, plain, generator, whole)
     (person, tryon), (garment, garment_kw) = calls
     expected = [load_tryon(dataset, item, 32) for item in worn]
     assert np.array_equal(tryon["mask"].numpy(), np.concatenate([e.mask for e in expected]))

@@ -273,3 +273,28 @@ def index(
                            sample=sample, seed=seed, clusters=clusters, threads=threads)
 
     _run("index", out_dir, json_output, quiet, bench)
+
+
+@app.command()
+@handle_errors
+def memory(
+    recipe: str = typer.Option("demo", "--recipe", help="The recipe trained (file or packaged name)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe."),
+    sizes: str = typer.Option("2000,20000", "--sizes", help="Dataset sizes in items, comma-separated, smallest first."),
+    steps: int = typer.Option(6, "--steps", help="Optimiser steps of each stage."),
+    image_size: int = typer.Option(64, "--image-size", help="Side of the demo images in pixels."),
+    out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
+) -> None:
+    """Peak memory and seconds per step of training at two data sizes (fresh processes), and their ratio."""
+    from unifashion_core.evaluation.bench_memory import bench_memory
+
+    try:
+        counts = tuple(int(size) for size in sizes.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--sizes {sizes!r} is not a comma-separated list of item counts.") from None
+
+    def bench(**kw: Any) -> Any:
+        return bench_memory(recipe=recipe, sizes=counts, steps=steps, image_size=image_size,
+                            overrides=overrides or [], **kw)
+
+    _run("memory", out_dir, json_output, quiet, bench)

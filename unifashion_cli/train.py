@@ -1,5 +1,10 @@
-"""`unifashion train`: phase 1 (retrieval, then caption and generation heads) or phase 2 (CIR)."""
+"""`unifashion train`: phase 1 (retrieval, then caption and generation heads) or phase 2 (CIR).
 
+Under ``accelerate launch --num_processes N unifashion train ...`` every process runs this
+command; only the first (``RANK`` 0) shows progress, prints and updates the workspace.
+"""
+
+import os
 from pathlib import Path
 
 import typer
@@ -23,19 +28,22 @@ def train(
     json_output: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress output."),
 ) -> None:
-    """Train from a recipe; writes checkpoints, metrics.jsonl and the resolved config.yaml."""
+    """Train from a recipe; writes checkpoints, metrics.jsonl, curves.png and the resolved config.yaml.
+
+    Data parallel: `accelerate launch --num_processes N unifashion train RECIPE ...`.
+    """
     from unifashion_cli import workspace
     from unifashion_core.config import load_recipe
 
+    main_process = os.environ.get("RANK", "0") == "0"
     resolved = load_recipe(recipe, overrides or [])
     dataset = workspace.resolve("data", data or resolved.data.path or None)
-    with RichProgress(quiet) as progress:
+    with RichProgress(quiet or not main_process) as progress:
         if phase == 1:
             from unifashion_core.train.phase1 import run_training
 
             run = out_dir or workspace.default_output(f"runs/{resolved.name}")
             result = run_training(resolved, dataset, run, resume, overwrite, workspace.cache_dir(), progress)
-            workspace.remember("phase1", result.checkpoint)
         else:
             from unifashion_core.train.phase2 import run_phase2
 
@@ -43,6 +51,10 @@ def train(
             init = _phase1_checkpoint(checkpoint, resolved.train.init_checkpoint, run if resume else None)
             progress.log(f"phase 2 starts from {init}")
             result = run_phase2(resolved, init, dataset, run, resume, overwrite, workspace.cache_dir(), progress)
+    if not main_process:
+        return
+    if phase == 1:
+        workspace.remember("phase1", result.checkpoint)
     workspace.remember("checkpoint", result.checkpoint)
     workspace.remember("data", dataset)
     if json_output:

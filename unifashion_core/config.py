@@ -51,6 +51,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **{f"model.qformer.{key}": (1, None) for key in (
         "num_hidden_layers", "cross_attention_frequency", "embed_dim", "hidden_size", "num_attention_heads",
         "intermediate_size")},
+    "model.qformer.dropout": (0.0, 0.99),
     "model.captioner.lora_r": (0, None),  # 0 trains the whole LM
     "model.captioner.lora_dropout": (0.0, 0.99),
     "model.captioner.llm_hidden_size": (0, None),
@@ -64,6 +65,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     **{f"loss.{key}": (0.0, None) for key in ("itc_weight", "itm_weight", "cir_weight", "itg_weight", "q2i_weight")},
     "loss.label_smoothing": (0.0, 0.99),
     "train.grad_accum_steps": (1, None),
+    "train.num_workers": (0, None),
     "train.eval_every": (0, None),
     "train.save_every": (0, None),
     "train.log_every": (1, None),
@@ -167,6 +169,7 @@ class QFormerConfig(_Section):
     num_attention_heads: int = 12
     intermediate_size: int = 1536
     text_pooling: Literal["cls", "mean"] = "cls"  # cls (BLIP-2) | mean (masked mean of token states; MiniLM's)
+    dropout: float = 0.1  # hidden and attention dropout while the Q-Former trains (BLIP-2's 0.1)
 
     def check(self) -> None:
         if self.num_query_tokens < 1:
@@ -344,7 +347,10 @@ class TrainConfig(_Section):
     stages: tuple[Phase1Stage, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
     init_checkpoint: str = ""  # phase 2: the phase-1 checkpoint to start from ("" = --checkpoint or the latest)
     grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # used only where the device supports it
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on a GPU; ignored on a CPU
+    gradient_checkpointing: bool = False  # recompute Q-Former, LLM and UNet activations in backward
+    num_workers: int = 0  # DataLoader processes decoding images and reading features (0 = in the trainer)
+    log_with: Literal["none", "tensorboard", "wandb"] = "none"  # an accelerate tracker as well as metrics.jsonl
     eval_every: int = 100  # steps between validation passes (0 = only at the end)
     save_every: int = 200  # steps between checkpoints (0 = only at the end)
     log_every: int = 10

@@ -127,7 +127,7 @@ def _stale_siblings(out: Path, kinds: str = "tmp|old") -> list[Path]:
     pattern = re.compile(rf"\.{re.escape(out.name)}\.(?:{kinds})-(\d+)-")
     return sorted(sibling for sibling in out.parent.iterdir()
                   if (found := pattern.match(sibling.name)) and sibling.is_dir() and not sibling.is_symlink()
-                  and not _is_running(int(found[1])))
+                  and not is_running(int(found[1])))
 
 
 def remove_stale_siblings(out: Path) -> None:
@@ -152,7 +152,8 @@ def restore_interrupted(out: str | Path) -> None:
         fsync_dir(out.parent)
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether a process with this id exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -187,6 +188,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically (``atomic_file``): the old text or the new, never half."""
     with atomic_file(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write a binary file atomically (``atomic_file``): the old bytes or the new, never half."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 @contextlib.contextmanager

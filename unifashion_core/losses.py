@@ -11,15 +11,19 @@ L2-normalised already (the model does that); ``temperature`` divides the similar
 from collections.abc import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from unifashion_core import distributed
+from unifashion_core.distributed import BatchShard
 
 HARD_NEGATIVE_STRATEGIES = ("sample", "hardest")
 CIR_VARIANTS = ("paper", "code")
 
 # (image_tokens (3B, N, C), input_ids (3B, L), attention_mask (3B, L)) -> ITM logits (3B, 2)
 ItmLogitsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+# positions (k,) in the batch -> their image tokens (k, N, C)
+TokensFn = Callable[[Tensor], Tensor]
 
 
 def max_sim(image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
@@ -48,20 +52,6 @@ def pooled(image_embeds: Tensor) -> Tensor:
     return F.normalize(image_embeds.float().mean(dim=1), dim=-1)
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the default process group, (0, 1) when there is none."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_gather_with_grad(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` from every process along dim 0, keeping the gradient path."""
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor), dim=0)  # (W * B, ...)
-
-
 def itc_logits(
     image_embeds: Tensor, text_embeds: Tensor, temperature: float | Tensor, gather: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -78,11 +68,11 @@ def itc_logits(
         ``logits_i2t`` ``(B, W * B)``, ``logits_t2i`` ``(B, W * B)`` and ``labels`` ``(B,)``
         (the column of each row's positive, offset by this process's rank).
     """
-    rank, world = _world() if gather else (0, 1)
+    rank, size = distributed.world() if gather else (0, 1)
     all_images, all_texts = image_embeds, text_embeds
-    if world > 1:
-        all_images = _all_gather_with_grad(image_embeds)  # (W * B, Q, D)
-        all_texts = _all_gather_with_grad(text_embeds)  # (W * B, D)
+    if size > 1:
+        all_images = distributed.gather_with_grad(image_embeds)  # (W * B, Q, D)
+        all_texts = distributed.gather_with_grad(text_embeds)  # (W * B, D)
     logits_i2t = max_sim(image_embeds, all_texts) / temperature  # (B, W * B)
     logits_t2i = max_sim(all_images, text_embeds).t() / temperature  # (B, W * B)
     batch = image_embeds.shape[0]
@@ -106,9 +96,11 @@ def itc_loss(
         temperature: the softmax temperature.
         label_smoothing: cross-entropy label smoothing (BLIP-2 uses 0.1, UniFashion's code 0).
         gather: gather features across processes (see :func:`itc_logits`).
-        positives: ``(B, B)`` bool, ``[i, j]`` True when text ``j`` describes image ``i`` too (a
-            short text such as "blue dress" fits many images); the targets are then spread evenly
-            over each row's positives in the local batch. None: only the diagonal.
+        positives: ``[i, j]`` True when text ``j`` describes image ``i`` too (a short text such
+            as "blue dress" fits many images); the targets are then spread evenly over each row's
+            positives. ``(B, B)`` bool over the local batch, or, when gathering, ``(W * B, W * B)``
+            over the gathered global batch (this process's rows are taken from it). None: only
+            the diagonal.
 
     Returns:
         The scalar loss.
@@ -122,11 +114,16 @@ def itc_loss(
 
 
 def _spread_targets(positives: Tensor, labels: Tensor, num_columns: int) -> Tensor:
-    """``(B, num_columns)`` target probabilities: each row's positives in its local block, evenly."""
-    batch = positives.shape[0]
-    targets = torch.zeros(batch, num_columns, device=positives.device)
+    """``(B, num_columns)`` target probabilities: each row's positives, evenly. ``positives`` is
+    ``(B, B)`` over the local batch (put in its block of columns) or ``(num_columns, num_columns)``
+    over the gathered global batch (this process's rows of it)."""
+    batch = labels.shape[0]
     start = int(labels[0])  # the local block's first column (rank * B)
-    targets[:, start:start + batch] = positives.float()
+    if positives.shape[1] == num_columns:
+        targets = positives[start:start + batch].float()  # (B, W * B)
+    else:
+        targets = torch.zeros(batch, num_columns, device=positives.device)
+        targets[:, start:start + batch] = positives.float()
     return targets / targets.sum(dim=1, keepdim=True)
 
 
@@ -215,7 +212,7 @@ def select_hard_negatives(
 
 def itm_loss(
     itm_logits_fn: ItmLogitsFn,
-    image_tokens: Tensor,
+    image_tokens: Tensor | TokensFn,
     input_ids: Tensor,
     attention_mask: Tensor,
     sim_i2t: Tensor,
@@ -223,6 +220,7 @@ def itm_loss(
     strategy: str = "sample",
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
+    shard: BatchShard | None = None,
     positives: Tensor | None = None,
 ) -> Tensor:
     """Image-text matching loss (Eq. 4) on B positives and 2B hard negatives.
@@ -230,30 +228,45 @@ def itm_loss(
     The 3B batch is: the B positive pairs, the B images with their hard-negative texts, and
     the B texts with their hard-negative images; labels are ``[1] * B + [0] * 2B``.
 
+    With a ``shard`` (data-parallel training), the texts, ids and similarities are those of the
+    whole batch of G pairs (every process holds them), negatives are chosen among all G with the
+    same generator on every process, and this process scores the 3B of its own ``shard.rows``.
+
     Args:
         itm_logits_fn: ``(image_tokens, input_ids, attention_mask) -> (3B, 2)`` logits of the
             multimodal Q-Former pass and its ITM head.
-        image_tokens: ``(B, N, C)`` vision-encoder tokens.
-        input_ids: ``(B, L)`` text token ids.
-        attention_mask: ``(B, L)`` text attention mask.
-        sim_i2t: ``(B, B)`` image-to-text similarities used to mine negatives.
-        sim_t2i: ``(B, B)`` text-to-image similarities used to mine negatives.
+        image_tokens: ``(G, N, C)`` vision-encoder tokens, or a function giving the tokens of
+            batch positions ``(k,) -> (k, N, C)`` (so a process need not hold every image).
+        input_ids: ``(G, L)`` text token ids.
+        attention_mask: ``(G, L)`` text attention mask.
+        sim_i2t: ``(G, G)`` image-to-text similarities used to mine negatives.
+        sim_t2i: ``(G, G)`` text-to-image similarities used to mine negatives.
         strategy: hard-negative strategy (see :func:`select_hard_negatives`).
         generator: random generator for the sampling.
-        texts: the B captions, so identical captions are never used as negatives.
-        positives: ``(B, B)`` bool, text ``j`` describes image ``i``: never used as a negative pair.
+        texts: the G captions, so identical captions are never used as negatives.
+        shard: this process's rows of the batch (None: all of it, G = B).
+        positives: ``(G, G)`` bool, text ``j`` describes image ``i``: never used as a negative pair
+            (overrides ``texts``).
 
     Returns:
         The scalar loss.
     """
+    rows = (shard or BatchShard.whole(input_ids.shape[0])).rows
     neg_text_idx, neg_image_idx = select_hard_negatives(
         sim_i2t.detach(), sim_t2i.detach(), strategy, generator, texts, positives
     )
-    images_3b = torch.cat([image_tokens, image_tokens, image_tokens[neg_image_idx]])  # (3B, N, C)
-    ids_3b = torch.cat([input_ids, input_ids[neg_text_idx], input_ids])  # (3B, L)
-    mask_3b = torch.cat([attention_mask, attention_mask[neg_text_idx], attention_mask])  # (3B, L)
+    neg_text_idx, neg_image_idx = neg_text_idx[rows], neg_image_idx[rows]  # (B,) positions in the batch
+    if isinstance(image_tokens, Tensor):  # whole, so gradients sum into the tokens as without a shard
+        own = image_tokens if shard is None or shard.local_size == shard.size else image_tokens[rows]  # (B, N, C)
+        tokens_of = image_tokens.__getitem__
+    else:
+        own, tokens_of = image_tokens(torch.arange(input_ids.shape[0], device=input_ids.device)[rows]), image_tokens
+    images_3b = torch.cat([own, own, tokens_of(neg_image_idx)])  # (3B, N, C)
+    ids, mask = input_ids[rows], attention_mask[rows]  # (B, L)
+    ids_3b = torch.cat([ids, input_ids[neg_text_idx], ids])  # (3B, L)
+    mask_3b = torch.cat([mask, attention_mask[neg_text_idx], mask])  # (3B, L)
     logits = itm_logits_fn(images_3b, ids_3b, mask_3b)  # (3B, 2)
-    batch = input_ids.shape[0]
+    batch = ids.shape[0]
     labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(logits.device)
     return F.cross_entropy(logits, labels)
 
@@ -269,12 +282,13 @@ def cir_loss(
     label_smoothing: float = 0.0,
     gather: bool = False,
     itm_logits_fn: ItmLogitsFn | None = None,
-    target_image_tokens: Tensor | None = None,
+    target_image_tokens: Tensor | TokensFn | None = None,
     input_ids: Tensor | None = None,
     attention_mask: Tensor | None = None,
     strategy: str = "sample",
     generator: torch.Generator | None = None,
     texts: list[str] | None = None,
+    shard: BatchShard | None = None,
 ) -> Tensor:
     """Composed-retrieval loss (Eq. 10): ``ITC(e, Z_T) + ITC(e, Z_C) [+ ITM(t, Z_T)]``.
 
@@ -290,7 +304,8 @@ def cir_loss(
       (fused query -> caption).
 
     The ITM term is added when ``itm_logits_fn`` is given: the target image tokens are matched
-    with the query text (``input_ids``), negatives mined from the fused-vs-target similarities.
+    with the query text (``input_ids``), negatives mined from the fused-vs-target similarities;
+    with a ``shard`` they are mined over the whole batch (see :func:`itm_loss`).
 
     Args:
         fused_embeds: ``(B, D)`` fused [CLS] embeddings.
@@ -303,12 +318,14 @@ def cir_loss(
         gather: gather features across processes for the contrastive terms.
         itm_logits_fn: ``(image_tokens, input_ids, attention_mask) -> (3B, 2)``, or None to
             leave the ITM term out (the caller may add it).
-        target_image_tokens: ``(B, N, C)`` target image tokens (ITM only).
-        input_ids: ``(B, L)`` modification-text ids (ITM only).
-        attention_mask: ``(B, L)`` their attention mask (ITM only).
+        target_image_tokens: ``(G, N, C)`` target image tokens, or a function of batch
+            positions (ITM only).
+        input_ids: ``(G, L)`` modification-text ids (ITM only).
+        attention_mask: ``(G, L)`` their attention mask (ITM only).
         strategy: hard-negative strategy for ITM.
         generator: random generator for ITM negative sampling.
-        texts: the B target captions, so identical targets are not used as negatives.
+        texts: the G target captions, so identical targets are not used as negatives.
+        shard: this process's rows of a batch split across processes (ITM only; None: all of it).
 
     Returns:
         The scalar loss (sum of the terms).
@@ -322,9 +339,13 @@ def cir_loss(
         return loss
     if target_image_tokens is None or input_ids is None or attention_mask is None:
         raise ValueError("the CIR ITM term needs target_image_tokens, input_ids, attention_mask.")
-    sim_i2t = max_sim(target_image_embeds, fused_embeds) / temperature  # (B, B) target -> text
+    with torch.no_grad():
+        targets, fused = target_image_embeds, fused_embeds
+        if shard is not None:  # negatives are mined over the whole batch: the other processes' rows too
+            targets, fused = distributed.gather(targets), distributed.gather(fused)
+        sim_i2t = max_sim(targets, fused) / temperature  # (G, G) target -> text
     return loss + itm_loss(itm_logits_fn, target_image_tokens, input_ids, attention_mask,
-                           sim_i2t, sim_i2t.t(), strategy, generator, texts)
+                           sim_i2t, sim_i2t.t(), strategy, generator, texts, shard)
 
 
 def _cir_caption_term(

@@ -163,10 +163,19 @@ def pad_to_aspect(image: Image.Image, max_aspect: float = 1.25, fill: int = 255)
     return canvas
 
 
+def resized_rgb(image: Image.Image, size: int) -> np.ndarray:
+    """Pad to aspect <= 1.25 and resize bicubic to (size, size): (size, size, 3) uint8."""
+    return np.asarray(pad_to_aspect(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def unit_array(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> float32 (3, H, W) in [0, 1]."""
+    return rgb.astype(np.float32).transpose(2, 0, 1) / 255.0
+
+
 def image_to_array(image: Image.Image, size: int) -> np.ndarray:
     """Pad to aspect <= 1.25, resize bicubic to (size, size), return float32 (3, H, W) in [0, 1]."""
-    image = pad_to_aspect(image).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    return unit_array(resized_rgb(image, size))
 
 
 def pixel_values(paths: list[Path], size: int) -> "torch.Tensor":
@@ -185,3 +194,27 @@ def pixel_values(paths: list[Path], size: int) -> "torch.Tensor":
         except ImageError as exc:
             raise UserError(f"image {path} became unreadable during the run ({exc}).") from exc
     return torch.stack(arrays) * 2 - 1 if arrays else torch.empty(0, 3, size, size)
+
+
+def rgb_images(paths: list[Path], size: int) -> np.ndarray:
+    """Images at ``paths`` padded and resized to ``size``, as stored: (N, size, size, 3) uint8.
+
+    ``pixel_values_of`` turns one into exactly what :func:`pixel_values` gives for it.
+
+    Raises:
+        UserError: an image that cannot be read (as :func:`pixel_values`).
+    """
+    rows = []
+    for path in paths:
+        try:
+            rows.append(resized_rgb(open_image(path), size))
+        except ImageError as exc:
+            raise UserError(f"image {path} became unreadable during the run ({exc}).") from exc
+    return np.stack(rows) if rows else np.empty((0, size, size, 3), dtype=np.uint8)
+
+
+def pixel_values_of(rgb: np.ndarray) -> "torch.Tensor":
+    """One stored (H, W, 3) uint8 image (:func:`rgb_images`) in [-1, 1]: (3, H, W)."""
+    import torch
+
+    return torch.from_numpy(unit_array(rgb)) * 2 - 1

@@ -9,6 +9,7 @@ A prepared dataset is a directory::
 """
 
 import collections
+import functools
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_origin
@@ -125,9 +126,11 @@ class Dataset:
         relative = item.image if key == "image" else item.extras[key]
         return self.root / relative
 
-    @property
+    @functools.cached_property
     def manifest_hash(self) -> str:
-        return self.report.get("manifest_sha256") or manifest_hash(self.root)
+        """SHA-256 of manifest.jsonl and triplets.jsonl as they are on disk (computed once), not the
+        value report.json recorded at prepare time: an edited manifest gets a new hash."""
+        return manifest_hash(self.root)
 
 
 def check_split(name: str) -> None:

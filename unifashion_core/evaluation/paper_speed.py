@@ -7,7 +7,9 @@ so no weights are needed. It times one optimiser step of each phase-1 stage thro
 own loss functions and optimisers, and the seconds per 512x384 image for 20-step DPM-Solver++
 against 50-step PLMS (the paper: 3.15 s/image, A100, PLMS 50 steps). Meant for a GPU; a recipe
 with tiny checkpoints runs it on a CPU. The report is rewritten after each measurement, so a run
-cut short still reports what it measured.
+cut short still reports what it measured. The recipe's GPU-scale keys apply as in training:
+``train.mixed_precision=bf16`` (autocast) and ``train.gradient_checkpointing=true``; on a GPU
+the report has each measurement's peak memory, so both can be compared in two runs.
 """
 
 import functools
@@ -27,6 +29,7 @@ from unifashion_core.evaluation.reports import BenchReport, markdown_table, writ
 from unifashion_core.models.unifashion import UniFashion, build_model
 from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
+from unifashion_core.train.data import Batch
 from unifashion_core.train.optim import build_optimizer
 
 MEASUREMENTS = ("retrieval", "caption", "generate", "sampling")
@@ -67,11 +70,12 @@ class _Bench:
 
     def step_seconds(self, stage: stage_lib.Stage, repeats: int = 4) -> float:
         optimizer = build_optimizer(stage.params, stage.optim)
-        indices, generator = torch.arange(self.batch), torch.Generator().manual_seed(0)
+        batch = Batch.read(stage.data, torch.arange(stage.num_examples))  # every example, one batch
+        generator = torch.Generator().manual_seed(0)
 
         def step() -> None:
             with self.autocast():
-                loss, _ = stage.loss_fn(indices, generator, 0)
+                loss, _ = stage.loss_fn(batch, generator, 0)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -110,7 +114,7 @@ class _Bench:
         height, width = GENERATED_SIZE
         pixels = torch.rand(self.batch, 3, height, width, device=self.device) * 2 - 1
         queries = {source: self._queries() for source in ("text", "image", "multimodal")}
-        stage = stage_lib.generate_stage(self.model, self.recipe, queries, pixels, None)
+        stage = stage_lib.generate_stage(self.model, self.recipe, queries, pixels.__getitem__, self.batch, None)
         seconds = self.step_seconds(stage, repeats=3)
         return {"seconds_per_step": seconds, "images_per_s": self.batch / seconds,
                 "trainable_parameters": sum(p.numel() for p in stage.params)}
@@ -167,12 +171,16 @@ def bench_paper_speed(
     torch.backends.cuda.matmul.allow_tf32 = True
     progress.log(f"building the {resolved.name} model ({weights} weights) on {device}")
     model = build_model(resolved.model, resolved.data.max_text_length).to(device)
+    if resolved.train.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     bench = _Bench(resolved, model, batch_size)
     report: dict[str, Any] = {
         "bench": "paper-speed", "recipe": resolved.name, "weights": weights, "overrides": list(overrides),
         "protocol": f"{weights} weights at the recipe's sizes; training steps at batch {batch_size} through the "
         "stages' own losses and optimisers (bf16 autocast on GPU when the recipe says bf16); sampling 512x384 "
         "inpainting with guidance 5, VAE included; mean seconds after warm-up",
+        "mixed_precision": resolved.train.mixed_precision if device.type == "cuda" else "no",
+        "gradient_checkpointing": resolved.train.gradient_checkpointing,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "paper_seconds_per_image": PAPER_SECONDS_PER_IMAGE,
     }
@@ -193,7 +201,9 @@ def bench_paper_speed(
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = [f"# Paper-preset speed ({report['recipe']}, {report['weights']} weights)", "",
-             f"- device: {report['device']}, torch {report['torch']}", f"- protocol: {report['protocol']}", ""]
+             f"- device: {report['device']}, torch {report['torch']}", f"- protocol: {report['protocol']}",
+             f"- mixed precision: {report['mixed_precision']}, gradient checkpointing: "
+             f"{report['gradient_checkpointing']}", ""]
     steps = [{"stage": name, **report[name]} for name in ("retrieval", "caption", "generate")
              if isinstance(report.get(name), dict) and "error" not in report[name]]
     if steps:

@@ -112,10 +112,11 @@ def fid_kid(
     real_features, fake_features = _features(real, extractor), _features(fake, extractor)
     _check_counts(len(real_features), len(fake_features), kid_subset_size)
     passthrough = _Precomputed(real_features.shape[1])
-    fid = FrechetInceptionDistance(feature=passthrough)
+    # the images given are all there is: no syncing with other processes (validation runs on one)
+    fid = FrechetInceptionDistance(feature=passthrough, sync_on_compute=False)
     with warnings.catch_warnings():  # "KID keeps all features in memory": we hold them already
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=passthrough, subset_size=kid_subset_size)
+        kid = KernelInceptionDistance(feature=passthrough, subset_size=kid_subset_size, sync_on_compute=False)
     for metric in (fid, kid):
         metric.update(real_features, real=True)
         metric.update(fake_features, real=False)

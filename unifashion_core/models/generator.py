@@ -25,7 +25,7 @@ Presets:
         from a pipeline directory or hub id; latent space, always inpainting.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +44,7 @@ from diffusers import (
 from torch import Tensor, nn
 
 from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, choices
+from unifashion_core.distributed import BatchShard
 from unifashion_core.errors import UserError
 from unifashion_core.models.weights import RANDOM, hub_error, resolve_weights
 
@@ -198,7 +199,9 @@ class Generator(nn.Module):
         return height * self.vae_scale_factor, width * self.vae_scale_factor
 
     @torch.no_grad()
-    def set_query_statistics(self, source: str, query_output: Tensor, floor: float = 1e-2) -> None:
+    def set_query_statistics(
+        self, source: str, query_output: Tensor | Iterable[Tensor], floor: float = 1e-2
+    ) -> None:
         """Standardise the query outputs of one source from now on, with their mean and standard
         deviation per query and channel over ``query_output`` (N, Q, H), N >= 2.
 
@@ -207,12 +210,15 @@ class Generator(nn.Module):
         standardised, every source reaches the adapter with unit spread per channel. A channel's
         deviation counts as at least ``floor`` times the queries' root mean square, so that
         channels that hardly vary (and float rounding in them) are not blown up.
+
+        ``query_output`` may also be an iterable of pieces (n_i, Q, H), read one at a time, so the
+        statistics of a training set too large for memory can be taken (see :func:`query_moments`).
         """
         index = _source_index(source)
-        query_output = query_output.float()
-        least = floor * query_output.pow(2).mean().sqrt()
-        self.query_mean[index] = query_output.mean(dim=0).to(self.query_mean)
-        self.query_std[index] = query_output.std(dim=0).clamp_min(least).to(self.query_std)
+        mean, std, rms = query_moments([query_output] if isinstance(query_output, Tensor) else query_output)
+        least = floor * rms
+        self.query_mean[index] = mean.to(self.query_mean)
+        self.query_std[index] = std.clamp_min(least).to(self.query_std)
 
     def context(
         self,
@@ -220,6 +226,7 @@ class Generator(nn.Module):
         drop_prob: float = 0.0,
         generator: torch.Generator | None = None,
         source: str | Tensor = "text",
+        shard: BatchShard | None = None,
     ) -> Tensor:
         """Cross-attention context from query outputs, rows dropped to the null context.
 
@@ -229,6 +236,7 @@ class Generator(nn.Module):
             generator: random source for the drop decisions.
             source: where the queries come from, one of ``QUERY_SOURCES``, or a (B,) tensor of
                 indices into it; selects the standardisation statistics.
+            shard: draw the drop decisions for the whole batch and keep these rows (see :meth:`loss`).
 
         Returns:
             (B, Q, C) with C the UNet's cross-attention width.
@@ -244,7 +252,7 @@ class Generator(nn.Module):
         if drop_prob <= 0:
             return context
         batch = query_output.shape[0]
-        drop = _rand(torch.rand, (batch,), generator, context.device) < drop_prob  # (B,)
+        drop = _rand(torch.rand, (batch,), generator, context.device, shard) < drop_prob  # (B,)
         return torch.where(drop[:, None, None], self.null_context.to(context.dtype), context)
 
     def loss(
@@ -257,6 +265,7 @@ class Generator(nn.Module):
         drop_prob: float = 0.1,
         generator: torch.Generator | None = None,
         source: str | Tensor = "text",
+        shard: BatchShard | None = None,
     ) -> Tensor:
         """Diffusion MSE at uniformly drawn timesteps: the noise (epsilon, Eq. 7 and 12), or the
         velocity or clean image when the scheduler's ``prediction_type`` says so.
@@ -271,6 +280,8 @@ class Generator(nn.Module):
             drop_prob: probability of replacing a sample's context by the null context.
             generator: random source for noise, timesteps and context dropping.
             source: where the queries come from (see :meth:`context`).
+            shard: these B examples are rows of a larger batch split across processes: every
+                random draw is made for the whole batch and these rows kept.
 
         Returns:
             Scalar loss.
@@ -282,16 +293,16 @@ class Generator(nn.Module):
         if mask is not None and masked_pixel_values is None:
             masked_pixel_values = pixel_values * (mask < 0.5)
         batch, device = pixel_values.shape[0], pixel_values.device
-        latents = self._encode(pixel_values, sample=True, generator=generator)  # (B, c, h, w)
-        noise = _rand(torch.randn, latents.shape, generator, device)  # (B, c, h, w)
+        latents = self._encode(pixel_values, sample=True, generator=generator, shard=shard)  # (B, c, h, w)
+        noise = _rand(torch.randn, latents.shape, generator, device, shard)  # (B, c, h, w)
         num_train = self.noise_scheduler.config.num_train_timesteps
-        timesteps = _rand(partial(torch.randint, 0, num_train), (batch,), generator, device)
+        timesteps = _rand(partial(torch.randint, 0, num_train), (batch,), generator, device, shard)
         model_input = self.noise_scheduler.add_noise(latents, noise, timesteps)  # (B, c, h, w)
         size = pixel_values.shape[-2:]
         conditions = self._conditions(batch, size, mask, masked_pixel_values, sketch)
         if conditions is not None:
             model_input = torch.cat([model_input, conditions], dim=1)  # (B, in_channels, h, w)
-        context = self.context(query_output, drop_prob, generator, source)  # (B, Q, C)
+        context = self.context(query_output, drop_prob, generator, source, shard)  # (B, Q, C)
         prediction = self._denoise(model_input, timesteps, context)
         prediction_type = self.noise_scheduler.config.prediction_type
         if prediction_type == "v_prediction":
@@ -394,13 +405,19 @@ class Generator(nn.Module):
             return self.unet(model_input, timestep, encoder_hidden_states=context, class_labels=pooled).sample
         return self.unet(model_input, timestep, encoder_hidden_states=context).sample
 
-    def _encode(self, pixel_values: Tensor, sample: bool, generator: torch.Generator | None = None) -> Tensor:
+    def _encode(
+        self, pixel_values: Tensor, sample: bool, generator: torch.Generator | None = None,
+        shard: BatchShard | None = None,
+    ) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, c, h, w): a draw from the VAE posterior, or its mode."""
         if self.vae is None:
             return pixel_values
         with torch.no_grad():
             dist = self.vae.encode(pixel_values.to(self.vae.dtype)).latent_dist
-            latents = dist.sample(generator) if sample else dist.mode()
+            latents = dist.mode()
+            if sample:  # DiagonalGaussianDistribution.sample, with the draw shared out across processes
+                latents = latents + dist.std * _rand(torch.randn, latents.shape, generator, latents.device, shard,
+                                                     latents.dtype)
         return latents * self.vae.config.scaling_factor
 
     def _decode(self, latents: Tensor) -> Tensor:
@@ -657,7 +674,40 @@ def _rand(
     shape: tuple[int, ...] | torch.Size,
     generator: torch.Generator | None,
     device: torch.device,
+    shard: BatchShard | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Draw with ``fn`` on the generator's device (if any), then move to ``device``."""
+    """Draw with ``fn`` on the generator's device (if any), then move to ``device``. With a
+    ``shard``, ``shape[0]`` is its local size: draw for the whole batch and keep its rows."""
     source = generator.device if generator is not None else device
-    return fn(tuple(shape), generator=generator, device=source).to(device)
+    if shard is None:
+        return fn(tuple(shape), generator=generator, device=source, dtype=dtype).to(device)
+    whole = fn((shard.size, *shape[1:]), generator=generator, device=source, dtype=dtype)
+    return whole[shard.rows].to(device)
+
+
+def query_moments(chunks: Iterable[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and standard deviation over dim 0, and root mean square, of the concatenation of
+    ``chunks`` (each (n_i, Q, H)), reading one chunk at a time: ``((Q, H), (Q, H), ())`` float32.
+
+    Each chunk's float32 moments are combined in float64 (Chan, Golub and LeVeque's parallel
+    update), so a single chunk gives exactly ``chunk.mean(0)``, ``chunk.std(0)`` and
+    ``chunk.pow(2).mean().sqrt()``.
+    """
+    count, mean, m2, square = 0, None, None, None
+    for chunk in chunks:
+        chunk = chunk.float()
+        n = len(chunk)
+        chunk_mean, chunk_m2 = chunk.mean(dim=0).double(), chunk.std(dim=0).double() ** 2 * (n - 1)
+        chunk_square = chunk.pow(2).mean().double()
+        if mean is None:
+            count, mean, m2, square = n, chunk_mean, chunk_m2, chunk_square
+            continue
+        total, delta = count + n, chunk_mean - mean
+        mean = mean + delta * (n / total)
+        m2 = m2 + chunk_m2 + delta**2 * (count * n / total)
+        square = square + (chunk_square - square) * (n / total)
+        count = total
+    if mean is None or count < 2:
+        raise ValueError("query statistics need at least 2 query outputs")
+    return mean.float(), (m2 / (count - 1)).sqrt().float(), square.float().sqrt()

@@ -269,6 +269,7 @@ def _qformer_config(
     vision_width: int,
     num_hidden_layers: int,
     cross_attention_frequency: int,
+    dropout: float,
     **sizes: int | float | str,
 ) -> Blip2QFormerConfig:
     return Blip2QFormerConfig(
@@ -277,6 +278,8 @@ def _qformer_config(
         encoder_hidden_size=vision_width,
         use_qformer_text_input=True,
         max_position_embeddings=MAX_POSITIONS,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         **sizes,
     )
 
@@ -298,6 +301,7 @@ def _build_minilm(cfg: QFormerConfig, source: str, vision_width: int) -> QFormer
         vision_width,
         num_hidden_layers,
         cfg.cross_attention_frequency,
+        cfg.dropout,
         vocab_size=bert_config.vocab_size,
         hidden_size=bert_config.hidden_size,
         num_attention_heads=bert_config.num_attention_heads,
@@ -325,7 +329,8 @@ def _build_blip2(cfg: QFormerConfig, vision_width: int | None) -> tuple[QFormer,
     if source == RANDOM:
         if vision_width is None:
             raise ValueError("a random blip2 Q-Former needs vision_width")
-        config = Blip2QFormerConfig(encoder_hidden_size=vision_width, use_qformer_text_input=True)
+        config = Blip2QFormerConfig(encoder_hidden_size=vision_width, use_qformer_text_input=True,
+                                    hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout)
         # BLIP-2's Q-Former reads bert-base-uncased's vocabulary, which MiniLM's tokenizer shares.
         return QFormer(config, cfg.num_query_tokens, cfg.embed_dim, vision_norm=False), _load_tokenizer(MINILM)
     config = load_blip2_config(source)
@@ -340,6 +345,7 @@ def _build_blip2(cfg: QFormerConfig, vision_width: int | None) -> tuple[QFormer,
             f"{source!r} expects {qformer_config.encoder_hidden_size}-wide image tokens, "
             f"but the vision encoder gives {vision_width}."
         )
+    qformer_config.hidden_dropout_prob = qformer_config.attention_probs_dropout_prob = cfg.dropout
     with no_init_weights():
         model = QFormer(
             qformer_config,
@@ -388,7 +394,7 @@ def build_qformer(
             model = _build_minilm(cfg, source, vision_width)
         else:
             config = _qformer_config(
-                vision_width, cfg.num_hidden_layers, cfg.cross_attention_frequency,
+                vision_width, cfg.num_hidden_layers, cfg.cross_attention_frequency, cfg.dropout,
                 vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
                 num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.intermediate_size,
                 pad_token_id=tokenizer.pad_token_id,

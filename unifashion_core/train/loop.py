@@ -1,45 +1,43 @@
-"""The one training loop (accelerate), shared by every stage; exact resume from a checkpoint."""
+"""The one training loop (accelerate), shared by every stage; exact resume from a checkpoint.
 
-import json
+One process or many: with ``accelerate launch --num_processes N`` every process builds the same
+model, reads its own rows of every global batch (``data.stream_batches``), and accelerate's DDP
+averages the gradients, so the optimiser steps are those of one process with N times the batch.
+Training logs are averaged over the processes; validation runs on the main process, which alone
+writes metrics, curves and checkpoints.
+"""
+
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from torch import nn
 
+from unifashion_core.errors import UserError
 from unifashion_core.progress import Progress
+from unifashion_core.train.data import Batch, batch_shard, stream_batches
 from unifashion_core.train.optim import build_optimizer, build_scheduler
+from unifashion_core.train.runlog import RunLog
 from unifashion_core.train.stages import Stage
 
 SaveFn = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
-def batch_indices(seed: int, num_examples: int, batch_size: int, micro_step: int) -> torch.Tensor:
-    """Example indices of one micro-batch, a pure function of (seed, micro_step).
+class _StageModule(nn.Module):
+    """A stage's loss as a module's forward, so that accelerate's DDP wrapper sees every micro-batch
+    pass (its gradient hooks are armed by ``forward``)."""
 
-    Each epoch is a seeded permutation (drop-last), so the data position is just the step
-    number and resuming needs no sampler state.
-    """
-    batch_size = min(batch_size, num_examples)
-    per_epoch = num_examples // batch_size
-    epoch, position = divmod(micro_step, per_epoch)
-    permutation = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return permutation[position * batch_size : (position + 1) * batch_size]
+    def __init__(self, stage: Stage) -> None:
+        super().__init__()
+        self.trained = stage.module
+        self.loss_fn = stage.loss_fn
 
-
-class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+    def forward(self, batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_fn(batch, generator, step)
 
 
 def run_stage(
@@ -47,16 +45,16 @@ def run_stage(
     accelerator: Accelerator,
     seed: int,
     train_cfg: Any,
-    metrics: MetricsLog,
+    log: RunLog,
     save: SaveFn,
     progress: Progress,
     resume_state: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train one stage for ``stage.optim.max_steps`` optimiser steps; return the last metrics.
 
-    Checkpoints go through ``save(meta, training_state)`` every ``save_every`` steps and at the
-    end; ``resume_state`` (from a checkpoint of this stage) restores optimiser, scheduler, RNG
-    and step, so the continued run equals an uninterrupted one.
+    Checkpoints go through ``save(meta, training_state)`` (main process only) every
+    ``save_every`` steps and at the end; ``resume_state`` (from a checkpoint of this stage)
+    restores optimiser, scheduler, RNG and step, so the continued run equals an uninterrupted one.
 
     With ``ema_decay`` > 0, evaluations and checkpoints use the moving average of the weights
     (diffusers' ``EMAModel``); the training state keeps the raw weights and the average.
@@ -68,12 +66,13 @@ def run_stage(
     torch.manual_seed(seed)  # each stage starts from the seed, not from what earlier stages drew
     step = 0
     if resume_state is not None:
+        _check_same_processes(resume_state, accelerator)
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         generator.set_state(resume_state["generator"])
         torch.set_rng_state(resume_state["torch_rng"])
         step = int(resume_state["step"])
-    module, optimizer, scheduler = accelerator.prepare(stage.module, optimizer, scheduler)
+    module, optimizer, scheduler = accelerator.prepare(_StageModule(stage), optimizer, scheduler)
     ema = None
     if cfg.ema_decay:
         from diffusers.training_utils import EMAModel  # diffusers is slow to import; only when used
@@ -88,6 +87,9 @@ def run_stage(
                 param.copy_(raw)
     module.train()
     accum = train_cfg.grad_accum_steps
+    shard = batch_shard(cfg.batch_size, stage.num_examples, accelerator.process_index, accelerator.num_processes)
+    batches = stream_batches(stage.data, seed, shard, step * accum, cfg.max_steps * accum, train_cfg.num_workers,
+                             accelerator.device)
     last: dict[str, float] = {}
     progress.start(f"train {stage.name}", cfg.max_steps)
     progress.advance(f"train {stage.name}", step)
@@ -100,6 +102,7 @@ def run_stage(
             "scheduler": scheduler.state_dict(),
             "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "num_processes": accelerator.num_processes,
         }
         if ema is not None:
             state["ema"] = ema.state_dict()
@@ -121,10 +124,10 @@ def run_stage(
     while step < cfg.max_steps:
         started = time.perf_counter()
         logs: dict[str, float] = {}
-        for micro in range(accum):
-            indices = batch_indices(seed, stage.num_examples, cfg.batch_size, step * accum + micro)
+        for _ in range(accum):
+            batch = next(batches)
             with accelerator.accumulate(module), accelerator.autocast():
-                loss, logs = stage.loss_fn(indices, generator, step)
+                loss, logs = module(batch, generator, step)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(stage.params, 1.0)
@@ -137,30 +140,56 @@ def run_stage(
             stage.after_step()
         step += 1
         seconds = time.perf_counter() - started
-        last = {"loss": float(loss.detach()), **logs}
-        progress.advance(f"train {stage.name}", 1, loss=last["loss"], ex_per_s=len(indices) * accum / seconds)
+        last = _mean_over_processes(accelerator, {"loss": float(loss.detach()), **logs})
+        progress.advance(f"train {stage.name}", 1, loss=last["loss"], ex_per_s=shard.size * accum / seconds)
         if step % train_cfg.log_every == 0 or step == cfg.max_steps:
-            metrics.write(
-                {
-                    "stage": stage.name,
-                    "step": step,
-                    "lr": scheduler.get_last_lr()[0],
-                    "seconds_per_step": seconds,
-                    **last,
-                }
-            )
+            log.write({"stage": stage.name, "step": step, "lr": scheduler.get_last_lr()[0],
+                       "seconds_per_step": seconds, **last})
         if stage.eval_fn is not None and (
             step == cfg.max_steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)
         ):
             with swap():
-                evaluation = stage.eval_fn()
-            metrics.write({"stage": stage.name, "step": step, **evaluation})
+                evaluation = _evaluate_on_main(accelerator, stage.eval_fn)
+            log.write({"stage": stage.name, "step": step, **evaluation})
+            log.draw()
             progress.log(f"{stage.name} step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in evaluation.items()))
             last.update(evaluation)
         if step == cfg.max_steps or (train_cfg.save_every and step % train_cfg.save_every == 0):
-            state = training_state()
-            with swap():
-                save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last}, state)
+            if accelerator.is_main_process:
+                state = training_state()
+                with swap():
+                    save({"stage": stage.name, "step": step, "stage_done": step == cfg.max_steps, "metrics": last,
+                          "num_processes": accelerator.num_processes, "batch_size": cfg.batch_size,
+                          "global_batch_size": shard.size * accum}, state)
+            accelerator.wait_for_everyone()
     if ema is not None:
         ema.copy_to(stage.params)  # later stages and the caller see the averaged weights
+    if stage.eval_fn is None:  # otherwise drawn after the last evaluation
+        log.draw()
     return last
+
+
+def _check_same_processes(resume_state: dict[str, Any], accelerator: Accelerator) -> None:
+    """Refuse to resume with another number of processes: the global batch, and so every later
+    batch, would differ from the run's (checkpoints from before data parallelism had one)."""
+    saved = int(resume_state.get("num_processes", 1))
+    if saved != accelerator.num_processes:
+        raise UserError(f"--resume: the run was trained with {saved} process(es), this is {accelerator.num_processes}; "
+                        f"resume with the same --num_processes.")
+
+
+def _mean_over_processes(accelerator: Accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each logged value averaged over the processes (the values themselves in one process)."""
+    if accelerator.num_processes == 1:
+        return values
+    reduced = accelerator.reduce(torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device),
+                                 reduction="mean")
+    return dict(zip(values, reduced.tolist(), strict=True))
+
+
+def _evaluate_on_main(accelerator: Accelerator, eval_fn: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Validation metrics computed by the main process and handed to every process."""
+    results = [eval_fn() if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(results)
+    return results[0]

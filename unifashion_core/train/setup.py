@@ -35,19 +35,45 @@ class TrainResult:
     init_checkpoint: Path | None = None
 
 
-def build_accelerator(recipe: Recipe) -> Accelerator:
-    """Accelerate set up from the recipe (mixed precision and a GPU only where there is one)."""
+def build_accelerator(recipe: Recipe, out: Path) -> Accelerator:
+    """Accelerate set up from the recipe for the run directory ``out``.
+
+    Mixed precision and a GPU only where there is one. Under ``accelerate launch`` each process
+    gets its device; DDP may leave parameters unused in a step (ITM every n-th step), and the
+    learning-rate schedule counts optimiser steps (``split_batches``: the loop shards batches).
+
+    Raises:
+        UserError: more processes on this machine than GPUs, or a tracker that is not installed.
+    """
+    import os
+
+    from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+
+    from unifashion_core.train.runlog import check_tracker
+
+    cuda = torch.cuda.is_available()
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if cuda and local_processes > torch.cuda.device_count():
+        raise UserError(f"{local_processes} processes on this machine but only {torch.cuda.device_count()} GPUs; "
+                        f"launch at most {torch.cuda.device_count()} processes per machine (--num_processes).")
+    check_tracker(recipe.train.log_with)
     return Accelerator(
-        mixed_precision=recipe.train.mixed_precision if torch.cuda.is_available() else "no",
-        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not torch.cuda.is_available(),
+        mixed_precision=recipe.train.mixed_precision if cuda else "no",
+        gradient_accumulation_steps=recipe.train.grad_accum_steps, cpu=not cuda,
+        log_with=None if recipe.train.log_with == "none" else recipe.train.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "tracking")),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
 def prepare_run_dir(
-    out: Path, recipe: Recipe, resume: bool, overwrite: bool, progress: Progress = NullProgress()
+    out: Path, recipe: Recipe, resume: bool, overwrite: bool, accelerator: Accelerator,
+    progress: Progress = NullProgress(),
 ) -> tuple[dict | None, dict | None]:
     """Check the run directory: (None, None) for a fresh run, else the (meta, training state) to
-    resume from. Nothing is written: ``start_run_dir`` does that once the run is set up.
+    resume from. Nothing is written: ``start_run_dir`` does that once the run is set up. Every
+    process checks, and none goes on before all have checked.
 
     ``resume`` into a run that stopped before its first checkpoint (or was never started) starts
     it from step 0 and says so; a run of another recipe is refused either way.
@@ -57,7 +83,9 @@ def prepare_run_dir(
         if saved != dump_recipe(recipe):
             raise UserError(f"--resume: the recipe differs from the one {out} was trained with "
                             f"(see {out / 'config.yaml'}).")
-    restore_interrupted(out / "checkpoint")
+    if accelerator.is_main_process:
+        restore_interrupted(out / "checkpoint")
+    accelerator.wait_for_everyone()
     if resume and (out / "checkpoint").is_dir():
         meta: dict[str, Any] = read_meta(out / "checkpoint")
         return meta, load_training_state(out / "checkpoint")
@@ -66,11 +94,16 @@ def prepare_run_dir(
                      "starting it from step 0.")
         overwrite = overwrite or (out / "config.yaml").is_file()  # our own run's leftovers
     check_output_dir(out, overwrite)
+    accelerator.wait_for_everyone()  # no process writes before every one has checked
     return None, None
 
 
-def start_run_dir(out: Path, recipe: Recipe) -> None:
-    """Begin a fresh run in ``out``: the resolved recipe as config.yaml, no old metrics.jsonl."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
-    write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+def start_run_dir(out: Path, recipe: Recipe, accelerator: Accelerator) -> None:
+    """Begin a fresh run in ``out`` (the main process writes): the resolved recipe as config.yaml,
+    no old metrics.jsonl or curves.png."""
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        (out / "curves.png").unlink(missing_ok=True)
+        write_text_atomic(out / "config.yaml", dump_recipe(recipe))
+    accelerator.wait_for_everyone()

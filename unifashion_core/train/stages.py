@@ -1,8 +1,14 @@
 """The phase-1 training stages as data: what trains, on which examples, with which loss.
 
-Each stage's ``loss_fn(indices, generator, step)`` returns ``(loss, logs)`` for one micro-batch of
-example indices; the loop in ``loop.py`` is the same for all of them. The frozen parts' outputs
-(vision tokens; Q-Former query outputs in phase 1b) are computed once, not every step.
+Each stage's ``loss_fn(batch, generator, step)`` returns ``(loss, logs)`` for one micro-batch
+(``data.Batch``: the global batch's example indices, this process's rows of it and their
+streamed tensors); the loop in ``loop.py`` is the same for all of them. The frozen parts' outputs
+(vision tokens; Q-Former query outputs in phase 1b) are computed once, not every step, and read
+per batch from wherever they are kept (``shards.Rows`` on disk, or a tensor).
+
+With several processes, randomness is drawn for the whole batch with the same generator in every
+process and each keeps its rows, and ITC and ITM see the whole batch (``loss.gather_across_processes``),
+so N processes with batch B train as one process with batch N * B.
 """
 
 from collections.abc import Callable
@@ -16,12 +22,16 @@ from unifashion_core.batching import batch_slices
 from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, QueryMixConfig, Recipe
 from unifashion_core.data.manifest import Item
 from unifashion_core.data.tryon import TryOnInputs, edges
-from unifashion_core.losses import itc_loss, itm_loss, max_sim
+from unifashion_core.distributed import BatchShard, gather
+from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
+from unifashion_core.shards import Rows
+from unifashion_core.train.data import Batch, ExampleData, Field
 from unifashion_core.train.text_augment import augment_batch
 
-LossFn = Callable[[torch.Tensor, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+LossFn = Callable[[Batch, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
+Examples = Rows | torch.Tensor  # per-example rows: ``[i]`` is one example, ``[index tensor]`` a batch
 
 
 @dataclass
@@ -33,7 +43,7 @@ class Stage:
         module: the module whose parameters train (handed to accelerate).
         params: the trainable parameters (everything else stays frozen).
         optim: optimiser and schedule settings.
-        num_examples: size of the training set the indices refer to.
+        data: the per-example tensors a batch streams (its length is the number of examples).
         loss_fn: micro-batch loss.
         eval_fn: validation metrics (higher-is-better keys or losses), or None.
         after_step: called after every optimiser step (e.g. to clamp the temperature).
@@ -43,22 +53,60 @@ class Stage:
     module: nn.Module
     params: list[nn.Parameter]
     optim: OptimConfig
-    num_examples: int
+    data: ExampleData
     loss_fn: LossFn
     eval_fn: Callable[[], dict[str, float]] | None = None
     after_step: Callable[[], None] | None = None
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.data)
 
 
 def _trainable(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def _field(rows: Examples) -> Field:
+    """Example ``i`` of ``rows``, read when a batch is assembled (in a DataLoader worker, if any)."""
+    return lambda index: rows[index]
+
+
+def scope(batch: Batch, gathered: bool) -> tuple[torch.Tensor, BatchShard]:
+    """The examples a loss sees whole (the global batch when gathering across processes, else this
+    process's rows) and this process's rows of them."""
+    if gathered:
+        return batch.indices, batch.shard
+    return batch.local_indices, BatchShard.whole(batch.shard.local_size)
+
+
+def tokens_lookup(
+    local: torch.Tensor, rows: Examples, indices: torch.Tensor, shard: BatchShard,
+    convert: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> TokensFn:
+    """Tokens of positions in a batch of examples ``indices``: this process's ``local`` (B, T, C)
+    for its own rows, read from ``rows`` for the others' (ITM negatives from other processes) and
+    passed through ``convert`` (e.g. the trainable top of the vision encoder) when given."""
+
+    def lookup(positions: torch.Tensor) -> torch.Tensor:
+        own = (positions >= shard.rows.start) & (positions < shard.rows.stop)  # (k,)
+        if bool(own.all()):
+            return local[positions - shard.rows.start]
+        out = local.new_empty(len(positions), *local.shape[1:])  # (k, T, C)
+        out[own] = local[positions[own] - shard.rows.start]
+        read = rows[indices[positions[~own].cpu()]].to(local)
+        out[~own] = read if convert is None else convert(read)
+        return out
+
+    return lookup
+
+
 def retrieval_stage(
     model: UniFashion,
     recipe: Recipe,
-    tokens: torch.Tensor,
+    tokens: Examples,
     items: list[Item],
-    val_tokens: torch.Tensor,
+    val_tokens: Examples,
     val_texts: list[str],
 ) -> Stage:
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
@@ -74,29 +122,37 @@ def retrieval_stage(
     loss_cfg = recipe.loss
     qformer = model.qformer
     qformer.requires_grad_(True)
+    gathered = loss_cfg.gather_across_processes
     num_top = recipe.model.vision.trainable_blocks
     vision_params = model.vision.top_parameters(num_top) if num_top else []
     for param in vision_params:
         param.requires_grad_(True)
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch_tokens = tokens[indices].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
+    def top(maps: torch.Tensor) -> torch.Tensor:
+        """Vision tokens (k, T, C) of the trunk's maps (k, C', H', W'), training the top stages."""
+        return model.vision.top(maps, num_top)
+
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch_tokens = batch.fields["tokens"].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
         if num_top:
-            batch_tokens = model.vision.top(batch_tokens, num_top)  # (B, T, C), training the top stages
-        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)
-        positives = positives.to(batch_tokens.device)  # (B, B): text j describes image i
-        ids, mask = model.tokenize(batch_texts)
+            batch_tokens = top(batch_tokens)  # (B, T, C)
+        indices, shard = scope(batch, gathered)
+        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)  # (G)
+        positives = positives.to(batch_tokens.device)  # (G, G): text j describes image i
+        all_ids, all_mask = model.tokenize(batch_texts)  # (G, L)
+        ids, mask = all_ids[shard.rows], all_mask[shard.rows]  # (B, L)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing,
-                       loss_cfg.gather_across_processes, positives)
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
-        if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and len(indices) > 1:
+        if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and shard.size > 1:
             with torch.no_grad():
-                sim = max_sim(image_embeds, text_embeds) / temperature  # (B, B)
-            itm = itm_loss(qformer.itm_logits, batch_tokens, ids, mask, sim, sim.T, loss_cfg.itm_negatives, generator,
-                           positives=positives)
+                sim = max_sim(*(gather(x) if gathered else x for x in (image_embeds, text_embeds))) / temperature
+            lookup = batch_tokens if shard.local_size == shard.size else \
+                tokens_lookup(batch_tokens, tokens, indices, shard, top if num_top else None)
+            itm = itm_loss(qformer.itm_logits, lookup, all_ids, all_mask, sim, sim.T, loss_cfg.itm_negatives,
+                           generator, shard=shard, positives=positives)  # sim (G, G)
             loss = loss + loss_cfg.itm_weight * itm
             logs["itm"] = float(itm.detach())
         return loss, logs
@@ -108,10 +164,12 @@ def retrieval_stage(
 
     return Stage(
         "retrieval",
-        qformer,
+        # DDP syncs the gradients of the module's parameters: the top stages' too, held apart so
+        # that training mode reaches only the Q-Former (the encoder's batch norms stay in eval)
+        nn.ModuleList([qformer, nn.ParameterList(vision_params)]) if num_top else qformer,
         _trainable(qformer) + vision_params,
         recipe.train.retrieval,
-        len(tokens),
+        ExampleData(len(tokens), {"tokens": _field(tokens)}),
         loss_fn,
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
@@ -121,18 +179,18 @@ def retrieval_stage(
 def caption_stage(
     model: UniFashion,
     recipe: Recipe,
-    queries: torch.Tensor,
+    queries: Examples,
     captions: list[str],
     val_queries: torch.Tensor,
     val_captions: list[str],
 ) -> Stage:
-    """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs."""
+    """Phase 1b (ITG): text adapter + LoRA (or the whole small LM) on frozen query outputs (N, Q, H)."""
     captioner = model.captioner
     model.qformer.requires_grad_(False)
     style = recipe.model.captioner.style
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = captioner.loss(queries[indices], [captions[i] for i in indices.tolist()], style)
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = captioner.loss(batch.fields["queries"], [captions[i] for i in batch.local_indices.tolist()], style)
         return loss, {"itg": float(loss.detach())}
 
     @torch.no_grad()
@@ -147,7 +205,7 @@ def caption_stage(
         captioner,
         _trainable(captioner),
         recipe.train.caption,
-        len(queries),
+        ExampleData(len(captions), {"queries": _field(queries)}),
         loss_fn,
         eval_fn if len(val_captions) else None,
     )
@@ -174,8 +232,9 @@ class TryOnData:
 def generate_stage(
     model: UniFashion,
     recipe: Recipe,
-    queries: dict[str, torch.Tensor],
-    pixels: torch.Tensor,
+    queries: dict[str, Examples],
+    pixels: Field,
+    num_examples: int,
     val: tuple[torch.Tensor, torch.Tensor] | None,
     tryon: TryOnData | None = None,
 ) -> Stage:
@@ -184,7 +243,8 @@ def generate_stage(
     Each example is conditioned on the query outputs of one source (``QUERY_SOURCES``: its
     caption alone, its image, or both), drawn with the weights of ``model.generator.query_mix``.
     With ``standardize_queries`` the head first takes each source's statistics over the training
-    set, so ``queries`` must then hold all three (N, Q, H) tensors; otherwise those with weight.
+    set, so ``queries`` must then hold all three (N, Q, H) sources; otherwise those with weight.
+    ``pixels(i)`` is example i's image at the generator's resolution, (3, R, R) in [-1, 1].
     With ``tryon`` examples, a share ``model.generator.tryon.fraction`` of the batches are
     inpainting batches instead (:func:`tryon_loss`); with ``sketch_fraction``, that share of the
     plain examples get their image's edges as the sketch (design from a sketch).
@@ -194,19 +254,25 @@ def generate_stage(
     g = recipe.model.generator
     if g.standardize_queries:
         for source in QUERY_SOURCES:
-            generator_head.set_query_statistics(source, queries[source])
+            rows = queries[source]
+            generator_head.set_query_statistics(source, rows.pieces() if isinstance(rows, Rows) else rows)
     weights = mix_weights(g.query_mix)
+    drawn = [source for source in QUERY_SOURCES if getattr(g.query_mix, source) > 0]
+    fields = {f"queries/{source}": _field(queries[source]) for source in drawn} | {"pixel_values": pixels}
     tryon = tryon if tryon is not None and len(tryon) and g.tryon.fraction > 0 else None
 
-    def loss_fn(indices: torch.Tensor, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        shard = batch.shard
         if tryon is not None and float(torch.rand((), generator=generator)) < g.tryon.fraction:
-            loss = tryon_loss(generator_head, g, tryon, len(indices), generator)
+            loss = tryon_loss(generator_head, g, tryon, shard, generator)
             return loss, {"q2i_tryon": float(loss.detach())}
-        sources = torch.multinomial(weights, len(indices), replacement=True, generator=generator)  # (B,)
-        targets = pixels[indices].float()  # (B, 3, R, R)
-        sketch = sketches(g, (targets + 1) / 2, None, generator)
-        loss = generator_head.loss(gather_queries(queries, indices, sources), targets, sketch=sketch,
-                                   drop_prob=g.cfg_drop_prob, generator=generator, source=sources)
+        sources = torch.multinomial(weights, shard.size, replacement=True, generator=generator)[shard.rows]  # (B,)
+        targets = batch.fields["pixel_values"].float()  # (B, 3, R, R)
+        sketch = sketches(g, (targets + 1) / 2, None, generator, shard)
+        batch_queries = {source: batch.fields[f"queries/{source}"] for source in drawn}  # (B, Q, H) each
+        loss = generator_head.loss(gather_queries(batch_queries, torch.arange(len(sources)), sources), targets,
+                                   sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=sources,
+                                   shard=shard)
         return loss, {"q2i": float(loss.detach())}
 
     @torch.no_grad()
@@ -226,7 +292,7 @@ def generate_stage(
         generator_head,
         _trainable(generator_head),
         recipe.train.generate,
-        len(pixels),
+        ExampleData(num_examples, fields),
         loss_fn,
         eval_fn if val is not None and len(val[0]) else None,
     )
@@ -241,6 +307,7 @@ def gather_queries(queries: dict[str, torch.Tensor], rows: torch.Tensor, sources
     """(B, Q, H) float: row ``b`` is ``queries[QUERY_SOURCES[sources[b]]][rows[b]]``."""
     template = next(iter(queries.values()))  # (N, Q, H)
     batch = template.new_empty(len(rows), *template.shape[1:])  # (B, Q, H)
+    rows, sources = rows.to(template.device), sources.to(template.device)
     for k, source in enumerate(QUERY_SOURCES):
         chosen = sources == k
         if chosen.any():
@@ -249,44 +316,50 @@ def gather_queries(queries: dict[str, torch.Tensor], rows: torch.Tensor, sources
 
 
 def sketches(
-    g: GeneratorConfig, images: torch.Tensor, given: torch.Tensor | None, generator: torch.Generator
+    g: GeneratorConfig, images: torch.Tensor, given: torch.Tensor | None, generator: torch.Generator,
+    shard: BatchShard | None = None,
 ) -> torch.Tensor | None:
     """The sketch input of a batch: ``given`` (B, 1, R, R) sketches, else the edges of ``images``
     (B, 3, R, R) in [0, 1], for a share ``g.sketch_fraction`` of the examples; zeros for the rest.
-    None when the generator takes no sketch or none is given (no random draw then)."""
+    None when the generator takes no sketch or none is given (no random draw then). With a
+    ``shard``, the B examples are its rows: the draw is made for the whole batch."""
     if not g.use_sketch or g.sketch_fraction <= 0:
         return None
-    keep = torch.rand(len(images), generator=generator) < g.sketch_fraction  # (B,)
+    shard = shard or BatchShard.whole(len(images))
+    keep = torch.rand(shard.size, generator=generator)[shard.rows] < g.sketch_fraction  # (B,)
     if given is None:
         given = torch.from_numpy(np.stack([edges(image) for image in images.cpu().numpy()]))[:, None]
     return given.to(images) * keep[:, None, None, None].to(images)  # (B, 1, R, R)
 
 
 def tryon_loss(
-    generator_head: nn.Module, g: GeneratorConfig, tryon: TryOnData, batch_size: int, generator: torch.Generator
+    generator_head: nn.Module, g: GeneratorConfig, tryon: TryOnData, shard: BatchShard, generator: torch.Generator
 ) -> torch.Tensor:
-    """q2I on one inpainting batch (paper Eq. 12): ``batch_size`` examples drawn from ``tryon``,
-    the UNet filling each person's mask from the masked person (and the sketch, for a share
-    ``g.sketch_fraction``), conditioned on the worn garment's queries from ``g.tryon.query_mix``."""
-    rows = torch.randint(len(tryon), (batch_size,), generator=generator)  # (B,)
-    sources = torch.multinomial(mix_weights(g.tryon.query_mix), batch_size, replacement=True,
-                                generator=generator)  # (B,)
+    """q2I on one inpainting batch (paper Eq. 12): ``shard.size`` examples drawn from ``tryon``
+    (this process's ``shard.rows`` of them), the UNet filling each person's mask from the masked
+    person (and the sketch, for a share ``g.sketch_fraction``), conditioned on the worn garment's
+    queries from ``g.tryon.query_mix``."""
+    rows = torch.randint(len(tryon), (shard.size,), generator=generator)[shard.rows]  # (B,)
+    sources = torch.multinomial(mix_weights(g.tryon.query_mix), shard.size, replacement=True,
+                                generator=generator)[shard.rows]  # (B,)
     return inpainting_loss(generator_head, g, gather_queries(tryon.queries, rows, sources),
-                           tryon.load(rows.tolist()), sources, generator)
+                           tryon.load(rows.tolist()), sources, generator, shard)
 
 
 def inpainting_loss(
     generator_head: nn.Module, g: GeneratorConfig, query_output: torch.Tensor, inputs: TryOnInputs,
-    source: str | torch.Tensor, generator: torch.Generator,
+    source: str | torch.Tensor, generator: torch.Generator, shard: BatchShard | None = None,
 ) -> torch.Tensor:
     """q2I on inpainting inputs (paper Eq. 12): the UNet fills each person's mask, given the
     masked person and the mask as extra channels (and the sketch, for a share
-    ``g.sketch_fraction``), conditioned on ``query_output`` (B, Q, H) of ``source``."""
+    ``g.sketch_fraction``), conditioned on ``query_output`` (B, Q, H) of ``source``; with a
+    ``shard``, the B examples are its rows of a batch split across processes."""
     device = next(generator_head.parameters()).device
     person, mask = (torch.from_numpy(array).to(device) for array in (inputs.pixel_values, inputs.mask))
-    sketch = sketches(g, (person + 1) / 2, torch.from_numpy(inputs.sketch).to(device), generator)
+    sketch = sketches(g, (person + 1) / 2, torch.from_numpy(inputs.sketch).to(device), generator, shard)
     return generator_head.loss(query_output, person, mask=mask, masked_pixel_values=person * (1 - mask),
-                               sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=source)
+                               sketch=sketch, drop_prob=g.cfg_drop_prob, generator=generator, source=source,
+                               shard=shard)
 
 
 def _validation_fid(
