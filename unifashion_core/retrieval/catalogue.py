@@ -49,7 +49,14 @@ from unifashion_core.fileio import (
     write_jsonl,
 )
 from unifashion_core.progress import NullProgress, Progress
-from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, top_k, zero_shot_scorer
+from unifashion_core.retrieval.exact import (
+    check_queries,
+    exact_search,
+    max_over_queries,
+    max_sim,
+    top_k,
+    zero_shot_scorer,
+)
 from unifashion_core.retrieval.index import IndexWriter, RetrievalIndex
 from unifashion_core.retrieval.payload import Filter, ItemRecord
 
@@ -332,11 +339,7 @@ class CatalogueView:
         return best.astype(np.float32), np.take_along_axis(rows, columns, axis=1).astype(np.int64)
 
     def _check_queries(self, queries: Array, ndim: int) -> Array:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != ndim or queries.shape[-1] != self.dim or not np.isfinite(queries).all():
-            raise UserError(f"query vectors must be finite, {ndim}-dimensional and {self.dim} wide (the index's "
-                            f"width), got shape {queries.shape}; was the index built by another model?")
-        return queries
+        return check_queries(queries, ndim, self.dim)
 
     def _check_filter(self, filter: Filter | None) -> dict[str, list[str]]:
         """``filter`` as ``{field: [values]}``; a field no item has or a non-string value is a UserError."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from unifashion_core.batching import batch_slices
+from unifashion_core.errors import UserError
 
 BLOCK_FLOATS = 1 << 23  # about 32 MB of float32 per converted block or score block
 QUERY_BLOCK = 256
@@ -116,3 +117,16 @@ def zero_shot_scorer(references: Array, texts: Array, image_weight: float) -> Ca
                                 image_weight).numpy()
 
     return score
+
+
+def check_queries(queries: Array, ndim: int, dim: int, holder: str = "index") -> Array:
+    """Query vectors as contiguous float32, refused unless ``(M, D)`` (``ndim`` 2) or ``(M, Q, D)``
+    (``ndim`` 3) with the ``holder``'s width ``dim`` and all finite."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != ndim or queries.shape[-1] != dim:
+        wanted = "(M, D)" if ndim == 2 else "(M, Q, D)"
+        raise UserError(f"query vectors must be {wanted} with D={dim} (the {holder}'s width), got shape "
+                        f"{queries.shape}; was the {holder} built by another model?")
+    if not np.isfinite(queries).all():
+        raise UserError("query vectors contain NaN or infinite values.")
+    return queries

@@ -45,7 +45,14 @@ from unifashion_core.fileio import (
     write_jsonl,
 )
 from unifashion_core.retrieval import ann
-from unifashion_core.retrieval.exact import exact_search, max_over_queries, max_sim, rerank, zero_shot_scorer
+from unifashion_core.retrieval.exact import (
+    check_queries,
+    exact_search,
+    max_over_queries,
+    max_sim,
+    rerank,
+    zero_shot_scorer,
+)
 from unifashion_core.retrieval.payload import (
     FIELD_CODES,
     ITEM_OFFSETS,
@@ -638,15 +645,7 @@ class RetrievalIndex:
         return self.kind == "flat" or (mask is not None and int(mask.sum()) * per_item <= EXACT_MAX_VECTORS)
 
     def _check_queries(self, queries: Array, ndim: int) -> Array:
-        """Queries as contiguous float32 of the right shape, all finite."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim != ndim or queries.shape[-1] != self.dim:
-            wanted = "(M, D)" if ndim == 2 else "(M, Q, D)"
-            raise UserError(f"query vectors must be {wanted} with D={self.dim} (the index's width), got shape "
-                            f"{queries.shape}; was the index built by another model?")
-        if not np.isfinite(queries).all():
-            raise UserError("query vectors contain NaN or infinite values.")
-        return queries
+        return check_queries(queries, ndim, self.dim)
 
     def _allowed(self, filter: Filter | None, allowed: Array | None, k: int) -> tuple[Array | None, int]:
         """The allowed-row mask (None: all rows) and ``k`` capped at the allowed count."""

@@ -32,6 +32,7 @@ from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, write_json
+from unifashion_core.retrieval.exact import check_queries
 from unifashion_core.retrieval.index import (
     CANDIDATE_FACTOR,
     FORMAT_VERSION,
@@ -423,13 +424,7 @@ class QdrantIndex:
         """Validate like RetrievalIndex: shape, finite values, 1 <= k <= N, known filter fields."""
         if allowed is not None:
             raise ValueError("a Qdrant catalogue has no row masks: delete items from the collection instead.")
-        queries = np.asarray(queries, dtype=np.float32)
-        if queries.ndim != ndim or queries.shape[-1] != self.dim:
-            wanted = "(M, D)" if ndim == 2 else "(M, Q, D)"
-            raise UserError(f"query vectors must be {wanted} with D={self.dim} (the collection's width), got "
-                            f"shape {queries.shape}; was the collection built by another model?")
-        if not np.isfinite(queries).all():
-            raise UserError("query vectors contain NaN or infinite values.")
+        queries = check_queries(queries, ndim, self.dim, "collection")
         if not isinstance(k, int | np.integer) or not 1 <= k <= self.num_items:
             raise UserError(f"k must be between 1 and the catalogue size ({self.num_items}), got {k}.")
         return queries, _condition(filter, self.meta.get("fields", []))
