@@ -362,3 +362,22 @@ def test_load_refuses_files_that_disagree(data: dict, tmp_path: Path, damage, me
     damage(path)
     with pytest.raises(UserError, match=message):
         RetrievalIndex.load(path)
+
+
+def test_pq_index_reads_rerank_rows_without_mapping_them(pq, tmp_path):
+    """A pq index reads scattered rows with pread (same bytes as the map), and refuses a short file."""
+    assert isinstance(pq.image_vectors, index_module.RowReads)
+    mapped = np.load(pq.path / index_module.IMAGE_VECTORS, mmap_mode="r")
+    rows = np.array([7, 3, 4, 5, 5, pq.num_items - 1, 0])  # unsorted, a run, a repeat, both ends
+    assert np.array_equal(pq.image_vectors[rows], mapped[rows])
+    assert np.array_equal(pq.image_vectors[np.sort(rows)], mapped[np.sort(rows)])
+    assert np.array_equal(pq.image_vectors[2], mapped[2]) and np.array_equal(np.asarray(pq.text_vectors), np.load(
+        pq.path / index_module.TEXT_VECTORS))
+    with pytest.raises(IndexError):
+        pq.image_vectors[np.array([pq.num_items])]
+    short = tmp_path / "short.npy"
+    np.save(short, np.zeros((10, 4), np.float16))
+    reads = index_module.RowReads(np.load(short, mmap_mode="r"), short)
+    short.write_bytes(short.read_bytes()[:-16])  # the last row cut off after the header was read
+    with pytest.raises(UserError, match="shorter than its header"):
+        reads[np.array([9])]

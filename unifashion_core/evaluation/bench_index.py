@@ -212,8 +212,18 @@ def run_job(job_file: str) -> None:
     result = _build(job) if job["task"] == "build" else _search(job)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result[f"{job['task']}_peak_rss_mb"] = usage.ru_maxrss / 1024
+    result[f"{job['task']}_end_rss_mb"] = _resident_mb()  # anonymous vs file pages (the memory maps' page cache)
     result[f"{job['task']}_cpu_s"] = usage.ru_utime + usage.ru_stime  # all threads: a quiet machine's floor
     Path(job["result"]).write_text(json.dumps(result))
+
+
+def _resident_mb() -> dict[str, float]:
+    """This process's resident memory now, by kind (``RssAnon``, ``RssFile``; Linux), in MiB."""
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        return {}
+    fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+    return {name: int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssFile") if name in fields}
 
 
 def _build(job: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +337,13 @@ def _report(catalogue: SyntheticCatalogue, kinds: tuple[str, ...], sample: int, 
     }
 
 
+def _anon_file(resident: dict[str, float]) -> str:
+    """``anon / file`` GB of a process's resident memory (file: pages of its memory maps), or n/a."""
+    if "RssAnon" not in resident:
+        return "n/a"
+    return f"{resident['RssAnon'] / 1024:.2f} / {resident.get('RssFile', 0.0) / 1024:.2f}"
+
+
 def _markdown(report: dict[str, Any]) -> str:
     """The issue's table (p50 and recall@10 per mode), then p95, CPU time and batched throughput."""
     catalogue, machine = report["catalogue"], report["machine"]
@@ -337,6 +354,7 @@ def _markdown(report: dict[str, Any]) -> str:
                      "disk GB": f"{row['disk_mb'] / 1024:.2f}",
                      "peak RSS build / search GB": f"{row['build_peak_rss_mb'] / 1024:.2f} / "
                                                    f"{row['search_peak_rss_mb'] / 1024:.2f}",
+                     "search RSS at end, anon / file GB": _anon_file(row.get("search_end_rss_mb", {})),
                      **{f"{mode} p50 ms": f"{row[mode]['p50_ms']:.1f}" for mode in MODES},
                      "recall@10 (t2i / composed / i2t / filtered)": " / ".join(
                          f"{row[mode]['recall@10']:.3f}" for mode in MODES)})
