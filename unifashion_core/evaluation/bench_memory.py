@@ -5,14 +5,13 @@ images decoded per batch), so neither memory nor step time should grow with the 
 bench checks it: it prepares the demo data, repeats it to each size (each copy its own item id and
 image file, a hard link; triplets repeated with their items), then in a fresh Python process per
 size and phase trains a fixed number of steps of every phase-1 stage, and of phase 2, from an
-empty feature cache. Each process records its peak resident memory (``ru_maxrss``, the feature
+empty feature cache. Each process records its peak resident memory (``VmHWM``, the feature
 pass and the frozen-query pass included); seconds per step are the median over each stage's steps
 after the first, from ``metrics.jsonl``. The report gives the ratio of the largest size to the
 smallest (targets: memory within 1.3x and seconds within 1.2x at 10x the data).
 """
 
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from typing import Any
 from unifashion_core.config import load_recipe
 from unifashion_core.data.manifest import SkipLog, load_dataset, write_dataset
 from unifashion_core.errors import UserError
+from unifashion_core.evaluation.bench_index import peak_rss_mb
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, write_report
 from unifashion_core.fileio import read_json, read_jsonl, write_json
 from unifashion_core.progress import NullProgress, Progress
@@ -135,7 +135,7 @@ def measure_run(spec_path: str) -> None:
         from unifashion_core.train.phase2 import run_phase2
 
         run_phase2(recipe, spec["init"], spec["data"], spec["out"], overwrite=True, cache_dir=spec["cache"])
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    peak = peak_rss_mb()  # this process's own high-water mark, not its parent's (see bench_index)
     write_json(spec["result"], {"peak_rss_mib": peak, "wall_seconds": time.perf_counter() - started})
 
 
