@@ -89,7 +89,7 @@ class Stage:
         """How many items the stage holds."""
         return int(self.index.ntotal)
 
-    def candidates(self, queries: Array, k: int, allowed: Array | None = None) -> Array:
+    def candidates(self, queries: Array, k: int, allowed: Array | None = None, share: float = 1.0) -> Array:
         """Candidate rows for the top ``k`` of each query (-1 where fewer items are allowed).
 
         Args:
@@ -97,11 +97,13 @@ class Stage:
             k: results the caller keeps; ``max(candidates, 16 k)`` rows are proposed.
             allowed: boolean ``(N,)`` mask of the rows that may be proposed, or None: applied
                 inside the scan, so every candidate is an allowed item.
+            share: the fraction of the rows this stage proposes, when two stages propose for one
+                re-rank (composed search: image and caption stages, half each).
 
         Returns:
             ``(M, C)`` int64 rows, best first by the quantised score.
         """
-        count = min(max(self.params["candidates"], CANDIDATES_PER_RESULT * k), self.ntotal)
+        count = min(max(round(share * max(self.params["candidates"], CANDIDATES_PER_RESULT * k)), k), self.ntotal)
         if allowed is None:
             _, rows = self.index.search(queries, count)  # (M, C)
             return rows

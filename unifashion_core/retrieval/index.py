@@ -77,6 +77,7 @@ BUILD_META = "build.json"
 STAGES = {"image": "image.pq", "text": "text.pq", "caption": "caption.pq"}
 
 CANDIDATE_FACTOR = 4  # Qdrant's composed search fetches 4 k candidates from each vector
+COMPOSED_SHARE = 0.5  # of the candidates each of the image and caption stages proposes for a composed query
 EXACT_MAX_VECTORS = 1 << 14  # a filter allowing fewer vectors than this is scored exactly
 COPY_BLOCK = 10_000  # rows per shard when add_rows carries an index over
 _RESERVED = {"format_version", "num_items", "num_queries", "dim", "kind", "ann", "has_captions",
@@ -641,9 +642,11 @@ class RetrievalIndex:
         if self._exact(mask, self.num_queries):
             return exact_search(score, len(queries), _rows(mask), self.num_items, k,
                                 self.num_queries * self.dim)
-        found = self.stages["image"].candidates(queries, k, mask)  # (M, C) by pooled image vector
-        if caption_weight is not None:
-            found = np.concatenate([found, self.stages["caption"].candidates(queries, k, mask)], axis=1)
+        if caption_weight is None:
+            found = self.stages["image"].candidates(queries, k, mask)  # (M, C) by pooled image vector
+        else:  # half by pooled image vector, half by caption: one re-rank's worth of rows, as text->image
+            found = np.concatenate([self.stages[name].candidates(queries, k, mask, share=COMPOSED_SHARE)
+                                    for name in ("image", "caption")], axis=1)
         return rerank(lambda query, rows: score(slice(query, query + 1), rows)[0], found, k)
 
     def _exact(self, mask: Array | None, per_item: int) -> bool:
@@ -727,13 +730,15 @@ class RowReads:
             raise IndexError(f"rows out of range for {len(self._map)} items")
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         flat = out.reshape(len(rows), -1).view(np.uint8)  # (n, row bytes)
-        breaks = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive rows
-        for run in np.split(np.arange(len(rows)), breaks):
-            if len(run):
-                target = memoryview(flat[run[0] : run[-1] + 1].reshape(-1))
-                if os.preadv(self._fd, [target], self._offset + int(rows[run[0]]) * self._row_bytes) != target.nbytes:
-                    raise UserError(f"{self._path} is shorter than its header says; rebuild the index with "
-                                    "`unifashion index --overwrite`.")
+        starts = np.flatnonzero(np.diff(rows, prepend=-2) != 1)  # positions where a run of consecutive rows starts
+        buffer = memoryview(flat.reshape(-1))
+        size = self._row_bytes
+        for start, stop, row in zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], rows[starts].tolist(),
+                                    strict=True):
+            target = buffer[start * size : stop * size]
+            if os.preadv(self._fd, [target], self._offset + row * size) != target.nbytes:
+                raise UserError(f"{self._path} is shorter than its header says; rebuild the index with "
+                                "`unifashion index --overwrite`.")
         return out
 
 
