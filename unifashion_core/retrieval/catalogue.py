@@ -244,11 +244,14 @@ class CatalogueView:
         num_base = self.base.num_items
         return self.base.item_at(row) if row < num_base else self.live.records[row - num_base]
 
-    def image_file(self, item_id: str) -> Path | None:
-        """Where an item's image is on this machine (an upload or a dataset file), or None."""
+    def image_file(self, item_id: str, record: ItemRecord | None = None) -> Path | None:
+        """Where an item's image is on this machine (an upload or a dataset file), or None.
+
+        ``record``: the item's record when the caller holds it (a search result), saving a look-up.
+        """
         if (name := self.uploads.get(item_id)) is not None:
             return self.path / UPLOADS / name
-        image = self.item(item_id).image
+        image = (record or self.item(item_id)).image
         return Path(self.meta.get("data") or ".") / image if image else None
 
     def image_vectors_of(self, item_id: str) -> Array:

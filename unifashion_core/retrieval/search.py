@@ -230,7 +230,7 @@ def rank(
 def _image_file(index: CatalogueView | CatalogueIndex, record: ItemRecord) -> Path | None:
     """Where a result's image is on this machine: an upload of the live catalogue, or a dataset file."""
     if isinstance(index, CatalogueView):
-        return index.image_file(record.id)
+        return index.image_file(record.id, record)
     return Path(index.meta.get("data") or ".") / record.image if record.image else None
 
 
