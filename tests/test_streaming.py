@@ -171,3 +171,5 @@ def test_the_memory_bench_repeats_the_demo_with_its_own_ids_and_image_files(demo
     assert os.path.samefile(repeated.image_path(copy), base.image_path(first))  # a hard link, not a copy
     ids = {item.id for item in repeated.items}
     assert repeated.triplets and all({t.reference, t.target} <= ids for t in repeated.triplets)
+    worn = [item for item in repeated.items if item.extras]  # try-on people, masks, sketches come along
+    assert worn and all(repeated.image_path(item, key).is_file() for item in worn for key in item.extras)

@@ -80,7 +80,9 @@ def repeat_dataset(base: Path, out: Path, num_items: int) -> Path:
     repeated with them."""
     source = load_dataset(base)
     copies = [(k, item) for k in range(-(-num_items // len(source.items))) for item in source.items][:num_items]
-    items = [replace(item, id=f"{item.id}~{k}", image=f"images/{k}/{Path(item.image).name}") for k, item in copies]
+    items = [replace(item, id=f"{item.id}~{k}", image=f"images/{k}/{Path(item.image).name}",
+                     extras={key: f"images/{k}/{key}/{Path(path).name}" for key, path in item.extras.items()})
+             for k, item in copies]  # try-on people, masks and sketches are linked with the image
     made = {item.id for item in items}
     triplets = [replace(t, id=f"{t.id}~{k}", reference=f"{t.reference}~{k}", target=f"{t.target}~{k}")
                 for k in range(-(-num_items // len(source.items))) for t in source.triplets
@@ -88,8 +90,10 @@ def repeat_dataset(base: Path, out: Path, num_items: int) -> Path:
 
     def link_images(tmp: Path) -> None:
         for (_, item), copy in zip(copies, items, strict=True):
-            (tmp / copy.image).parent.mkdir(parents=True, exist_ok=True)
-            os.link(source.image_path(item), tmp / copy.image)
+            for key in ("image", *item.extras):
+                target = tmp / (copy.image if key == "image" else copy.extras[key])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(source.image_path(item, key), target)
 
     write_dataset(out, items, triplets, SkipLog(), {"dataset": "demo-repeated", "source": str(base.absolute())},
                   link_images)
