@@ -224,21 +224,22 @@ def peak_rss_mb() -> float:
     gigabytes (the bench's, after the exact reference) reported the parent's size (5.7 GB at 1M
     items for a search that peaked under 1 GB). ``ru_maxrss`` where ``/proc`` is missing.
     """
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux and BSD: KiB
+    peak = _status_mb("VmHWM").get("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB
 
 
 def _resident_mb() -> dict[str, float]:
-    """This process's resident memory now, by kind (``RssAnon``, ``RssFile``; Linux), in MiB."""
+    """This process's resident memory now, by kind (``RssAnon``, ``RssFile``), in MiB."""
+    return _status_mb("RssAnon", "RssFile")
+
+
+def _status_mb(*names: str) -> dict[str, float]:
+    """The named kB fields of ``/proc/self/status`` in MiB (none off Linux)."""
     status = Path("/proc/self/status")
     if not status.is_file():
         return {}
     fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
-    return {name: int(fields[name].split()[0]) / 1024 for name in ("RssAnon", "RssFile") if name in fields}
+    return {name: int(fields[name].split()[0]) / 1024 for name in names if name in fields}
 
 
 def _build(job: dict[str, Any]) -> dict[str, Any]:

@@ -503,11 +503,10 @@ class RetrievalIndex:
         return str(self.meta["fingerprint"])
 
     def as_exact(self) -> "RetrievalIndex":
-        """This index scored exactly (as ``flat``), over its own memory maps (scanned in order, with
-        the read-ahead that the re-rank's maps turn off): the parity reference."""
-        vectors = {"image": _open_array(self.path, IMAGE_VECTORS), "text": _open_array(self.path, TEXT_VECTORS)}
+        """This index scored exactly (as ``flat``), sharing its vector files: the parity reference."""
+        vectors = {"image": self.image_vectors, "text": self.text_vectors}
         if self.caption_vectors is not None:
-            vectors["caption"] = _open_array(self.path, CAPTION_VECTORS)
+            vectors["caption"] = self.caption_vectors
         return RetrievalIndex(self.path, {**self.meta, "kind": "flat"}, self.ids, vectors, self.captions,
                               self.items, {})
 
