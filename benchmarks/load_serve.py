@@ -1,11 +1,14 @@
 """Bounded load test of `unifashion serve` on loopback, next to the cold `unifashion search` CLI.
 
 Starts the server on a free 127.0.0.1 port over an index (default: the workspace's latest, e.g. the
-demo's), then for each query kind (text, image, composed) sends a fixed number of requests from N
-concurrent keep-alive clients, stopping early at a time limit. Prints and writes (``--out``)
+demo's), then for each query kind sends a fixed number of requests from N concurrent keep-alive
+clients, stopping early at a time limit. Prints and writes (``--out``)
 p50/p95 latency, requests/s and errors per kind, the server's RSS at start and end, and the cold
 CLI latency of the same text query measured in the same run (the baseline the HTTP figures are
-compared with). Run from the repository root::
+compared with). Kinds: ``text`` (the dataset's captions, one distinct caption per request),
+``short`` (shoppers' short queries such as "blue dress please", built as ``unifashion bench
+queries`` builds them, when the dataset has attributes for them), ``image`` (i2i) and ``composed``.
+Run from the repository root::
 
     UNIFASHION_HOME=/tmp/serve-demo python benchmarks/load_serve.py --clients 8 --requests 400
 
@@ -61,6 +64,21 @@ def queries(index: Path, data: Path | None) -> tuple[list[str], list[bytes]]:
     return texts, images
 
 
+def short_texts(index: Path, data: Path | None) -> list[str]:
+    """Shoppers' short queries ("blue dress please"), built as `unifashion bench queries` builds them
+    from the gallery split's attributes; empty when the dataset has no default query shapes."""
+    from unifashion_core.data.manifest import load_dataset
+    from unifashion_core.evaluation.bench_queries import DEFAULT_SHAPES, parse_shapes, short_queries
+
+    meta = json.loads((index / "meta.json").read_text())
+    dataset = load_dataset(data or Path(meta["data"]))
+    name = dataset.report.get("dataset", "")
+    if name not in DEFAULT_SHAPES:
+        return []
+    items = dataset.split(meta.get("split") or "test")
+    return [query.text for query in short_queries(items, parse_shapes(DEFAULT_SHAPES[name], items), 200, seed=0)]
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process (Linux /proc), KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -103,7 +121,7 @@ def bodies(kind: str, texts: list[str], images: list[bytes], k: int, count: int)
     """``count`` request bodies of one kind, cycling through the queries (built before the clock starts)."""
     made = []
     for i in range(count):
-        if kind == "text":
+        if kind in ("text", "short"):
             made.append((json.dumps({"text": texts[i % len(texts)], "k": k}).encode(), "application/json"))
         elif kind == "image":
             made.append(multipart({"k": str(k), "mode": "i2i"}, images[i % len(images)]))
@@ -178,18 +196,21 @@ def main() -> None:
     args = parse_args()
     index = resolve_index(args.index)
     texts, images = queries(index, args.data)
+    kinds = {"text": texts, "short": short_texts(index, args.data), "image": texts, "composed": texts}
+    kinds = {kind: query_texts for kind, query_texts in kinds.items() if query_texts}
     report = {"index": str(index), "clients": args.clients, "requests_per_kind": args.requests,
               "max_seconds_per_kind": args.max_seconds, "k": args.k, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg()[0]}
     port = free_port()
     server = start_server(index, port, args.threads)
     try:
-        warm = {kind: bodies(kind, texts, images, args.k, 2 * args.clients) for kind in ("text", "image", "composed")}
+        warm = {kind: bodies(kind, query_texts, images, args.k, 2 * args.clients)
+                for kind, query_texts in kinds.items()}
         for work in warm.values():
             run_kind(port, work, args.clients, args.max_seconds)  # warm-up, not measured
         report["server_rss_mib_start"] = rss_kib(server.pid) / 1024
-        for kind in ("text", "image", "composed"):
-            work = bodies(kind, texts, images, args.k, args.requests)
+        for kind, query_texts in kinds.items():
+            work = bodies(kind, query_texts, images, args.k, args.requests)
             report[kind] = run_kind(port, work, args.clients, args.max_seconds)
         report["server_rss_mib_end"] = rss_kib(server.pid) / 1024
     finally:
@@ -212,7 +233,9 @@ def print_report(report: dict) -> None:
           f"{report['cpus']} CPUs, load average "
           f"{report['load_average_start']:.1f} -> {report['load_average_end']:.1f}")
     print(f"{'kind':<10}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}")
-    for kind in ("text", "image", "composed"):
+    for kind in ("text", "short", "image", "composed"):
+        if kind not in report:
+            continue
         row = report[kind]
         print(f"{kind:<10}{row['requests']:>9}{row['errors']:>8}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}"
               f"{row['requests_per_s']:>8.1f}")

@@ -98,8 +98,10 @@ def pq(large: dict, tmp_path_factory: pytest.TempPathFactory) -> RetrievalIndex:
 
 def test_layout_meta_and_records(flat: RetrievalIndex, data: dict) -> None:
     assert flat.ids == data["ids"] and flat.captions == data["captions"]
-    assert isinstance(flat.image_vectors, np.memmap) and flat.image_vectors.dtype == np.float16
-    np.testing.assert_array_equal(np.asarray(flat.image_vectors, dtype=np.float32), data["image"])
+    assert np.load(flat.path / "image_vectors.npy", mmap_mode="r").dtype == np.float16  # stored as float16
+    # a flat index this small is held in RAM as float32 (its searches skip a conversion per query)
+    assert type(flat.image_vectors) is np.ndarray and flat.image_vectors.dtype == np.float32
+    np.testing.assert_array_equal(flat.image_vectors, data["image"])
     meta = flat.meta
     assert (meta["format_version"], meta["fingerprint"], meta["manifest_sha256"], meta["split"],
             meta["num_items"], meta["num_queries"], meta["dim"], meta["kind"], meta["ann"]) == (
@@ -150,6 +152,25 @@ def test_search_composed_equals_brute_force(flat: RetrievalIndex, data: dict) ->
     np.testing.assert_array_equal(weight_zero[1], without[1])
     np.testing.assert_allclose(weight_zero[0], without[0], atol=1e-5)
     np.testing.assert_array_equal(flat.search_composed(fused, 10, use_captions=False)[1], without[1])
+
+
+def test_a_flat_index_too_large_for_ram_is_mapped_and_ranks_the_same(flat: RetrievalIndex,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from unifashion_core.retrieval import index as index_module
+
+    monkeypatch.setattr(index_module, "RESIDENT_MAX_BYTES", 90 * 4 * 16 * 4 - 1)  # one float short of the vectors
+    mapped = RetrievalIndex.load(flat.path)
+    assert isinstance(mapped.image_vectors, np.memmap) and mapped.image_vectors.dtype == np.float16
+    assert isinstance(mapped.caption_vectors, np.memmap)
+    rng = np.random.default_rng(11)
+    queries, image_queries = unit(rng, 9, 16), unit(rng, 9, 4, 16)
+    for search in (lambda ix: ix.search_images(queries, 10), lambda ix: ix.search_texts(image_queries, 10),
+                   lambda ix: ix.search_composed(queries, 10),
+                   lambda ix: ix.search_images(queries, 5, {"gender": "Men"}),
+                   lambda ix: ix.search_zero_shot(image_queries, queries, 10, 0.4)):
+        (scores, rows), (mapped_scores, mapped_rows) = search(flat), search(mapped)
+        np.testing.assert_array_equal(rows, mapped_rows)
+        np.testing.assert_allclose(scores, mapped_scores, atol=1e-6)
 
 
 def test_composed_without_captions_is_the_image_term(data: dict, tmp_path: Path) -> None:

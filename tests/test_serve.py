@@ -281,7 +281,7 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
     image = Image.open(dataset.image_path(test_items[2])).convert("RGB")
     asked = [("t2i", text, None) for text in texts] + [("cir", "in blue", image), ("i2i", None, image)]
     calls: list[int] = []
-    embed_texts = model.embed_texts
+    embed_texts = batcher.encoders.texts
 
     def counted(batch: list[str]):
         calls.append(len(batch))
@@ -289,7 +289,7 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
             raise ValueError("a query the model cannot take")
         return embed_texts(batch)
 
-    monkeypatch.setattr(model, "embed_texts", counted)
+    monkeypatch.setattr(batcher.encoders, "texts", counted)
     answers: dict[int, object] = {}
 
     def ask(i: int, query: tuple) -> None:
@@ -320,7 +320,7 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
     assert calls == [3, 1, 1, 1] and isinstance(answers[101], ValueError)
     assert answers[100].vectors.shape == answers[102].vectors.shape == (1, answers[0].vectors.shape[1])
     for i, (mode, text, picture) in enumerate(asked):
-        alone = embed_query(model, mode, text, picture)
+        alone = embed_query(model, mode, text, picture)  # the eager model: the traced graphs agree with it
         assert answers[i].mode == mode and answers[i].vectors.shape == alone.vectors.shape
         np.testing.assert_allclose(answers[i].vectors, alone.vectors, atol=1e-5)
 

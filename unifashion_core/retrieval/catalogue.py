@@ -252,7 +252,7 @@ class CatalogueView:
         if (name := self.uploads.get(item_id)) is not None:
             return self.path / UPLOADS / name
         image = (record or self.item(item_id)).image
-        return Path(self.meta.get("data") or ".") / image if image else None
+        return self.base.data_root / image if image else None
 
     def image_vectors_of(self, item_id: str) -> Array:
         """``(Q, D)`` float32 image vectors of an item (search "more like this" without re-embedding)."""

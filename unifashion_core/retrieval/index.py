@@ -24,6 +24,7 @@ row-addressable on disk, so a later layer can add and remove items and rebuild t
 stages from them without re-embedding.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -79,6 +80,7 @@ STAGES = {"image": "image.pq", "text": "text.pq", "caption": "caption.pq"}
 CANDIDATE_FACTOR = 4  # Qdrant's composed search fetches 4 k candidates from each vector
 COMPOSED_SHARE = 0.5  # of the candidates each of the image and caption stages proposes for a composed query
 EXACT_MAX_VECTORS = 1 << 14  # a filter allowing fewer vectors than this is scored exactly
+RESIDENT_MAX_BYTES = 64 << 20  # a flat index whose vectors fit in this as float32 is held in RAM as float32
 COPY_BLOCK = 10_000  # rows per shard when add_rows carries an index over
 _RESERVED = {"format_version", "num_items", "num_queries", "dim", "kind", "ann", "has_captions",
              "created_with"}
@@ -421,9 +423,9 @@ class RetrievalIndex:
         self.path = path
         self.meta = meta
         self.ids = ids
-        self.image_vectors = vectors["image"]  # (N, Q, D) float16
-        self.text_vectors = vectors["text"]  # (N, D) float16
-        self.caption_vectors = vectors.get("caption")  # (N, D) float16 or None
+        self.image_vectors = vectors["image"]  # (N, Q, D) float16 (float32 when a small flat index)
+        self.text_vectors = vectors["text"]  # (N, D) likewise
+        self.caption_vectors = vectors.get("caption")  # (N, D) likewise, or None
         self.captions = captions
         self.items = items
         self.stages = stages
@@ -455,6 +457,10 @@ class RetrievalIndex:
                       for name in STAGES if meta["ann"] and name in meta["ann"]}
             if stages:  # the re-rank reads scattered rows: read them, do not map them
                 vectors = {name: RowReads(array, path / VECTOR_FILES[name]) for name, array in vectors.items()}
+            elif sum(array.size for array in vectors.values()) * 4 <= RESIDENT_MAX_BYTES:
+                # a small flat index (a shop's catalogue served by `unifashion serve`): every search scans
+                # every vector, so convert them once rather than per query
+                vectors = {name: np.asarray(array, dtype=np.float32) for name, array in vectors.items()}
             index = cls(path, meta, ids, vectors, captions, ItemStore(path), stages)
         index._check_consistent()
         return index
@@ -501,6 +507,11 @@ class RetrievalIndex:
     def fingerprint(self) -> str:
         """The fingerprint of the model that embedded the items."""
         return str(self.meta["fingerprint"])
+
+    @functools.cached_property
+    def data_root(self) -> Path:
+        """The directory the records' image paths are relative to (``meta["data"]``)."""
+        return Path(self.meta.get("data") or ".")
 
     def as_exact(self) -> "RetrievalIndex":
         """This index scored exactly (as ``flat``), sharing its vector files: the parity reference."""

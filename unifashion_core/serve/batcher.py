@@ -5,7 +5,8 @@ pass runs, more queries arrive; the next pass embeds all of them, one batch per 
 little more than embedding one (a batch of 8 texts takes about twice the time of 1 on 2 cores).
 A query that arrives alone is embedded alone, at once: nothing waits for a batch to fill. Running
 the model on one thread (not on whichever request thread comes) also keeps its memory in one
-allocator arena, so the server's memory stays flat under load.
+allocator arena, so the server's memory stays flat under load. The encoders are traced graphs
+(:mod:`unifashion_core.serve.traced`), so a pass does not wait for the GIL that the HTTP threads hold.
 """
 
 import queue
@@ -17,6 +18,7 @@ from PIL import Image
 
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.retrieval.search import Query
+from unifashion_core.serve.traced import QueryEncoders
 
 MAX_BATCH = 32  # queries per forward pass
 
@@ -44,6 +46,8 @@ class QueryBatcher:
         self.model = model
         self.model_lock = model_lock
         self.max_batch = max_batch
+        with model_lock:
+            self.encoders = QueryEncoders(model)  # traced: embedding runs without the GIL
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="unifashion-model", daemon=True).start()
 
@@ -107,13 +111,9 @@ class QueryBatcher:
 
     def _vectors(self, mode: str, batch: list[_Job]) -> np.ndarray:
         """t2i and cir ``(B, D)``; i2t and i2i ``(B, Q, D)``."""
-        from unifashion_core.models.vision import preprocess
-
-        model, texts = self.model, [job.text for job in batch]
+        texts, images = [job.text for job in batch], [job.image for job in batch]
         if mode == "t2i":
-            return model.embed_texts(texts).numpy()
-        pixels = preprocess([job.image for job in batch], model.vision).to(model.device)
-        tokens = model.image_tokens(pixels)  # (B, T, C)
+            return self.encoders.texts(texts)
         if mode == "cir":
-            return model.embed_composed(tokens, texts).numpy()
-        return model.embed_images(tokens).numpy()
+            return self.encoders.composed(images, texts)
+        return self.encoders.images(images)
