@@ -83,6 +83,10 @@ def test_missing_unreadable_and_malformed_recipes(tmp_path):
     bad.write_text("name: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_recipe(bad)
+    twice = tmp_path / "twice.yaml"  # PyYAML alone keeps the last of two equal keys without a word
+    twice.write_text("name: x\ndata:\n  max_text_length: 24\n  max_text_length: 32\n")
+    with pytest.raises(UserError, match="'max_text_length' appears twice in one mapping \\(line 4\\)"):
+        load_recipe(twice)
     scalar = tmp_path / "scalar.yaml"
     scalar.write_text("just a string\n")
     with pytest.raises(UserError, match="mapping"):
