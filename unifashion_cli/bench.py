@@ -281,7 +281,7 @@ def memory(
     recipe: str = typer.Option("demo", "--recipe", help="The recipe trained (file or packaged name)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the recipe."),
     sizes: str = typer.Option("2000,20000", "--sizes", help="Dataset sizes in items, comma-separated, smallest first."),
-    steps: int = typer.Option(6, "--steps", help="Optimiser steps of each stage."),
+    steps: int = typer.Option(12, "--steps", help="Optimiser steps of each stage."),
     image_size: int = typer.Option(64, "--image-size", help="Side of the demo images in pixels."),
     out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
 ) -> None:
