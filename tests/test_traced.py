@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from unifashion_core.checkpoint import load_checkpoint
-from unifashion_core.serve.traced import QueryEncoders
+from unifashion_core.models.traced import QueryEncoders
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ little more than embedding one (a batch of 8 texts takes about twice the time of
 A query that arrives alone is embedded alone, at once: nothing waits for a batch to fill. Running
 the model on one thread (not on whichever request thread comes) also keeps its memory in one
 allocator arena, so the server's memory stays flat under load. The encoders are traced graphs
-(:mod:`unifashion_core.serve.traced`), so a pass does not wait for the GIL that the HTTP threads hold.
+(:mod:`unifashion_core.models.traced`), so a pass does not wait for the GIL that the HTTP threads hold.
 """
 
 import queue
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from unifashion_core.models.traced import QueryEncoders
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.retrieval.search import Query
-from unifashion_core.serve.traced import QueryEncoders
 
 MAX_BATCH = 32  # queries per forward pass
 

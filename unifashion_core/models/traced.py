@@ -1,4 +1,4 @@
-"""The server's query encoders as TorchScript graphs, so that embedding does not wait for the GIL.
+"""The query encoders as TorchScript graphs for the server, so that embedding does not wait for the GIL.
 
 An eager forward pass is hundreds of small ops, and the model thread takes the GIL back between
 them. Under load the HTTP threads hold it, and each hand-back can wait the interpreter's switch
