@@ -71,6 +71,7 @@ def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
 
 def wait_for_results(driver, mode: str) -> list:
     """The result cards once the grid shows a search of ``mode`` with every thumbnail loaded."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -81,8 +82,10 @@ def wait_for_results(driver, mode: str) -> list:
                                                 card.find_element(By.CSS_SELECTOR, ".thumb")) for card in cards)
         return cards if grid.get_attribute("data-mode") == mode and loaded else False
 
-    return WebDriverWait(driver, WAIT_S).until(ready, message=f"no {mode} results; status: "
-                                               f"{driver.find_element(By.ID, 'status').text!r}")
+    # a check that overlaps the grid being redrawn (the previous search's cards replaced) sees stale
+    # cards: it polls again rather than failing
+    wait = WebDriverWait(driver, WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(ready, message=f"no {mode} results; status: {driver.find_element(By.ID, 'status').text!r}")
 
 
 def check_cards(cards: list, k: int) -> None:
