@@ -158,7 +158,7 @@ def test_a_flat_index_too_large_for_ram_is_mapped_and_ranks_the_same(flat: Retri
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from unifashion_core.retrieval import index as index_module
 
-    monkeypatch.setattr(index_module, "RESIDENT_MAX_BYTES", 90 * 4 * 16 * 4 - 1)  # one float short of the vectors
+    monkeypatch.setattr(index_module, "RESIDENT_MAX_BYTES", 90 * 4 * 16 * 4 - 1)  # below the image vectors alone
     mapped = RetrievalIndex.load(flat.path)
     assert isinstance(mapped.image_vectors, np.memmap) and mapped.image_vectors.dtype == np.float16
     assert isinstance(mapped.caption_vectors, np.memmap)

@@ -119,12 +119,12 @@ def _measure(run: Path, data: Path, recipe: str | Path, phase: int, steps: int,
         raise RuntimeError(f"the phase-{phase} training process failed:\n{done.stderr[-3000:]}")
     result = read_json(spec["result"])
     records = [r for r in read_jsonl(Path(spec["out"]) / "metrics.jsonl") if "loss" in r and r["step"] > 1]
-    stages = dict.fromkeys(r["stage"] for r in records)
+    step_seconds: dict[str, list[float]] = {}
+    for r in records:
+        step_seconds.setdefault(r["stage"], []).append(r["seconds_per_step"])
     return {"peak_rss_mib": result["peak_rss_mib"], "wall_seconds": result["wall_seconds"],
-            "seconds_per_step": {stage: statistics.fmean(r["seconds_per_step"] for r in records
-                                                         if r["stage"] == stage) for stage in stages},
-            "step_seconds": {stage: [r["seconds_per_step"] for r in records if r["stage"] == stage]
-                             for stage in stages}}
+            "seconds_per_step": {stage: statistics.fmean(seconds) for stage, seconds in step_seconds.items()},
+            "step_seconds": step_seconds}
 
 
 def measure_run(spec_path: str) -> None:

@@ -43,7 +43,6 @@ class QueryBatcher:
     """
 
     def __init__(self, model: UniFashion, model_lock: threading.Lock, max_batch: int = MAX_BATCH) -> None:
-        self.model = model
         self.model_lock = model_lock
         self.max_batch = max_batch
         with model_lock:
