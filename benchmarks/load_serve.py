@@ -40,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-seconds", type=float, default=90.0, help="time limit per query kind")
     parser.add_argument("--cli-runs", type=int, default=3, help="cold `unifashion search` runs")
     parser.add_argument("--k", type=int, default=10, help="results per query")
-    parser.add_argument("--threads", type=int, help="the server's --threads (default: torch's, one per core)")
+    parser.add_argument("--threads", type=int, help="the server's --threads (default: its own, cores - 1)")
+    parser.add_argument("--kinds", default="text,short,image,composed", help="query kinds to run, comma-separated")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     return parser.parse_args()
 
@@ -77,6 +78,12 @@ def short_texts(index: Path, data: Path | None) -> list[str]:
         return []
     items = dataset.split(meta.get("split") or "test")
     return [query.text for query in short_queries(items, parse_shapes(DEFAULT_SHAPES[name], items), 200, seed=0)]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int) -> int:
@@ -131,8 +138,9 @@ def bodies(kind: str, texts: list[str], images: list[bytes], k: int, count: int)
     return made
 
 
-def run_kind(port: int, work: list[tuple[bytes, str]], clients: int, max_seconds: float) -> dict:
-    """Send ``work`` from ``clients`` keep-alive connections; latencies of the completed requests."""
+def run_kind(port: int, work: list[tuple[bytes, str]], clients: int, max_seconds: float, server: int) -> dict:
+    """Send ``work`` from ``clients`` keep-alive connections; latencies of the completed requests, and
+    the CPU time the server (process ``server``) and these clients spent per request."""
     latencies: list[float] = []
     errors: list[str] = []
     lock, position = threading.Lock(), iter(range(len(work)))
@@ -160,17 +168,22 @@ def run_kind(port: int, work: list[tuple[bytes, str]], clients: int, max_seconds
                 (latencies.append(elapsed) if ok else errors.append(payload[:200].decode(errors="replace")))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
+    cpu_before = (cpu_seconds(server), sum(os.times()[:2]))
+    started, started_at = time.perf_counter(), time.time()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server) - cpu_before[0], sum(os.times()[:2]) - cpu_before[1]
     ordered = sorted(latencies)
+    done = max(1, len(latencies) + len(errors))
     return {"requests": len(latencies) + len(errors), "errors": len(errors), "error_samples": errors[:3],
             "p50_ms": 1000 * statistics.median(ordered) if ordered else None,
             "p95_ms": 1000 * ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] if ordered else None,
-            "requests_per_s": len(latencies) / wall, "seconds": wall}
+            "requests_per_s": len(latencies) / wall, "seconds": wall, "started_at": started_at,
+            "server_cpu_ms_per_request": 1000 * server_cpu / done,
+            "client_cpu_ms_per_request": 1000 * client_cpu / done}
 
 
 def cold_cli(index: Path, text: str, runs: int) -> list[float]:
@@ -197,7 +210,10 @@ def main() -> None:
     index = resolve_index(args.index)
     texts, images = queries(index, args.data)
     kinds = {"text": texts, "short": short_texts(index, args.data), "image": texts, "composed": texts}
-    kinds = {kind: query_texts for kind, query_texts in kinds.items() if query_texts}
+    wanted = args.kinds.split(",")
+    if unknown := set(wanted) - set(kinds):
+        sys.exit(f"unknown --kinds {', '.join(sorted(unknown))}; choose from {', '.join(kinds)}")
+    kinds = {kind: query_texts for kind, query_texts in kinds.items() if query_texts and kind in wanted}
     report = {"index": str(index), "clients": args.clients, "requests_per_kind": args.requests,
               "max_seconds_per_kind": args.max_seconds, "k": args.k, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_start": os.getloadavg()[0]}
@@ -207,11 +223,11 @@ def main() -> None:
         warm = {kind: bodies(kind, query_texts, images, args.k, 2 * args.clients)
                 for kind, query_texts in kinds.items()}
         for work in warm.values():
-            run_kind(port, work, args.clients, args.max_seconds)  # warm-up, not measured
+            run_kind(port, work, args.clients, args.max_seconds, server.pid)  # warm-up, not measured
         report["server_rss_mib_start"] = rss_kib(server.pid) / 1024
         for kind, query_texts in kinds.items():
             work = bodies(kind, query_texts, images, args.k, args.requests)
-            report[kind] = run_kind(port, work, args.clients, args.max_seconds)
+            report[kind] = run_kind(port, work, args.clients, args.max_seconds, server.pid)
         report["server_rss_mib_end"] = rss_kib(server.pid) / 1024
     finally:
         server.terminate()
@@ -220,7 +236,9 @@ def main() -> None:
     cli = cold_cli(index, texts[0], args.cli_runs)
     report["cli_cold_seconds"] = cli
     report["cli_cold_median_ms"] = 1000 * statistics.median(cli)
-    report["text_p50_speedup_vs_cli"] = report["cli_cold_median_ms"] / report["text"]["p50_ms"]
+    textual = next((kind for kind in ("text", "short") if kind in report), None)  # the CLI runs a text query
+    report["cli_baseline_kind"] = textual
+    report["p50_speedup_vs_cli"] = report["cli_cold_median_ms"] / report[textual]["p50_ms"] if textual else None
     report["load_average_end"] = os.getloadavg()[0]
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -232,17 +250,21 @@ def print_report(report: dict) -> None:
           f"or {report['max_seconds_per_kind']:.0f} s per kind; server --threads {report['threads'] or 'default'}; "
           f"{report['cpus']} CPUs, load average "
           f"{report['load_average_start']:.1f} -> {report['load_average_end']:.1f}")
-    print(f"{'kind':<10}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}")
+    print(f"{'kind':<10}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}"
+          f"{'server CPU ms/req':>19}{'client CPU ms/req':>19}")
     for kind in ("text", "short", "image", "composed"):
         if kind not in report:
             continue
         row = report[kind]
         print(f"{kind:<10}{row['requests']:>9}{row['errors']:>8}{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}"
-              f"{row['requests_per_s']:>8.1f}")
+              f"{row['requests_per_s']:>8.1f}{row['server_cpu_ms_per_request']:>19.1f}"
+              f"{row['client_cpu_ms_per_request']:>19.1f}")
     print(f"server RSS {report['server_rss_mib_start']:.0f} MiB -> {report['server_rss_mib_end']:.0f} MiB "
           f"({report['rss_growth_percent']:+.1f} %)")
-    print(f"cold `unifashion search` CLI: median {report['cli_cold_median_ms']:.0f} ms over "
-          f"{len(report['cli_cold_seconds'])} runs; HTTP text p50 is {report['text_p50_speedup_vs_cli']:.0f}x faster")
+    faster = (f"; HTTP {report['cli_baseline_kind']} p50 is {report['p50_speedup_vs_cli']:.0f}x faster"
+              if report["p50_speedup_vs_cli"] else "")
+    print(f"cold `unifashion search --text` CLI: median {report['cli_cold_median_ms']:.0f} ms over "
+          f"{len(report['cli_cold_seconds'])} runs{faster}")
 
 
 if __name__ == "__main__":

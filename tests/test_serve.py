@@ -325,6 +325,35 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
         np.testing.assert_allclose(answers[i].vectors, alone.vectors, atol=1e-5)
 
 
+def test_the_model_thread_runs_torch_with_its_own_thread_count(client: TestClient, tmp_path: Path) -> None:
+    import threading
+
+    import torch
+
+    from unifashion_core.serve.batcher import QueryBatcher
+
+    service = client.app.state.service
+    batcher = QueryBatcher(service.model, threading.Lock(), threads=1)
+    seen: list[int] = []
+    embed_texts = batcher.encoders.texts
+
+    def texts(batch: list[str]):
+        seen.append(torch.get_num_threads())
+        return embed_texts(batch)
+
+    batcher.encoders.texts = texts  # type: ignore[method-assign]
+    try:
+        assert batcher.embed("t2i", "a red shirt", None).vectors.shape[0] == 1
+    finally:
+        batcher.close()
+    assert seen == [1]
+    cores = os.cpu_count() or 1
+    assert ServeSettings(index=tmp_path).query_threads() == max(1, cores - 1)  # a core left to the HTTP side
+    assert ServeSettings(index=tmp_path, threads=3).query_threads() == 3
+    with service._threads():  # captions, generation and upserts take every core on their request thread
+        assert torch.get_num_threads() == service._eager_threads
+
+
 def test_read_only_server_without_generator(built: Path, tmp_path: Path, data) -> None:
     dataset, test_items = data
     settings = ServeSettings(index=fresh_copy(built, tmp_path / "index"), read_only=True, generate=False)

@@ -25,8 +25,9 @@ def serve(
     max_pixels: int = typer.Option(16_000_000, "--max-pixels", help="Larger images get 413."),
     no_generate: bool = typer.Option(False, "--no-generate", help="Do not load the generator (less memory; "
                                      "POST /generate answers 501)."),
-    threads: int | None = typer.Option(None, "--threads", help="Torch threads per worker (default: one per core; "
-                                       "1 leaves a core to the HTTP side on a small machine)."),
+    threads: int | None = typer.Option(None, "--threads", help="Torch threads embedding search queries (default: "
+                                       "one less than the cores, leaving one to the HTTP side; captions and "
+                                       "generation use every core)."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's: warning hides the access log."),
 ) -> None:
     """Serve search, items, captions and generation over HTTP, with a web gallery at / and the API at /docs."""

@@ -6,7 +6,9 @@ are embedded together (:mod:`unifashion_core.serve.batcher`). Ranking, item look
 durable writes run outside it, on a :class:`CatalogueView` snapshot.
 """
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,10 +83,9 @@ class Service:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        if settings.threads is not None:
-            import torch
+        import torch
 
-            torch.set_num_threads(settings.threads)
+        self._eager_threads = torch.get_num_threads()  # captions, generation and upserts: every core
         checkpoint = settings.checkpoint or index_checkpoint(settings.index)
         self.heads: tuple[str, ...] = _heads(settings, checkpoint)
         self.loaded: LoadedCheckpoint = load_checkpoint(checkpoint, heads=self.heads)
@@ -94,7 +95,7 @@ class Service:
             raise UserError(f"the index {settings.index} has gallery captions, so an upsert must caption its images, "
                             f"but the checkpoint {self.loaded.path} has no caption head; serve it with --read-only.")
         self._model_lock = threading.Lock()
-        self._batcher = QueryBatcher(self.model, self._model_lock)
+        self._batcher = QueryBatcher(self.model, self._model_lock, threads=settings.query_threads())
 
     def close(self) -> None:
         """Stop the model thread (the server is shutting down)."""
@@ -158,7 +159,7 @@ class Service:
         if len(set(ids)) != len(ids):
             raise UserError("each id may appear once per upsert.")
         before = self.snapshot()
-        with self._model_lock:
+        with self._model_lock, self._threads():
             batch = embed_items(self.model, items, captions=before.has_captions)
         after = self.catalogue.upsert(batch)
         return UpsertAnswer(ids, [i for i in ids if before.contains(i)], after.num_items)
@@ -184,7 +185,7 @@ class Service:
         self._need("caption")
         style = style or self.model.config.captioner.style
         instruction_for(style)
-        with self._model_lock:
+        with self._model_lock, self._threads():
             tokens = self.model.image_tokens(preprocess([image], self.model.vision).to(self.model.device))
             return self.model.caption_images(tokens, style, max_new_tokens, num_beams)[0], style
 
@@ -195,9 +196,18 @@ class Service:
             MissingHead: no generator head; UserError: a request ``check_request`` refuses.
         """
         self._need("generate")
-        with self._model_lock:
+        with self._model_lock, self._threads():
             images, settings = generate_with(self.loaded, request)
         return png_bytes(images[0], settings), settings
+
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """Torch's threads for an eager model call on this request thread: every core (torch's count is
+        per thread, and a new thread starts from the count the model thread last set)."""
+        import torch
+
+        torch.set_num_threads(self._eager_threads)
+        yield
 
     def _need(self, head: str) -> None:
         if head not in self.heads:

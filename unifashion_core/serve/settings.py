@@ -33,7 +33,8 @@ class ServeSettings:
         max_pixels: larger images get 413.
         generate: load the generator head (``POST /generate``) when the checkpoint has one.
         workers: uvicorn worker processes (each loads the model; writes are shared through the index).
-        threads: torch's threads per worker for the model (None: torch's default, one per core).
+        threads: torch's threads for embedding search queries (None: one less than the cores, at
+            least one, leaving a core to the HTTP side); captions and generation use every core.
     """
 
     index: Path
@@ -57,6 +58,10 @@ class ServeSettings:
             raise UserError(f"--workers must be between 1 and 64, got {self.workers}.")
         if self.threads is not None and not 1 <= self.threads <= 256:
             raise UserError(f"--threads must be between 1 and 256, got {self.threads}.")
+
+    def query_threads(self) -> int:
+        """Torch's threads for embedding search queries, the default filled in for this machine."""
+        return self.threads or max(1, (os.cpu_count() or 1) - 1)
 
     def api_key(self) -> str | None:
         """The API key from ``api_key_env``.
