@@ -173,3 +173,18 @@ def test_the_memory_bench_repeats_the_demo_with_its_own_ids_and_image_files(demo
     assert repeated.triplets and all({t.reference, t.target} <= ids for t in repeated.triplets)
     worn = [item for item in repeated.items if item.extras]  # try-on people, masks, sketches come along
     assert worn and all(repeated.image_path(item, key).is_file() for item in worn for key in item.extras)
+
+
+def test_the_memory_bench_compares_the_largest_size_with_both_runs_of_the_smallest() -> None:
+    from unifashion_core.evaluation.bench_memory import _drift, _ratios
+
+    def row(size: int, repeat: int, phase: int, rss: float, seconds: dict[str, float]) -> dict:
+        return {"num_items": size, "repeat": repeat, "phase": phase, "peak_rss_mib": rss, "seconds_per_step": seconds}
+
+    rows = [row(100, 0, 1, 1000, {"retrieval": 1.0}), row(100, 0, 2, 800, {"phase2": 2.0}),
+            row(1000, 0, 1, 1200, {"retrieval": 1.5}), row(1000, 0, 2, 800, {"phase2": 3.0}),
+            row(100, 1, 1, 1000, {"retrieval": 2.0}), row(100, 1, 2, 1200, {"phase2": 4.0})]  # the machine slowed 2x
+    ratios = _ratios(rows, (100, 1000))
+    assert ratios == {"peak_rss/phase1": 1.2, "peak_rss/phase2": 0.8, "seconds_per_step/retrieval": 1.0,
+                      "seconds_per_step/phase2": 1.0}
+    assert _drift(rows, 100) == {"retrieval": 2.0, "phase2": 2.0}
