@@ -74,6 +74,10 @@ def test_overrides_nested_keys_lists_and_syntax_errors(tmp_path):
         load_recipe(base, ["train.retrieval.lr"])
     with pytest.raises(UserError, match="is a value"):
         load_recipe(base, ["seed.x=1"])
+    # YAML 1.1 reads a bare `no` as false; the choice named "no" is what was meant
+    assert load_recipe(base, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(UserError, match="choose one of no, fp16, bf16"):
+        load_recipe(base, ["train.mixed_precision=yes"])
 
 
 def test_missing_unreadable_and_malformed_recipes(tmp_path):

@@ -347,7 +347,9 @@ class TrainConfig(_Section):
     stages: tuple[Phase1Stage, ...] = PHASE1_STAGES  # which phase-1 stages run, in this order
     init_checkpoint: str = ""  # phase 2: the phase-1 checkpoint to start from ("" = --checkpoint or the latest)
     grad_accum_steps: int = 1
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # autocast on a GPU; ignored on a CPU
+    # autocast: bf16 on a GPU or a CPU with native bf16 (AVX512-BF16 / AMX; float32 on other CPUs),
+    # fp16 on a GPU only (float32 on a CPU); the precision used is in each checkpoint's meta
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False  # recompute Q-Former, LLM and UNet activations in backward
     num_workers: int = 0  # DataLoader processes decoding images and reading features (0 = in the trainer)
     log_with: Literal["none", "tensorboard", "wandb"] = "none"  # an accelerate tracker as well as metrics.jsonl
@@ -401,7 +403,10 @@ def _convert(value: Any, kind: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         return value
     if origin is Literal:
-        _check_literal(where, value, typing.get_args(kind))
+        allowed = typing.get_args(kind)
+        if value is False and "no" in allowed:  # YAML 1.1 reads a bare `no` as false
+            value = "no"
+        _check_literal(where, value, allowed)
         return value
     try:
         if kind is bool:
