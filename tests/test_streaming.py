@@ -145,6 +145,27 @@ def test_a_run_draws_its_curves_and_writes_to_tensorboard(tiny_phase1, tmp_path)
     assert events and events[0].stat().st_size > 0
 
 
+def test_bf16_autocast_trains_on_a_cpu_only_where_it_has_bf16_instructions(tiny_phase1, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from unifashion_core.checkpoint import read_meta
+    from unifashion_core.train import setup
+
+    bf16 = load_recipe(TINY, ["train.mixed_precision=bf16"])
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: False)  # emulated bf16 is slower: float32
+    assert build_accelerator(bf16, tmp_path).mixed_precision == "no"
+    assert setup.training_precision("fp16", cuda=False) == "no"
+    assert setup.training_precision("fp16", cuda=True) == "fp16"
+    monkeypatch.setattr(setup, "cpu_has_native_bf16", lambda: True)
+    recipe = load_recipe(TINY, ["train.mixed_precision=bf16", "train.stages=[retrieval]",
+                                "train.retrieval.max_steps=2"])
+    result = run_training(recipe, tiny_phase1 / "data", tmp_path / "run")
+    assert read_meta(result.checkpoint)["mixed_precision"] == "bf16"  # the precision used, not the one asked for
+    assert np.isfinite(result.metrics["retrieval/loss"])
+    assert all(value.dtype == torch.float32 for value in load_file(str(result.checkpoint / "model.safetensors"))
+               .values() if value.is_floating_point())  # autocast: the weights stay float32
+
+
 def test_bad_training_settings_are_one_line_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="num_workers"):
         load_recipe(TINY, ["train.num_workers=-1"])

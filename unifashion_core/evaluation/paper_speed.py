@@ -31,6 +31,7 @@ from unifashion_core.progress import NullProgress, Progress
 from unifashion_core.train import stages as stage_lib
 from unifashion_core.train.data import Batch
 from unifashion_core.train.optim import build_optimizer
+from unifashion_core.train.setup import training_precision
 
 MEASUREMENTS = ("retrieval", "caption", "generate", "sampling")
 RANDOM_WEIGHTS = ("model.vision.weights=random", "model.qformer.weights=random", "model.captioner.llm=random",
@@ -63,10 +64,11 @@ class _Bench:
     def __init__(self, recipe: Recipe, model: UniFashion, batch_size: int) -> None:
         self.recipe, self.model, self.batch = recipe, model, batch_size
         self.device = model.device
-        self.bf16 = self.device.type == "cuda" and recipe.train.mixed_precision == "bf16"
+        cuda = self.device.type == "cuda"
+        self.bf16 = training_precision(recipe.train.mixed_precision, cuda) == "bf16"  # as training decides
 
     def autocast(self) -> AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else nullcontext()
 
     def step_seconds(self, stage: stage_lib.Stage, repeats: int = 4) -> float:
         optimizer = build_optimizer(stage.params, stage.optim)
@@ -177,9 +179,9 @@ def bench_paper_speed(
     report: dict[str, Any] = {
         "bench": "paper-speed", "recipe": resolved.name, "weights": weights, "overrides": list(overrides),
         "protocol": f"{weights} weights at the recipe's sizes; training steps at batch {batch_size} through the "
-        "stages' own losses and optimisers (bf16 autocast on GPU when the recipe says bf16); sampling 512x384 "
-        "inpainting with guidance 5, VAE included; mean seconds after warm-up",
-        "mixed_precision": resolved.train.mixed_precision if device.type == "cuda" else "no",
+        "stages' own losses and optimisers (bf16 autocast when the recipe says bf16, as training applies it); "
+        "sampling 512x384 inpainting with guidance 5, VAE included; mean seconds after warm-up",
+        "mixed_precision": training_precision(resolved.train.mixed_precision, device.type == "cuda"),
         "gradient_checkpointing": resolved.train.gradient_checkpointing,
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__, "paper_seconds_per_image": PAPER_SECONDS_PER_IMAGE,

@@ -91,6 +91,7 @@ def run_training(
                 "metrics": {**results, **{f"{name}/{k}": v for k, v in stage_meta["metrics"].items()}},
                 "manifest_sha256": dataset.manifest_hash, "data": str(dataset.root.absolute()),
                 "seed": recipe.seed, "skipped_images": context.skipped.counts(),
+                "mixed_precision": accelerator.mixed_precision,
             }, training_state)
 
         last = run_stage(stage, accelerator, recipe.seed, recipe.train, log, save, progress, state)

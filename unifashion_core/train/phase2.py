@@ -418,6 +418,7 @@ def run_phase2(
         "init_checkpoint": str(init.absolute()),
         "init_checkpoint_fingerprint": init_meta["fingerprint"], "manifest_sha256": dataset.manifest_hash,
         "data": str(dataset.root.absolute()), "seed": recipe.seed, "skipped": setup.skipped.counts(),
+        "mixed_precision": accelerator.mixed_precision,
     }
     results = dict(meta.get("metrics", {})) if meta is not None else {}
     if meta is None or STAGE not in meta.get("stages_done", []):
