@@ -14,6 +14,7 @@ from unifashion_core.metrics.generation import (
     INCEPTION_NAME,
     clip_score,
     fid_kid,
+    image_features,
     load_inception,
     to_unit_range,
 )
@@ -118,6 +119,12 @@ def test_fid_kid_match_reference_formulas() -> None:
     assert result["kid_mean"] == pytest.approx(_reference_kid(a, b), rel=1e-6)
     assert result["kid_std"] == pytest.approx(0, abs=1e-6)
     assert result["fid"] > 1.0 and result["extractor"] == extractor.name
+    # the real images' features kept from an earlier call score the same as the images
+    kept = fid_kid(None, shifted, kid_subset_size=12, extractor=extractor,
+                   real_features=image_features(real, extractor))
+    assert (kept["fid"], kept["kid_mean"], kept["num_real"]) == (result["fid"], result["kid_mean"], 12)
+    with pytest.raises(ValueError, match="either the real images or their features"):
+        fid_kid(real, shifted, extractor=extractor, real_features=image_features(real, extractor))
 
 
 def test_too_few_images_for_kid_subset() -> None:

@@ -77,11 +77,12 @@ def load_inception() -> InceptionFeatures:
 
 
 def fid_kid(
-    real: Images,
+    real: Images | None,
     fake: Images,
     kid_subset_size: int = 50,
     extractor: nn.Module | None = None,
     seed: int = 0,
+    real_features: Tensor | None = None,
 ) -> dict[str, float | int | str]:
     """FID and KID between real and generated images (torchmetrics' formulas).
 
@@ -91,12 +92,14 @@ def fid_kid(
     1000), averaged over 100 random subsets of ``kid_subset_size`` images drawn with ``seed``.
 
     Args:
-        real: (N, 3, H, W) images, or an iterable of such batches.
+        real: (N, 3, H, W) images, or an iterable of such batches; None with ``real_features``.
         fake: the generated images, same format.
         kid_subset_size: images per KID subset; both sets need at least this many.
         extractor: a module mapping images to (B, D) features; defaults to ``load_inception()``.
             Its ``name`` attribute is reported next to the numbers.
         seed: seed of the KID subsets.
+        real_features: the real images' features from ``image_features`` with the same
+            extractor, in place of ``real`` (a validation set scored at every evaluation).
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "extractor", "num_real", "num_fake"}``.
@@ -107,9 +110,14 @@ def fid_kid(
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    _check_counts(_known_count(real), _known_count(fake), kid_subset_size)
+    if (real is None) == (real_features is None):
+        raise ValueError("give either the real images or their features")
+    num_real = _known_count(real) if real is not None else len(real_features)
+    _check_counts(num_real, _known_count(fake), kid_subset_size)
     extractor = extractor if extractor is not None else load_inception()
-    real_features, fake_features = _features(real, extractor), _features(fake, extractor)
+    if real_features is None:
+        real_features = image_features(real, extractor)
+    fake_features = image_features(fake, extractor)
     _check_counts(len(real_features), len(fake_features), kid_subset_size)
     passthrough = _Precomputed(real_features.shape[1])
     # the images given are all there is: no syncing with other processes (validation runs on one)
@@ -250,7 +258,7 @@ class _Precomputed(nn.Module):
         return features
 
 
-def _features(images: Images, extractor: nn.Module) -> Tensor:
+def image_features(images: Images, extractor: nn.Module) -> Tensor:
     """Run ``extractor`` over all images in batches -> (N, D) float64 on the CPU."""
     batches = [images] if isinstance(images, Tensor) else images
     features = [extractor(chunk).double().cpu() for batch in batches for chunk in batch.split(_BATCH_SIZE)]
