@@ -87,6 +87,17 @@ def test_labels_cover_exactly_the_caption_tokens_and_eos():
                                    captioner.llm.get_input_embeddings()(ids))
 
 
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_the_loss_is_the_llms_own_causal_loss_over_the_caption_tokens(lora_r):
+    # the head runs only where a caption token is predicted; the value is transformers' own loss
+    captioner = _tiny(lora_r=lora_r, lora_dropout=0.0).eval()
+    captions = ["red dress", "a much longer blue wool coat with buttons", ""]
+    queries = torch.randn(3, 4, WIDTH)
+    embeds, mask, labels = captioner.prepare_inputs(queries, captions, "short")
+    expected = captioner.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(captioner.loss(queries, captions, "short"), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_gradients_reach_adapter_and_lora_but_not_the_frozen_llm():
     captioner = _tiny()
     loss = captioner.loss(torch.randn(2, 4, WIDTH), ["red dress", "Café 红色 👗 “soie”"], "short")

@@ -179,6 +179,15 @@ class Captioner(nn.Module):
     def forward(self, query_output: Tensor, captions: list[str], style: str) -> Tensor:
         """The ITG loss: mean cross-entropy over caption tokens (and EOS); see ``loss``."""
         inputs_embeds, attention_mask, labels = self.prepare_inputs(query_output, captions, style)
+        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm  # LoRA layers in place
+        if isinstance(base, LlamaForCausalLM):
+            # The LM head only at the positions that predict a caption token (or EOS): the padding of the
+            # shorter captions is about a third of a demo batch, and the head is the LM's widest layer.
+            hidden = base.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+            targets = labels[:, 1:]  # (B, L - 1): position t predicts token t + 1
+            kept = targets != IGNORE_INDEX
+            logits = base.lm_head(hidden.last_hidden_state[:, :-1][kept])  # (K, V)
+            return F.cross_entropy(logits.float(), targets[kept])
         num_caption = int((labels != IGNORE_INDEX).sum(dim=1).max())  # C, the longest caption
         extra = {"logits_to_keep": num_caption + 1} if self._keeps_logits else {}
         out = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)
