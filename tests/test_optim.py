@@ -47,3 +47,22 @@ def test_onecycle_is_torch_onecycle():
     optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimConfig(schedule="onecycle"))
     assert isinstance(build_scheduler(optimizer, OptimConfig(schedule="onecycle")),
                       torch.optim.lr_scheduler.OneCycleLR)
+
+
+def test_adamw_is_torchs_fused_one_and_steps_as_the_per_tensor_loop():
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.05)
+    weights = [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(k))) for k in range(2)]
+    bias = torch.nn.Parameter(torch.ones(3))
+    optimizer = build_optimizer([*weights, bias], cfg)
+    assert optimizer.defaults["fused"]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in (*weights, bias)]
+    loop = torch.optim.AdamW([{"params": twins[:2], "weight_decay": 0.05}, {"params": twins[2:], "weight_decay": 0.0}],
+                             lr=1e-2, betas=cfg.betas, eps=cfg.eps, foreach=False)
+    for step in range(3):
+        for params, opt in (((*weights, bias), optimizer), (twins, loop)):
+            loss = sum((p * (step + 1)).sin().sum() for p in params)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for mine, theirs in zip((*weights, bias), twins, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)

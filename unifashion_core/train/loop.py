@@ -77,7 +77,7 @@ def run_stage(
     if cfg.ema_decay:
         from diffusers.training_utils import EMAModel  # diffusers is slow to import; only when used
 
-        ema = EMAModel(stage.params, decay=cfg.ema_decay)
+        ema = EMAModel(stage.params, decay=cfg.ema_decay, foreach=True)  # one op over all tensors
     if ema is not None and resume_state is not None:
         # the checkpoint's weights are the average; training continues from the raw ones
         ema.load_state_dict(resume_state["ema"])

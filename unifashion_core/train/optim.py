@@ -6,14 +6,20 @@ from unifashion_core.config import OptimConfig
 
 
 def build_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with the recipe's lr, betas, eps and weight decay (no decay on biases/norms)."""
+    """AdamW with the recipe's lr, betas, eps and weight decay (no decay on biases/norms).
+
+    torch's fused implementation where every parameter is a float tensor on a CPU or a GPU: one
+    kernel over all tensors instead of a dozen ops per tensor (the per-tensor loop is torch's CPU
+    default, and took ~7 % of a demo training step).
+    """
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 # recipe schedule -> transformers' scheduler name (each with a linear warm-up of warmup_ratio)
