@@ -12,9 +12,9 @@ from unifashion_core.errors import UserError
 from unifashion_core.metrics import generation as generation_metrics
 from unifashion_core.metrics.generation import (
     INCEPTION_NAME,
+    MemoFeatures,
     clip_score,
     fid_kid,
-    image_features,
     load_inception,
     to_unit_range,
 )
@@ -120,11 +120,12 @@ def test_fid_kid_match_reference_formulas() -> None:
     assert result["kid_std"] == pytest.approx(0, abs=1e-6)
     assert result["fid"] > 1.0 and result["extractor"] == extractor.name
     # the real images' features kept from an earlier call score the same as the images
-    kept = fid_kid(None, shifted, kid_subset_size=12, extractor=extractor,
-                   real_features=image_features(real, extractor))
+    memo = MemoFeatures(extractor)
+    fid_kid(real, real.clone(), kid_subset_size=12, extractor=memo)
+    calls = extractor.calls
+    kept = fid_kid(real, shifted, kid_subset_size=12, extractor=memo)
     assert (kept["fid"], kept["kid_mean"], kept["num_real"]) == (result["fid"], result["kid_mean"], 12)
-    with pytest.raises(ValueError, match="either the real images or their features"):
-        fid_kid(real, shifted, extractor=extractor, real_features=image_features(real, extractor))
+    assert extractor.calls == calls + 1 and kept["extractor"] == extractor.name  # only the new images ran
 
 
 def test_too_few_images_for_kid_subset() -> None:

@@ -168,10 +168,11 @@ def _ratios(rows: list[dict[str, Any]], sizes: tuple[int, ...]) -> dict[str, flo
 def _drift(rows: list[dict[str, Any]], size: int) -> dict[str, float]:
     """Seconds per step of the smallest size's last run over its first, per stage: the machine's
     own drift over the bench (1.0 = none)."""
-    first = {stage: s for r in rows if r["num_items"] == size and r["repeat"] == 0
-             for stage, s in r["seconds_per_step"].items()}
-    last = {stage: s for r in rows if r["num_items"] == size and r["repeat"] == 1
-            for stage, s in r["seconds_per_step"].items()}
+    def seconds(repeat: int) -> dict[str, float]:  # per stage, over both phases' runs
+        return {stage: s for r in rows if r["num_items"] == size and r["repeat"] == repeat
+                for stage, s in r["seconds_per_step"].items()}
+
+    first, last = seconds(0), seconds(1)
     return {stage: last[stage] / first[stage] for stage in first if stage in last}
 
 

@@ -23,7 +23,6 @@ FID and KID estimate a 2048-dimensional feature distribution: from a few dozen i
 not meaningful, and the report says so next to them.
 """
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from unifashion_core.data.tryon import TryOnInputs, edges, has_tryon, load_tryon
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.features import image_tokens
+from unifashion_core.metrics.generation import MemoFeatures, load_inception
 from unifashion_core.metrics.tryon import changed_outside, edge_iou, paired_scores
 from unifashion_core.progress import NullProgress, Progress
 
@@ -274,32 +274,15 @@ def _garment_colour(dataset: Dataset, item: Item) -> np.ndarray:
     return (pixels.mean(axis=0) if len(pixels) else image.reshape(-1, 3).mean(axis=0)) / 255
 
 
-class _MemoFeatures(torch.nn.Module):
-    """An image-feature extractor that remembers the features of batches it has seen, so that the
-    real images shared by several FID/KID comparisons go through Inception once."""
-
-    def __init__(self, extractor: torch.nn.Module) -> None:
-        super().__init__()
-        self.extractor, self.name, self.memo = extractor, extractor.name, {}
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        key = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-        if key not in self.memo:
-            self.memo[key] = self.extractor(images)
-        return self.memo[key]
-
-
-def _inception() -> _MemoFeatures | str:
+def _inception() -> MemoFeatures | str:
     """The FID Inception-v3 (remembering features), or why it cannot be loaded."""
-    from unifashion_core.metrics.generation import load_inception
-
     try:
-        return _MemoFeatures(load_inception())
+        return MemoFeatures(load_inception())
     except UserError as exc:
         return str(exc)
 
 
-def _distribution(real: torch.Tensor, fake: torch.Tensor, features: _MemoFeatures | str) -> dict[str, Any]:
+def _distribution(real: torch.Tensor, fake: torch.Tensor, features: MemoFeatures | str) -> dict[str, Any]:
     """FID and KID (Inception-v3) of ``fake`` against ``real``, with a note when too few to mean much."""
     from unifashion_core.metrics.generation import fid_kid
 

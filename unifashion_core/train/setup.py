@@ -1,5 +1,6 @@
 """What both training phases share: the run directory, accelerate, and the typed result."""
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def training_precision(requested: str, cuda: bool) -> str:
     return "bf16" if requested == "bf16" and cpu_has_native_bf16() else "no"
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic instructions (AVX512-BF16 or AMX-BF16), read from the
     Linux CPU flags; False elsewhere. oneDNN runs bf16 matmuls natively there (measured on the

@@ -13,7 +13,6 @@ so N processes with batch B train as one process with batch N * B.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -276,7 +275,7 @@ def generate_stage(
                                    shard=shard)
         return loss, {"q2i": float(loss.detach())}
 
-    fid_reference: dict[str, Any] = {}
+    inception: list[nn.Module] = []  # loaded at the first evaluation that scores FID
 
     @torch.no_grad()
     def eval_fn() -> dict[str, float]:
@@ -286,8 +285,12 @@ def generate_stage(
                                    source="text")
         metrics = {"val_q2i": float(loss)}
         if recipe.train.eval_fid_items:
+            if not inception:
+                from unifashion_core.metrics.generation import MemoFeatures, load_inception
+
+                inception.append(MemoFeatures(load_inception()))
             metrics |= _validation_fid(generator_head, recipe, val[0], val[1], recipe.train.eval_fid_items,
-                                       fid_reference)
+                                       inception[0])
         generator_head.train()
         return metrics
 
@@ -368,14 +371,12 @@ def inpainting_loss(
 
 def _validation_fid(
     generator_head: nn.Module, recipe: Recipe, queries: torch.Tensor, pixels: torch.Tensor, num_items: int,
-    reference: dict[str, Any],
+    extractor: nn.Module,
 ) -> dict[str, float]:
-    """FID/KID of images generated from validation text queries against the validation images.
-
-    ``reference`` keeps the Inception network and the validation images' features from the
-    stage's first evaluation for the later ones (the same images at every evaluation).
-    """
-    from unifashion_core.metrics.generation import fid_kid, image_features, load_inception
+    """FID/KID of images generated from validation text queries against the validation images;
+    ``extractor`` is the stage's ``MemoFeatures`` Inception, so the validation images go through it
+    at the first evaluation only."""
+    from unifashion_core.metrics.generation import fid_kid
 
     g = recipe.model.generator
     count = min(num_items, len(queries))
@@ -384,9 +385,6 @@ def _validation_fid(
                               sampler=g.sampler, guidance_scale=g.guidance_scale, seed=rows.start, source="text").images
         for rows in batch_slices(count, 32)
     ])
-    if not reference:
-        reference["extractor"] = load_inception()
-        reference["real"] = image_features((pixels[:count].float() + 1) / 2, reference["extractor"])
-    scores = fid_kid(None, fake, kid_subset_size=min(50, count), extractor=reference["extractor"],
-                     real_features=reference["real"])
+    real = (pixels[:count].float() + 1) / 2
+    scores = fid_kid(real, fake, kid_subset_size=min(50, count), extractor=extractor)
     return {"val_fid": scores["fid"], "val_kid": scores["kid_mean"]}
