@@ -117,6 +117,25 @@ def test_itc_with_positives_spreads_the_targets_over_them(toy: tuple[torch.Tenso
     assert itc_loss(images, texts, 0.07, positives=positives).item() == pytest.approx(((i2t + t2i) / 2).item())
 
 
+def test_swapped_negative_texts_join_the_image_to_text_softmax_only(toy: tuple[torch.Tensor, torch.Tensor]) -> None:
+    images, texts = toy
+    negatives = F.normalize(torch.randn(2, 4, dtype=torch.float64), dim=-1)
+    excluded = torch.tensor([[False, False], [True, False], [False, True]])  # negative k may describe image b
+    positives = torch.eye(3, dtype=torch.bool)
+    positives[2, 0] = True
+    for given in (None, positives):
+        logits = max_sim(images, texts) / 0.07  # (images, texts)
+        extra = (max_sim(images, negatives) / 0.07).masked_fill(excluded, -math.inf)
+        wanted = torch.eye(3, dtype=torch.bool) if given is None else given
+        i2t_rows = torch.log_softmax(torch.cat([logits, extra], 1), 1)[:, :3]
+        i2t = -(i2t_rows * wanted / wanted.sum(1, keepdim=True)).sum(1).mean()
+        t2i = -(torch.log_softmax(logits.T, 1) * wanted.T / wanted.T.sum(1, keepdim=True)).sum(1).mean()
+        loss = itc_loss(images, texts, 0.07, positives=given, negative_texts=negatives, negative_excluded=excluded)
+        assert loss.item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-9)
+    no_negatives = itc_loss(images, texts, 0.07, negative_texts=negatives[:0], negative_excluded=excluded[:, :0])
+    assert no_negatives.item() == pytest.approx(itc_loss(images, texts, 0.07).item(), rel=1e-12)
+
+
 def test_texts_that_describe_an_image_are_never_its_negatives() -> None:
     positives = torch.eye(4, dtype=torch.bool)
     positives[3, 0] = True  # text 0 describes image 3 as well, not the other way round

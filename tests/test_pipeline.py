@@ -207,7 +207,7 @@ class _InterruptAt(NullProgress):
 
 
 TEXT_AUGMENT = ["data.augment.other_field=0.3", "data.augment.attribute_captions=0.5",
-                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3"]
+                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3", "loss.swap_negatives=0.5"]
 
 
 @pytest.mark.parametrize(("overrides", "interrupt_at", "stopped_at"), [

@@ -18,7 +18,7 @@ from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_queries import PHRASINGS, bench_queries, parse_shapes, short_queries
 from unifashion_core.metrics.ranking import ndcg_at_k, precision_at_k
-from unifashion_core.train.text_augment import PARAPHRASES, augment_batch
+from unifashion_core.train.text_augment import PARAPHRASES, attribute_vocabulary, augment_batch, swap_negatives
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny.yaml"
@@ -207,3 +207,29 @@ def test_a_batch_knows_which_items_each_short_text_describes():
 def test_augmentation_probabilities_are_checked():
     with pytest.raises(UserError, match="data.augment.word_dropout"):
         _augment_recipe("data.augment.word_dropout=1.5")
+
+
+def test_swapped_negatives_change_one_named_value_and_know_whom_they_still_describe():
+    items = [_item(0, caption="red striped dress", colour="red", pattern="striped", type="dress"),
+             _item(1, caption="green striped dress", colour="green", pattern="striped", type="dress"),
+             _item(2, caption="Mark Taylor Men Navy Blue Shirt", baseColour="Navy Blue", gender="Men",
+                   articleType="Shirts"),
+             _item(3, caption="plain item", colour="teal", type="skirt"),
+             _item(4, caption="Roadster Men Red Shirt", baseColour="Red", gender="Men", articleType="Shirts")]
+    texts = ["red striped dress", "find me green dress", "Mark Taylor Men Navy Blue Shirt", "plain item", "x"]
+    vocabulary = attribute_vocabulary(items, ("colour", "baseColour", "size"))
+    assert vocabulary == {"colour": ["green", "red", "teal"], "baseColour": ["Navy Blue", "Red"]}
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    assert swap_negatives(items, texts, vocabulary, 0.0, generator)[0] == []
+    assert torch.equal(generator.get_state(), state)  # off draws nothing
+    for seed in range(5):
+        negatives, excluded = swap_negatives(items, texts, vocabulary, 1.0, torch.Generator().manual_seed(seed))
+        assert len(negatives) == 3 and excluded.shape == (5, 3)  # items 3 and 4 name no value in their text
+        assert negatives[0] in ("green striped dress", "teal striped dress")
+        assert negatives[1] in ("find me red dress", "find me teal dress")
+        assert negatives[2] == "Mark Taylor Men Red Shirt"  # the case of the title kept
+        assert not excluded[[0, 1, 2], [0, 1, 2]].any()  # a swapped text never describes its own item
+        assert excluded[1, 0] == (negatives[0] == "green striped dress")  # item 1 is a green striped dress
+        assert excluded[0, 1] == (negatives[1] == "find me red dress")
+        assert excluded[4, 2]  # item 4 is a men's red shirt: not its negative

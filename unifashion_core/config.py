@@ -298,10 +298,16 @@ class LossConfig(_Section):
     itg_weight: float = 1.0  # phase 2: fused queries -> frozen LLM -> target caption
     q2i_weight: float = 1.0  # phase 2: fused queries -> frozen UNet -> target image
     cir_variant: Literal["paper", "code"] = "paper"  # paper (e_cls, both directions) | code (released code)
+    # phase 1a: per item and step, the chance that its text also brings a negative copy with one
+    # attribute value swapped ("red dress" -> "green dress") into ITC's image->text softmax
+    swap_negatives: float = 0.0
+    swap_fields: tuple[str, ...] = ("colour", "baseColour")  # attribute fields whose values are swapped
 
     def check(self) -> None:
         if self.itm_every < 1:
             raise UserError("loss.itm_every must be at least 1.")
+        if not 0.0 <= self.swap_negatives <= 1.0:
+            raise UserError(f"loss.swap_negatives is a probability in [0, 1], got {self.swap_negatives}.")
 
 
 @dataclass(frozen=True)

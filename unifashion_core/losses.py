@@ -87,6 +87,8 @@ def itc_loss(
     label_smoothing: float = 0.0,
     gather: bool = False,
     positives: Tensor | None = None,
+    negative_texts: Tensor | None = None,
+    negative_excluded: Tensor | None = None,
 ) -> Tensor:
     """Image-text contrastive loss (Eq. 3): mean of the i2t and t2i in-batch cross-entropies.
 
@@ -101,6 +103,10 @@ def itc_loss(
             positives. ``(B, B)`` bool over the local batch, or, when gathering, ``(W * B, W * B)``
             over the gathered global batch (this process's rows are taken from it). None: only
             the diagonal.
+        negative_texts: ``(K, D)`` extra texts that are no image's positive (the swapped-attribute
+            copies of ``text_augment.swap_negatives``); they join the image->text softmax only.
+        negative_excluded: ``(B, K)`` bool, True where negative ``k`` may describe image ``b``
+            (left out of that row's softmax).
 
     Returns:
         The scalar loss.
@@ -108,6 +114,13 @@ def itc_loss(
     logits_i2t, logits_t2i, labels = itc_logits(image_embeds, text_embeds, temperature, gather)
     targets_i2t = labels if positives is None else _spread_targets(positives, labels, logits_i2t.shape[1])
     targets_t2i = labels if positives is None else _spread_targets(positives.T, labels, logits_t2i.shape[1])
+    if negative_texts is not None and negative_texts.shape[0]:
+        extra = max_sim(image_embeds, negative_texts) / temperature  # (B, K)
+        if negative_excluded is not None:
+            extra = extra.masked_fill(negative_excluded, torch.finfo(extra.dtype).min)
+        logits_i2t = torch.cat([logits_i2t, extra.to(logits_i2t.dtype)], dim=1)  # (B, W * B + K)
+        if targets_i2t.dim() == 2:
+            targets_i2t = F.pad(targets_i2t, (0, extra.shape[1]))
     loss_i2t = F.cross_entropy(logits_i2t, targets_i2t, label_smoothing=label_smoothing)
     loss_t2i = F.cross_entropy(logits_t2i, targets_t2i, label_smoothing=label_smoothing)
     return (loss_i2t + loss_t2i) / 2

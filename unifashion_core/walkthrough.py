@@ -145,12 +145,14 @@ def _search(paths: dict[str, Path]) -> dict[str, Any]:
     attributes = {item.id: item.attributes for item in dataset.items}
     sheets, queries = [], []
     for number, (text, wanted) in enumerate(TEXT_QUERIES.items()):
-        results = search(model, index, text=text, k=5)
+        ranked = search(model, index, text=text, k=index.num_items)
+        results = ranked[:5]
         sheet = contact_sheet(results, paths["demo"] / f"search-text-{number}.png", None, text)
         sheets.append(sheet.name)
-        first = attributes[results[0].id]
+        hits = [all(attributes[r.id].get(name) == value for name, value in wanted.items()) for r in ranked]
         queries.append({"query": text, "top": [(r.id, r.caption, round(r.score, 4)) for r in results],
-                        "first_matches": all(first.get(name) == value for name, value in wanted.items())})
+                        "first_matches": hits[0], "num_matching": sum(hits),
+                        "first_match_rank": hits.index(True) + 1 if any(hits) else None})
     reference = dataset.split("test")[0]
     image = dataset.image_path(reference)
     results = search(model, index, image=image, k=5, mode="i2i")
@@ -383,7 +385,10 @@ def render_report(report: dict[str, Any]) -> str:
     for query, sheet in zip(stages["search"]["queries"], stages["search"]["sheets"], strict=True):
         lines.append(f"**{query['query']}**: " + "; ".join(f"{c} ({s})" for _, c, s in query["top"]))
         if "first_matches" in query:
-            lines += ["", f"First result has every value named: {'yes' if query['first_matches'] else '**no**'}."]
+            found = (f"{query['num_matching']} indexed item(s) have them; the first at rank {query['first_match_rank']}"
+                     if query.get("num_matching") else "no indexed item has them all")
+            lines += ["", f"First result has every value named: {'yes' if query['first_matches'] else '**no**'} "
+                          f"({found})."]
         lines += ["", f"![]({sheet})", ""]
     lines += _render_short_queries(stages["bench"]["queries"]["shapes"])
     lines += ["## Captions", "", "| image | generated | reference |", "|---|---|---|"]

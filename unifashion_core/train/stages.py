@@ -28,7 +28,7 @@ from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.shards import Rows
 from unifashion_core.train.data import Batch, ExampleData, Field
-from unifashion_core.train.text_augment import augment_batch
+from unifashion_core.train.text_augment import attribute_vocabulary, augment_batch, swap_negatives
 
 LossFn = Callable[[Batch, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
 Examples = Rows | torch.Tensor  # per-example rows: ``[i]`` is one example, ``[index tensor]`` a batch
@@ -117,9 +117,11 @@ def retrieval_stage(
     ``items`` are the rows of ``tokens``; each batch's texts are their ``data.caption_field``
     texts, varied by ``data.augment`` with the stage's generator (``text_augment``). A text that
     fits other items of the batch too (an identical one, or "blue dress") counts them as positives
-    in ITC and never pairs with them as an ITM negative.
+    in ITC and never pairs with them as an ITM negative. With ``loss.swap_negatives``, copies of
+    the texts with one attribute value swapped join ITC's image->text softmax as negatives.
     """
     loss_cfg = recipe.loss
+    vocabulary = attribute_vocabulary(items, loss_cfg.swap_fields) if loss_cfg.swap_negatives > 0 else {}
     qformer = model.qformer
     qformer.requires_grad_(True)
     gathered = loss_cfg.gather_across_processes
@@ -137,14 +139,25 @@ def retrieval_stage(
         if num_top:
             batch_tokens = top(batch_tokens)  # (B, T, C)
         indices, shard = scope(batch, gathered)
-        batch_texts, positives = augment_batch([items[i] for i in indices.tolist()], recipe.data, generator)  # (G)
+        batch_items = [items[i] for i in indices.tolist()]
+        batch_texts, positives = augment_batch(batch_items, recipe.data, generator)  # (G)
         positives = positives.to(batch_tokens.device)  # (G, G): text j describes image i
         all_ids, all_mask = model.tokenize(batch_texts)  # (G, L)
         ids, mask = all_ids[shard.rows], all_mask[shard.rows]  # (B, L)
         image_embeds = qformer.encode_image(batch_tokens).embeds  # (B, Q, D)
         text_embeds = qformer.encode_text(ids, mask).embeds  # (B, D)
         temperature = qformer.temperature()
-        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives)
+        negatives, excluded = None, None
+        if vocabulary:
+            # every process encodes all K negatives of the global batch (the same in each), so the
+            # averaged gradients equal one process's
+            negative_texts, excluded = swap_negatives(batch_items, batch_texts, vocabulary, loss_cfg.swap_negatives,
+                                                      generator)  # K, (G, K)
+            if negative_texts:
+                negatives = qformer.encode_text(*model.tokenize(negative_texts)).embeds  # (K, D)
+                excluded = excluded[shard.rows].to(batch_tokens.device)  # (B, K)
+        itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives,
+                       negatives, excluded)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and shard.size > 1:
             with torch.no_grad():

@@ -16,9 +16,16 @@ nothing, so a recipe without augmentation consumes the generator exactly as befo
 A short text fits more than its own item ("blue dress" fits every blue dress in the batch), so
 :func:`augment_batch` also says which items each text describes; the contrastive and matching
 losses then treat those pairs as positives, not as negatives.
+
+In-batch negatives rarely differ from an item in colour alone (a batch of 32 seldom holds two
+items that share everything else), so a contrastive model can rank full captions well while
+hardly reading the colour, and "red dress" then returns green ones. :func:`swap_negatives` adds
+the missing negatives, as NegCLIP (Yuksekgonul et al., ICLR 2023) does for word order: a copy of
+the text with one attribute value replaced by another value of the same field.
 """
 
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,3 +109,58 @@ def augment_batch(items: list[Item], data: DataConfig, generator: torch.Generato
     positives = torch.tensor([[i == j or texts[i].text == text.text or text.describes(item)
                                for j, text in enumerate(texts)] for i, item in enumerate(items)])
     return [text.text for text in texts], positives
+
+
+def attribute_vocabulary(items: list[Item], fields: Collection[str]) -> dict[str, list[str]]:
+    """The distinct values of each of ``fields`` among ``items`` (sorted; fields with < 2 left out)."""
+    values = {name: sorted({str(item.attributes[name]) for item in items
+                            if item.attributes.get(name) not in (None, "")}) for name in fields}
+    return {name: found for name, found in values.items() if len(found) > 1}
+
+
+def _value_pattern(value: str) -> re.Pattern[str]:
+    """``value`` as a whole word or phrase, any case ("blue" in "Men Blue Shirt", not in "bluebell")."""
+    return re.compile(rf"(?<![\w-]){re.escape(value)}(?![\w-])", re.IGNORECASE)
+
+
+def _cased(new: str, old: str) -> str:
+    """``new`` in the case style of the text it replaces (lower, Title or as given)."""
+    return new.lower() if old.islower() else (new.title() if old[:1].isupper() else new)
+
+
+def swap_negatives(
+    items: Sequence[Item], texts: Sequence[str], vocabulary: Mapping[str, Sequence[str]], probability: float,
+    generator: torch.Generator,
+) -> tuple[list[str], torch.Tensor]:
+    """Hard negative texts: copies of the batch's texts with one attribute value swapped.
+
+    With ``probability`` per item, one of the ``vocabulary`` fields whose value appears in the
+    item's text (as a whole word, any case) is chosen and every occurrence replaced by another
+    value of that field, drawn uniformly ("red striped dress" -> "teal striped dress"). An item
+    whose text names none of the fields brings no negative.
+
+    Returns:
+        The K negative texts and ``(B, K)`` bool ``excluded``: ``[i, k]`` True when negative ``k``
+        may still describe item ``i`` (item ``i`` has the swapped-in value and every other value of
+        the source item that the text names), so it must not count as a negative for item ``i``.
+    """
+    negatives: list[str] = []
+    named: list[dict[str, str]] = []
+    for item, text in zip(items, texts, strict=True):
+        if not _chance(probability, generator):
+            continue
+        present = [name for name in vocabulary if item.attributes.get(name) not in (None, "")
+                   and _value_pattern(str(item.attributes[name])).search(text)]
+        if not present:
+            continue
+        name = present[_choice(len(present), generator)]
+        old = str(item.attributes[name])
+        others = [value for value in vocabulary[name] if value.lower() != old.lower()]
+        new = others[_choice(len(others), generator)]
+        negatives.append(_value_pattern(old).sub(lambda match, new=new: _cased(new, match.group(0)), text))
+        said = {key: str(value) for key, value in item.attributes.items()
+                if value not in (None, "") and _value_pattern(str(value)).search(text)}
+        named.append({**said, name: new})
+    excluded = torch.tensor([[all(str(item.attributes.get(key)) == value for key, value in values.items())
+                              for values in named] for item in items], dtype=torch.bool).reshape(len(items), len(named))
+    return negatives, excluded
