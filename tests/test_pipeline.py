@@ -262,3 +262,11 @@ def test_resume_refuses_a_changed_recipe(workspace, tmp_path, monkeypatch):
         ],
     )
     assert result.exit_code == 2 and "recipe differs" in result.output
+
+
+def test_swapped_negatives_on_fields_no_item_has_are_refused(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    result = runner.invoke(app, ["train", str(TINY), "train.stages=[retrieval]", "loss.swap_negatives=0.5",
+                                 "loss.swap_fields=[size]", "--data", str(workspace / "data"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "loss.swap_fields (size)" in result.output and "colour" in result.output
