@@ -270,3 +270,16 @@ def test_swapped_negatives_on_fields_no_item_has_are_refused(workspace, tmp_path
                                  "loss.swap_fields=[size]", "--data", str(workspace / "data"),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "loss.swap_fields (size)" in result.output and "colour" in result.output
+
+
+def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    weights = {}
+    for probability in (0, 1):
+        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
+                                    "model.qformer.dropout=0",  # else the extra text pass alone moves the RNG
+                                    f"loss.swap_negatives={probability}"])
+        run_training(recipe, data=workspace / "data", out=tmp_path / f"swap{probability}")
+        weights[probability] = load_file(str(tmp_path / f"swap{probability}" / "checkpoint" / "model.safetensors"))
+    changed = [key for key in weights[0] if not torch.equal(weights[0][key], weights[1][key])]
+    assert any(key.startswith("qformer.") for key in changed)

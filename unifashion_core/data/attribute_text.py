@@ -29,6 +29,11 @@ def attribute_word(field: str, value: Any) -> str:
     return _COLOUR_WORDS.get(word, word) if field in ("colour", "baseColour") else word
 
 
+def attribute_fields(items: Iterable[Any]) -> list[str]:
+    """The attribute fields that some of ``items`` (manifest ``Item``s) give a non-empty value, sorted."""
+    return sorted({name for item in items for name, value in item.attributes.items() if value not in (None, "")})
+
+
 def phrase_fields(attributes: Mapping[str, Any]) -> list[str]:
     """The fields of ``attributes`` that can be phrased (a non-empty value), in phrase order."""
     return [name for name in PHRASE_ORDER if attributes.get(name) not in (None, "")]

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from unifashion_core.checkpoint import load_checkpoint
-from unifashion_core.data.attribute_text import attribute_phrase, with_article
+from unifashion_core.data.attribute_text import attribute_fields, attribute_phrase, with_article
 from unifashion_core.data.manifest import Item, load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.baseline import BASELINE_VISION, split_baseline_similarity
@@ -80,7 +80,7 @@ def parse_shapes(shapes: list[str] | tuple[str, ...], items: list[Item]) -> list
     """
     if not shapes:
         raise UserError("no query shapes given; name some, e.g. --shapes type,colour+type.")
-    fields = sorted({name for item in items for name, value in item.attributes.items() if value not in (None, "")})
+    fields = attribute_fields(items)
     if not fields:
         raise UserError("the items of this split have no attributes to build short queries from.")
     parsed = []

@@ -23,7 +23,6 @@ from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, 
 from unifashion_core.data.manifest import Item
 from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.distributed import BatchShard, gather
-from unifashion_core.errors import UserError
 from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
@@ -123,11 +122,6 @@ def retrieval_stage(
     """
     loss_cfg = recipe.loss
     vocabulary = attribute_vocabulary(items, loss_cfg.swap_fields) if loss_cfg.swap_negatives > 0 else {}
-    if loss_cfg.swap_negatives > 0 and not vocabulary:
-        fields = sorted({name for item in items for name, value in item.attributes.items() if value not in (None, "")})
-        raise UserError(f"loss.swap_negatives needs a field of loss.swap_fields ({', '.join(loss_cfg.swap_fields)}) "
-                        f"with two or more values among the training items; their fields: "
-                        f"{', '.join(fields) or 'none'}.")
     qformer = model.qformer
     qformer.requires_grad_(True)
     gathered = loss_cfg.gather_across_processes

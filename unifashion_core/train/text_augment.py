@@ -32,8 +32,9 @@ from typing import Any
 import torch
 
 from unifashion_core.config import DataConfig
-from unifashion_core.data.attribute_text import NOUN_FIELDS, attribute_phrase, phrase_fields
+from unifashion_core.data.attribute_text import NOUN_FIELDS, attribute_fields, attribute_phrase, phrase_fields
 from unifashion_core.data.manifest import Item
+from unifashion_core.errors import UserError
 
 # How a shopper might ask; kept apart from the phrasings `bench queries` tests with.
 PARAPHRASES = ("i want {}", "find me {}", "searching for {}", "{}, thanks", "need {}", "any {}?", "shop {}")
@@ -112,10 +113,19 @@ def augment_batch(items: list[Item], data: DataConfig, generator: torch.Generato
 
 
 def attribute_vocabulary(items: list[Item], fields: Collection[str]) -> dict[str, list[str]]:
-    """The distinct values of each of ``fields`` among ``items`` (sorted; fields with < 2 left out)."""
+    """The distinct values of each of ``fields`` among ``items`` (sorted; fields with < 2 left out).
+
+    Raises:
+        UserError: none of ``fields`` has two values to swap (the message lists the items' fields).
+    """
     values = {name: sorted({str(item.attributes[name]) for item in items
                             if item.attributes.get(name) not in (None, "")}) for name in fields}
-    return {name: found for name, found in values.items() if len(found) > 1}
+    vocabulary = {name: found for name, found in values.items() if len(found) > 1}
+    if not vocabulary:
+        raise UserError(f"loss.swap_negatives needs a field of loss.swap_fields ({', '.join(fields)}) with two or "
+                        f"more values among the training items; their fields: "
+                        f"{', '.join(attribute_fields(items)) or 'none'}.")
+    return vocabulary
 
 
 def _value_pattern(value: str) -> re.Pattern[str]:
@@ -144,8 +154,7 @@ def swap_negatives(
         may still describe item ``i`` (item ``i`` has the swapped-in value and every other value of
         the source item that the text names), so it must not count as a negative for item ``i``.
     """
-    negatives: list[str] = []
-    named: list[dict[str, str]] = []
+    negatives: list[TrainingText] = []
     for item, text in zip(items, texts, strict=True):
         if not _chance(probability, generator):
             continue
@@ -157,10 +166,10 @@ def swap_negatives(
         old = str(item.attributes[name])
         others = [value for value in vocabulary[name] if value.lower() != old.lower()]
         new = others[_choice(len(others), generator)]
-        negatives.append(_value_pattern(old).sub(lambda match, new=new: _cased(new, match.group(0)), text))
-        said = {key: str(value) for key, value in item.attributes.items()
+        said = {key: value for key, value in item.attributes.items()
                 if value not in (None, "") and _value_pattern(str(value)).search(text)}
-        named.append({**said, name: new})
-    excluded = torch.tensor([[all(str(item.attributes.get(key)) == value for key, value in values.items())
-                              for values in named] for item in items], dtype=torch.bool).reshape(len(items), len(named))
-    return negatives, excluded
+        swapped = _value_pattern(old).sub(lambda match, new=new: _cased(new, match.group(0)), text)
+        negatives.append(TrainingText(swapped, {**said, name: new}))
+    excluded = torch.tensor([[negative.describes(item) for negative in negatives] for item in items],
+                            dtype=torch.bool).reshape(len(items), len(negatives))
+    return [negative.text for negative in negatives], excluded
