@@ -66,3 +66,42 @@ def test_adamw_is_torchs_fused_one_and_steps_as_the_per_tensor_loop():
             opt.step()
     for mine, theirs in zip((*weights, bias), twins, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_logged_seconds_per_step_average_every_step_since_the_last_line():
+    """A stage whose even steps are slow (as ITM every 2nd step is): each logged figure is the
+    mean over its window, not the last step's time (which here would always be a fast one)."""
+    import time
+
+    from accelerate import Accelerator
+
+    from unifashion_core.config import TrainConfig
+    from unifashion_core.progress import NullProgress
+    from unifashion_core.train.data import ExampleData
+    from unifashion_core.train.loop import run_stage
+    from unifashion_core.train.stages import Stage
+
+    weight = torch.nn.Linear(2, 1)
+
+    def loss_fn(batch, generator, step):
+        if step % 2 == 0:
+            time.sleep(0.05)
+        return weight(batch.fields["x"]).square().mean(), {}
+
+    class Log:
+        def __init__(self):
+            self.rows = []
+
+        def write(self, row):
+            self.rows.append(row)
+
+        def draw(self):
+            pass
+
+    stage = Stage("toy", weight, list(weight.parameters()), OptimConfig(max_steps=6, batch_size=2),
+                  ExampleData(4, {"x": lambda i: torch.full((2,), float(i))}), loss_fn)
+    log = Log()
+    run_stage(stage, Accelerator(cpu=True), 0, TrainConfig(log_every=2), log, lambda meta, state: None,
+              NullProgress())
+    seconds = [row["seconds_per_step"] for row in log.rows]
+    assert len(seconds) == 3 and min(seconds) >= 0.025

@@ -121,6 +121,7 @@ def run_stage(
 
     swap = averaged_weights if ema is not None else nullcontext
 
+    window_seconds, window_steps = 0.0, 0  # training time since the last log line (no evaluation, no saving)
     while step < cfg.max_steps:
         started = time.perf_counter()
         logs: dict[str, float] = {}
@@ -140,11 +141,14 @@ def run_stage(
             stage.after_step()
         step += 1
         seconds = time.perf_counter() - started
+        window_seconds, window_steps = window_seconds + seconds, window_steps + 1
         last = _mean_over_processes(accelerator, {"loss": float(loss.detach()), **logs})
         progress.advance(f"train {stage.name}", 1, loss=last["loss"], ex_per_s=shard.size * accum / seconds)
         if step % train_cfg.log_every == 0 or step == cfg.max_steps:
+            # the mean over every step since the last line: steps differ (ITM every loss.itm_every)
             log.write({"stage": stage.name, "step": step, "lr": scheduler.get_last_lr()[0],
-                       "seconds_per_step": seconds, **last})
+                       "seconds_per_step": window_seconds / window_steps, **last})
+            window_seconds, window_steps = 0.0, 0
         if stage.eval_fn is not None and (
             step == cfg.max_steps or (train_cfg.eval_every and step % train_cfg.eval_every == 0)
         ):
