@@ -261,7 +261,7 @@ def _render_tryon(stage: dict[str, Any]) -> list[str]:
             design = bench["design"]
             rows = [{"sketch": name, **design[name]} for name in ("with_sketch", "without_sketch")]
             lines += [f"Design from a sketch ({design['num_items']} test garments):", "",
-                      markdown_table(rows, ["sketch", "edge_iou", "colour_accuracy", "fid"])]
+                      markdown_table(rows, ["sketch", "edge_iou", "colour_accuracy"])]
     return lines + [""]
 
 

@@ -40,7 +40,7 @@ from unifashion_core.data.tryon import TryOnInputs, edges, has_tryon, load_tryon
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.reports import BenchReport, markdown_table, provenance, provenance_lines, write_report
 from unifashion_core.features import image_tokens
-from unifashion_core.metrics.generation import MemoFeatures, load_inception
+from unifashion_core.metrics.generation import MIN_FID_IMAGES, MemoFeatures, load_inception
 from unifashion_core.metrics.tryon import changed_outside, edge_iou, paired_scores
 from unifashion_core.progress import NullProgress, Progress
 
@@ -287,9 +287,12 @@ def _distribution(real: torch.Tensor, fake: torch.Tensor, features: MemoFeatures
     from unifashion_core.metrics.generation import fid_kid
 
     count = min(len(real), len(fake))
-    if isinstance(features, str) or count < 2:
-        return {"fid": None, "fid_note": features if isinstance(features, str) else
-                f"{count} image(s): FID/KID need at least 2"}
+    if isinstance(features, str):
+        return {"fid": None, "kid_mean": None, "fid_note": features}
+    if count < MIN_FID_IMAGES:  # noise, and bench fid refuses it; the Inception passes are not spent on it
+        return {"fid": None, "kid_mean": None,
+                "fid_note": f"FID/KID not computed from {count} images (fewer than the {MIN_FID_IMAGES} that bench fid "
+                            "requires, not meaningful); compare SSIM/PSNR instead"}
     scores = fid_kid(real, fake, kid_subset_size=min(50, count), extractor=features)
     if count < RELIABLE_FID_IMAGES:
         scores["fid_note"] = (f"{count} images: FID/KID estimate a {RELIABLE_FID_IMAGES}-dimensional feature "
@@ -352,6 +355,8 @@ def _markdown(report: dict[str, Any]) -> str:
         lines += [f"## Design from a sketch ({design['num_items']} garments, {design['resolution']}px)\n",
                   markdown_table(rows, ["sketch", "edge_iou", "fid", "kid_mean", "colour_accuracy"]),
                   "![](design.png) sketch, with the sketch, without it, the real garment\n"]
-    notes = {paired["model"].get("fid_note"), unpaired.get("fid_note")} - {None}
+    notes = {paired["model"].get("fid_note"), unpaired.get("fid_note"),
+             *(report["design"][name].get("fid_note") for name in ("with_sketch", "without_sketch")
+               if "design" in report)} - {None}
     lines += [f"Note: {note}.\n" for note in sorted(notes)]
     return "\n".join(lines)

@@ -53,9 +53,9 @@ def provenance(
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """A GitHub-flavoured Markdown table; floats with 4 decimals."""
+    """A GitHub-flavoured Markdown table; floats with 4 decimals, "n/a" for a value not computed (None)."""
     def cell(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        return f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
