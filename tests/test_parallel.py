@@ -39,7 +39,7 @@ NO_NOISE = ["model.qformer.dropout=0"]  # dropout draws its masks per process
 # global batch, so ITC's positives and ITM's excluded negatives span the processes; the swapped-colour
 # negative texts come from the whole batch too.
 AUGMENT = ["data.augment={other_field: 0.25, attribute_captions: 0.5, word_dropout: 0.1, paraphrase: 0.15}",
-           "loss.swap_negatives=0.5"]
+           "loss.swap_negatives=0.5", "loss.sibling_batches=0.25"]
 RETRIEVAL = [*NO_NOISE, *AUGMENT, "train.stages=[retrieval]", "train.retrieval.max_steps=4", "train.save_every=2",
              "train.eval_every=0", *(f"train.retrieval.{option}" for option in SGD_LIKE)]
 # ITG is a mean over each process's caption tokens, and captions differ in length, so its average

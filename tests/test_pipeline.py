@@ -207,7 +207,8 @@ class _InterruptAt(NullProgress):
 
 
 TEXT_AUGMENT = ["data.augment.other_field=0.3", "data.augment.attribute_captions=0.5",
-                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3", "loss.swap_negatives=0.5"]
+                "data.augment.word_dropout=0.2", "data.augment.paraphrase=0.3", "loss.swap_negatives=0.5",
+                "loss.sibling_batches=0.5"]
 
 
 @pytest.mark.parametrize(("overrides", "interrupt_at", "stopped_at"), [
@@ -283,3 +284,14 @@ def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monke
         weights[probability] = load_file(str(tmp_path / f"swap{probability}" / "checkpoint" / "model.safetensors"))
     changed = [key for key in weights[0] if not torch.equal(weights[0][key], weights[1][key])]
     assert any(key.startswith("qformer.") for key in changed)
+
+
+def test_sibling_batches_on_fields_no_item_has_are_refused(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    result = runner.invoke(app, ["train", str(TINY), "train.stages=[retrieval]", "loss.sibling_batches=0.5",
+                                 "loss.swap_fields=[size]", "--data", str(workspace / "data"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "loss.sibling_batches needs a field of loss.swap_fields (size)" in result.output
+    result = runner.invoke(app, ["train", str(TINY), "loss.sibling_batches=0.75", "--data", str(workspace / "data"),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "loss.sibling_batches is a share of the batch in [0, 0.5]" in result.output

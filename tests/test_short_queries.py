@@ -233,3 +233,28 @@ def test_swapped_negatives_change_one_named_value_and_know_whom_they_still_descr
         assert excluded[1, 0] == (negatives[0] == "green striped dress")  # item 1 is a green striped dress
         assert excluded[0, 1] == (negatives[1] == "find me red dress")
         assert excluded[4, 2]  # item 4 is a men's red shirt: not its negative
+
+
+def test_sibling_batches_pair_anchors_with_another_colour_of_their_category():
+    from unifashion_core.train.data import Siblings, batch_indices
+
+    categories = ["dress"] * 6 + ["skirt"] * 6 + ["hat"]
+    colours = ["red", "red", "blue", "blue", "green", None, "red", "red", "red", "teal", "teal", "teal", "red"]
+    siblings = Siblings.of(categories, colours, 0.5)
+    for step in range(20):
+        batch = batch_indices(4, len(categories), 8, step, siblings)
+        assert len(batch) == 8 and torch.equal(batch, batch_indices(4, len(categories), 8, step, siblings))
+        anchors, partners = batch[:4].tolist(), batch[4:].tolist()
+        assert sorted(anchors) == sorted(set(anchors))  # the anchors are a slice of the epoch's permutation
+        for anchor, partner in zip(anchors, partners, strict=True):
+            if colours[anchor] is None or categories[anchor] == "hat":  # nothing to pair with: any item
+                continue
+            # 8 draws from a category of 6 with at least 2 other-coloured items: a miss is (4/6)^8 = 4 %
+            # per anchor; the draws are seeded, so this holds for these 20 steps or never
+            if categories[partner] == categories[anchor]:
+                assert colours[partner] not in (None, colours[anchor])
+    paired = sum(categories[b] == categories[a] and colours[b] not in (None, colours[a])
+                 for step in range(20) for a, b in zip(*batch_indices(4, 13, 8, step, siblings).view(2, 4).tolist(),
+                                                        strict=True))
+    assert paired >= 40  # most anchors get a true sibling
+    assert torch.equal(batch_indices(4, 13, 8, 3), batch_indices(4, 13, 8, 3, None))  # off: the plain batches

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from unifashion_core.batching import batch_slices
-from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, OptimConfig, QueryMixConfig, Recipe
+from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, LossConfig, OptimConfig, QueryMixConfig, Recipe
 from unifashion_core.data.manifest import Item
 from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.distributed import BatchShard, gather
@@ -27,7 +27,7 @@ from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.shards import Rows
-from unifashion_core.train.data import Batch, ExampleData, Field
+from unifashion_core.train.data import Batch, ExampleData, Field, Siblings
 from unifashion_core.train.text_augment import attribute_vocabulary, augment_batch, swap_negatives
 
 LossFn = Callable[[Batch, torch.Generator, int], tuple[torch.Tensor, dict[str, float]]]
@@ -182,11 +182,26 @@ def retrieval_stage(
         nn.ModuleList([qformer, nn.ParameterList(vision_params)]) if num_top else qformer,
         _trainable(qformer) + vision_params,
         recipe.train.retrieval,
-        ExampleData(len(tokens), {"tokens": _field(tokens)}),
+        ExampleData(len(tokens), {"tokens": _field(tokens)}, _siblings(items, loss_cfg)),
         loss_fn,
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
     )
+
+
+def _siblings(items: list[Item], loss_cfg: LossConfig) -> Siblings | None:
+    """The batch partners of ``loss.sibling_batches``: same category, another value of the first
+    ``loss.swap_fields`` field the items have with two values (None when off).
+
+    Raises:
+        UserError: no such field among the items.
+    """
+    if not loss_cfg.sibling_batches:
+        return None
+    name = next(iter(attribute_vocabulary(items, loss_cfg.swap_fields, "loss.sibling_batches")))
+    values = [item.attributes.get(name) for item in items]
+    return Siblings.of([item.category for item in items], [None if v in (None, "") else str(v) for v in values],
+                       loss_cfg.sibling_batches)
 
 
 def caption_stage(
