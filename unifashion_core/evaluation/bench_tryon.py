@@ -24,6 +24,7 @@ not meaningful, and the report says so next to them.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,6 @@ class _Run:
         self.loaded, self.model, self.dataset = loaded, loaded.model, dataset
         self.head, self.config = loaded.model.generator, loaded.model.config.generator
         self.sampling, self.source, self.cache_dir, self.progress = sampling, source, cache_dir, progress
-        self.features = _inception()
 
     def paired(self, items: list[Item], inputs: TryOnInputs, with_sketch: bool, out: Path) -> dict[str, Any]:
         """Model and baselines on each person (``inputs``) with their own garment."""
@@ -157,7 +157,7 @@ class _Run:
             "mean_colour": _mean_colour_fill(self.dataset, items, truth, mask),
             "untrained": self.sample(_untrained(self.loaded), queries, inputs, with_sketch, "try-on (step 0)"),
         }
-        scores = {name: paired_scores(result, truth, mask) | _distribution(truth, result, self.features)
+        scores = {name: paired_scores(result, truth, mask) | self.distribution(truth, result)
                   for name, result in results.items()}
         _tryon_sheet(self.dataset, items, truth, mask, results, out / "tryon.png")
         return {"num_pairs": len(items), **scores}
@@ -177,7 +177,7 @@ class _Run:
         known = torch.from_numpy((inputs.pixel_values + 1) / 2)
         return {"num_pairs": len(pairs), "changed_outside_mask": changed_outside(result, known,
                                                                                  torch.from_numpy(inputs.mask)),
-                **_distribution(truth, result, self.features)}
+                **self.distribution(truth, result)}
 
     def design(self, items: list[Item], out: Path) -> dict[str, Any]:
         """Garments from caption + sketch (the edges of the real garment), and without the sketch."""
@@ -192,13 +192,39 @@ class _Run:
         report: dict[str, Any] = {"num_items": len(items), "resolution": size}
         for name, images in made.items():
             ious = [edge_iou(s[0].numpy(), edges(image.numpy())) for s, image in zip(sketch, images, strict=True)]
-            report[name] = {"edge_iou": float(np.mean(ious)), **_distribution(real, images, self.features)}
+            report[name] = {"edge_iou": float(np.mean(ious)), **self.distribution(real, images)}
             accuracy = colour_accuracy(images, [item.attributes.get("colour") for item in items])
             if accuracy is not None:
                 report[name]["colour_accuracy"] = accuracy
         report["clip_score"] = "not computed here: bench clip-score --clip DIR measures it"
         _design_sheet(sketch, made, real, out / "design.png")
         return report
+
+    @cached_property
+    def features(self) -> MemoFeatures | str:
+        """The FID Inception-v3 (remembering features), or why it cannot be loaded; loaded by the
+        first image set large enough to score, so a bench of small sets never loads it."""
+        try:
+            return MemoFeatures(load_inception())
+        except UserError as exc:
+            return str(exc)
+
+    def distribution(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, Any]:
+        """FID and KID (Inception-v3) of ``fake`` against ``real``, with a note when too few to mean much."""
+        from unifashion_core.metrics.generation import fid_kid
+
+        count = min(len(real), len(fake))
+        if count < MIN_FID_IMAGES:  # noise, and bench fid refuses it; the Inception passes are not spent on it
+            return {"fid": None, "kid_mean": None,
+                    "fid_note": f"FID/KID not computed from {count} images (fewer than the {MIN_FID_IMAGES} that bench "
+                                "fid requires, not meaningful); compare SSIM/PSNR instead"}
+        if isinstance(self.features, str):
+            return {"fid": None, "kid_mean": None, "fid_note": self.features}
+        scores = fid_kid(real, fake, kid_subset_size=min(50, count), extractor=self.features)
+        if count < RELIABLE_FID_IMAGES:
+            scores["fid_note"] = (f"{count} images: FID/KID estimate a {RELIABLE_FID_IMAGES}-dimensional feature "
+                                  "distribution and are not meaningful from so few; compare SSIM/PSNR instead")
+        return scores
 
     def inputs(self, items: list[Item]) -> TryOnInputs:
         return stack_tryon([load_tryon(self.dataset, item, self.config.tryon_resolution) for item in items])
@@ -272,32 +298,6 @@ def _garment_colour(dataset: Dataset, item: Item) -> np.ndarray:
         border = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]), axis=0)
         pixels = image[np.abs(image - border).max(axis=-1) > 40]
     return (pixels.mean(axis=0) if len(pixels) else image.reshape(-1, 3).mean(axis=0)) / 255
-
-
-def _inception() -> MemoFeatures | str:
-    """The FID Inception-v3 (remembering features), or why it cannot be loaded."""
-    try:
-        return MemoFeatures(load_inception())
-    except UserError as exc:
-        return str(exc)
-
-
-def _distribution(real: torch.Tensor, fake: torch.Tensor, features: MemoFeatures | str) -> dict[str, Any]:
-    """FID and KID (Inception-v3) of ``fake`` against ``real``, with a note when too few to mean much."""
-    from unifashion_core.metrics.generation import fid_kid
-
-    count = min(len(real), len(fake))
-    if isinstance(features, str):
-        return {"fid": None, "kid_mean": None, "fid_note": features}
-    if count < MIN_FID_IMAGES:  # noise, and bench fid refuses it; the Inception passes are not spent on it
-        return {"fid": None, "kid_mean": None,
-                "fid_note": f"FID/KID not computed from {count} images (fewer than the {MIN_FID_IMAGES} that bench fid "
-                            "requires, not meaningful); compare SSIM/PSNR instead"}
-    scores = fid_kid(real, fake, kid_subset_size=min(50, count), extractor=features)
-    if count < RELIABLE_FID_IMAGES:
-        scores["fid_note"] = (f"{count} images: FID/KID estimate a {RELIABLE_FID_IMAGES}-dimensional feature "
-                              "distribution and are not meaningful from so few; compare SSIM/PSNR instead")
-    return scores
 
 
 def _cells(images: torch.Tensor) -> list[Image.Image]:
