@@ -295,3 +295,15 @@ def test_sibling_batches_on_fields_no_item_has_are_refused(workspace, tmp_path, 
     result = runner.invoke(app, ["train", str(TINY), "loss.sibling_batches=0.75", "--data", str(workspace / "data"),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "loss.sibling_batches is a share of the batch in [0, 0.5]" in result.output
+
+
+def test_sibling_batches_reach_the_retrieval_stage(workspace, tmp_path, monkeypatch):
+    """The partners change which items a step trains on, so the weights differ from plain batches."""
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    weights = {}
+    for share in (0, 0.5):
+        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
+                                    "model.qformer.dropout=0", f"loss.sibling_batches={share}"])
+        run_training(recipe, data=workspace / "data", out=tmp_path / f"sib{share}")
+        weights[share] = load_file(str(tmp_path / f"sib{share}" / "checkpoint" / "model.safetensors"))
+    assert any(not torch.equal(weights[0][key], weights[0.5][key]) for key in weights[0] if key.startswith("qformer."))
