@@ -8,7 +8,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from unifashion_core.errors import UserError
 from unifashion_core.metrics import caption as caption_metrics
-from unifashion_core.metrics.caption import caption_scores, ptb_tokenize
+from unifashion_core.metrics.caption import caption_scores, caption_scores_of, ptb_tokenize
 
 CAPTIONS = [
     "A red cotton dress with long sleeves.",
@@ -22,10 +22,10 @@ CAPTIONS = [
 @pytest.fixture
 def no_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip METEOR's slow Java start-up in tests that check the other metrics."""
-    monkeypatch.setattr(caption_metrics, "_meteor", lambda gts, res: 0.0)
+    monkeypatch.setattr(caption_metrics, "_meteor", lambda gts, systems: [0.0] * len(systems))
 
 
-def test_identical_captions_score_perfectly_and_java_is_closed(monkeypatch):
+def test_identical_captions_score_perfectly_systems_share_one_java_and_it_is_closed(monkeypatch):
     meteors: list[Meteor] = []  # held here, so only an explicit close can end their process
 
     class RecordingMeteor(Meteor):
@@ -35,13 +35,20 @@ def test_identical_captions_score_perfectly_and_java_is_closed(monkeypatch):
 
     monkeypatch.setattr(caption_metrics, "Meteor", RecordingMeteor)
     predictions = {f"item{i}": c for i, c in enumerate(CAPTIONS)}
-    scores = caption_scores(predictions, {i: [c] for i, c in predictions.items()})
+    references = {i: [c] for i, c in predictions.items()}
+    rotated = dict(zip(predictions, CAPTIONS[1:] + CAPTIONS[:1], strict=True))  # every caption on another item
+    both = caption_scores_of({"same": predictions, "rotated": rotated}, references)
+    scores = both["same"]
     assert set(scores) == {"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}
     assert scores["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
     assert scores["METEOR"] == pytest.approx(1.0, abs=1e-3)
     assert scores["ROUGE-L"] == pytest.approx(1.0)
     assert scores["CIDEr"] == pytest.approx(10.0, abs=1e-3)  # CIDEr-D's maximum, natural scale
-    assert len(meteors) == 1 and meteors[0].meteor_p.poll() is not None  # its Java has ended
+    assert len(meteors) == 1 and meteors[0].meteor_p.poll() is not None  # one Java for both, ended
+    # each system scored on its own: the shared process gives what a process of its own gives
+    assert both["rotated"]["METEOR"] < 0.5
+    assert both["rotated"] == pytest.approx(caption_scores(rotated, references))
+    assert len(meteors) == 2 and meteors[1].meteor_p.poll() is not None
 
 
 def test_bleu_by_hand_and_argument_order(no_meteor):

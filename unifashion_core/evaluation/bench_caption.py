@@ -36,7 +36,7 @@ def bench_caption(
     The baseline captions each image with the target text of its nearest training image under
     the checkpoint's own mean-pooled image embeddings.
     """
-    from unifashion_core.metrics.caption import caption_scores
+    from unifashion_core.metrics.caption import caption_scores_of
 
     loaded = load_checkpoint(checkpoint, heads=("caption",))
     model = loaded.model
@@ -55,8 +55,8 @@ def bench_caption(
     predictions = dict(zip([i.id for i in items], captions, strict=True))
     nearest = (pooled(model.embed_images(tokens)) @ pooled(model.embed_images(train_tokens)).T).argmax(1)
     baseline = {item.id: train_items[j].caption_target(style) for item, j in zip(items, nearest.tolist(), strict=True)}
-    model_scores = caption_scores(predictions, references, spice=spice)
-    base_scores = caption_scores(baseline, references, spice=spice)
+    scores = caption_scores_of({"model": predictions, "baseline": baseline}, references, spice=spice)
+    model_scores, base_scores = scores["model"], scores["baseline"]
     write_jsonl(
         Path(out) / "predictions.jsonl",
         [

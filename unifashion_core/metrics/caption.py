@@ -38,7 +38,8 @@ def caption_scores(
     Values are what pycocoevalcap returns: BLEU-4, METEOR, ROUGE-L (and SPICE) between 0 and 1;
     CIDEr(-D) on its natural scale, 0 to 10 (10 when every prediction equals all its references).
     Papers, including UniFashion's Table 2 (CIDEr 169.5 = 1.695 here), report all of them x 100.
-    METEOR starts a Java process that loads paraphrase tables (several seconds per call).
+    METEOR starts a Java process that loads paraphrase tables (about 5 s per call; several
+    systems scored in one :func:`caption_scores_of` call share it).
 
     Args:
         predictions: item id -> generated caption.
@@ -51,30 +52,52 @@ def caption_scores(
     Raises:
         UserError: mismatched ids, an item without references, Java or the SPICE jars missing.
     """
+    return caption_scores_of({"": predictions}, references, spice)[""]
+
+
+def caption_scores_of(
+    systems: dict[str, dict[str, str]], references: dict[str, list[str]], spice: bool = False
+) -> dict[str, dict[str, float]]:
+    """:func:`caption_scores` of several caption systems for the same items (a model and its
+    baselines), each scored on its own, with one PTB tokenizer call and one METEOR process for all.
+
+    Args:
+        systems: system name -> its predictions (item id -> caption), each for every referenced item.
+        references: item id -> its reference captions (at least one).
+        spice: also compute SPICE.
+
+    Returns:
+        system name -> ``{"BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}`` (+ ``"SPICE"``) -> score.
+    """
     # 1. check inputs and tools before starting any Java process
-    _check_inputs(predictions, references)
+    for predictions in systems.values():
+        _check_inputs(predictions, references)
     if shutil.which("java") is None:
         raise UserError("caption metrics need Java (the `java` command) for the PTB tokenizer and "
                         "METEOR; install a Java runtime, e.g. openjdk-17-jre-headless.")
     if spice:
         _check_spice_jars()
-    # 2. tokenise predictions (res) and references (gts) as the COCO evaluation does
-    ids = list(predictions)
-    texts = [predictions[i] for i in ids] + [r for i in ids for r in references[i]]
+    # 2. tokenise references (gts) and every system's predictions (res) as the COCO evaluation does
+    ids = list(references)
+    texts = [r for i in ids for r in references[i]] + [p[i] for p in systems.values() for i in ids]
     tokens = iter(ptb_tokenize(texts))  # one Java call for everything
-    res = {i: [next(tokens)] for i in ids}
     gts = {i: [next(tokens) for _ in references[i]] for i in ids}
-    # 3. score, candidates as res and references as gts
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    scores = {
-        "BLEU-4": bleu[3],
-        "METEOR": _meteor(gts, res),
-        "ROUGE-L": Rouge().compute_score(gts, res)[0],
-        "CIDEr": Cider().compute_score(gts, res)[0],
-    }
-    if spice:
-        scores["SPICE"] = _spice(gts, res)
-    return {name: float(value) for name, value in scores.items()}
+    candidates = {name: {i: [next(tokens)] for i in ids} for name in systems}
+    # 3. score each system, candidates as res and references as gts
+    meteors = dict(zip(candidates, _meteor(gts, list(candidates.values())), strict=True))
+    results = {}
+    for name, res in candidates.items():
+        bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+        scores = {
+            "BLEU-4": bleu[3],
+            "METEOR": meteors[name],
+            "ROUGE-L": Rouge().compute_score(gts, res)[0],
+            "CIDEr": Cider().compute_score(gts, res)[0],
+        }
+        if spice:
+            scores["SPICE"] = _spice(gts, res)
+        results[name] = {metric: float(value) for metric, value in scores.items()}
+    return results
 
 
 def ptb_tokenize(captions: list[str]) -> list[str]:
@@ -111,11 +134,11 @@ def _check_inputs(predictions: dict[str, str], references: dict[str, list[str]])
         raise UserError(f"{len(empty)} items have no reference caption (e.g. {empty[0]!r}).")
 
 
-def _meteor(gts: dict[str, list[str]], res: dict[str, list[str]]) -> float:
-    """METEOR 1.5 through pycocoevalcap's Java process, which is always stopped afterwards."""
+def _meteor(gts: dict[str, list[str]], systems: list[dict[str, list[str]]]) -> list[float]:
+    """METEOR 1.5 of each system through one pycocoevalcap Java process, always stopped afterwards."""
     meteor = Meteor()
     try:
-        return meteor.compute_score(gts, res)[0]
+        return [meteor.compute_score(gts, res)[0] for res in systems]
     finally:
         with meteor.lock:
             process = meteor.meteor_p
