@@ -143,18 +143,6 @@ def test_zero_weights_switch_terms_off(workdir):
         setup(workdir, ["loss.cir_weight=0", "loss.itg_weight=0", "loss.q2i_weight=0"])
 
 
-def test_itg_and_q2i_every_n_steps(workdir):
-    every = setup(workdir, ["loss.itg_every=2", "loss.q2i_every=3"])
-    batch = Batch.read(every.stage.data, torch.arange(8))
-    terms = {step: set(every.stage.loss_fn(batch, torch.Generator().manual_seed(1), step)[1]) for step in range(7)}
-    assert terms == {0: {"cir", "itg", "q2i"}, 1: {"cir"}, 2: {"cir", "itg"}, 3: {"cir", "q2i"}, 4: {"cir", "itg"},
-                     5: {"cir"}, 6: {"cir", "itg", "q2i"}}
-    loss, logs = every.stage.loss_fn(batch, torch.Generator().manual_seed(1), 1)
-    assert loss.item() == pytest.approx(logs["cir"])
-    with pytest.raises(UserError, match="loss.itg_every must be at least 1"):
-        load_recipe(TINY, ["loss.itg_every=0"])
-
-
 @pytest.mark.parametrize(("trainable", "trained"), [
     # the default, as the paper and docs/design.md say: the Q-Former and both adapters
     (None, {"qformer", "captioner.adapter", "generator.adapter"}),

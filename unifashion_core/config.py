@@ -297,8 +297,6 @@ class LossConfig(_Section):
     cir_weight: float = 1.0  # phase 2
     itg_weight: float = 1.0  # phase 2: fused queries -> frozen LLM -> target caption
     q2i_weight: float = 1.0  # phase 2: fused queries -> frozen UNet -> target image
-    itg_every: int = 1  # phase 2: the ITG term on every n-th step only (a CPU budget knob, like itm_every)
-    q2i_every: int = 1  # phase 2: the q2I term on every n-th step only
     cir_variant: Literal["paper", "code"] = "paper"  # paper (e_cls, both directions) | code (released code)
     # phase 1a: per item and step, the chance that its text also brings a negative copy with one
     # attribute value swapped ("red dress" -> "green dress") into ITC's image->text softmax
@@ -310,9 +308,8 @@ class LossConfig(_Section):
     sibling_batches: float = 0.0
 
     def check(self) -> None:
-        for name in ("itm_every", "itg_every", "q2i_every"):
-            if getattr(self, name) < 1:
-                raise UserError(f"loss.{name} must be at least 1, got {getattr(self, name)}.")
+        if self.itm_every < 1:
+            raise UserError("loss.itm_every must be at least 1.")
         if not 0.0 <= self.swap_negatives <= 1.0:
             raise UserError(f"loss.swap_negatives is a probability in [0, 1], got {self.swap_negatives}.")
         if not 0.0 <= self.sibling_batches <= 0.5:

@@ -18,8 +18,7 @@ moves its text-only and image-mode outputs; with ``model.generator.standardize_q
 checkpoint's generator gets their statistics retaken from the trained Q-Former
 (:func:`retake_query_statistics`).
 The ITM term of CIR is on when ``loss.itm_weight > 0`` (every ``loss.itm_every`` steps); Eq. 10
-sums the CIR terms unweighted. ITG and q2I run on every ``loss.itg_every`` / ``loss.q2i_every``
-steps (1, every step, by default), with their weights unchanged on the steps they run.
+sums the CIR terms unweighted.
 
 Training text: Fashion-IQ's two texts are paraphrases of one change, so each step picks one of
 "c1 and c2", "c2 and c1", c1, c2 (docs/design.md section 6); other datasets' ``texts`` are different changes
@@ -250,9 +249,9 @@ def phase2_stage(
                                           train.targets[indices], shard)
             parts["cir"] = cir_term(model, recipe, fused, target_tokens, all_ids, all_mask, captions, generator,
                                     step, shard)
-        if "itg" in terms and step % loss_cfg.itg_every == 0:
+        if "itg" in terms:
             parts["itg"] = model.captioner.loss(fused.query_output, captions[shard.rows], style)
-        if "q2i" in terms and step % loss_cfg.q2i_every == 0:
+        if "q2i" in terms:
             parts["q2i"] = q2i_term(model, recipe, dataset, fused.query_output, batch.fields["target_pixels"],
                                     [train.items[targets[i]] for i in batch.indices.tolist()], generator, batch.shard)
         loss = sum(weights[name] * value for name, value in parts.items())
