@@ -294,6 +294,29 @@ def test_resume_keeps_shards_of_the_same_build(data: dict, tmp_path: Path) -> No
     assert other.done_ids() == set()
 
 
+def test_resume_after_a_kill_while_the_partial_build_was_being_removed(data: dict, tmp_path: Path) -> None:
+    """A kill during the final removal of ``.index.partial`` leaves its meta and some shards, with
+    gaps; the next build re-adds the missing items in new shards and overwrites none (a shard
+    named after the count of those left overwrote a live one: its rows had no record)."""
+    out = tmp_path / "index"
+    writer = IndexWriter(out, META)
+    for start in range(0, 90, 15):
+        rows = slice(start, start + 15)
+        writer.add(data["ids"][rows], data["image"][rows], data["text"][rows], records=data["records"][rows])
+    for gone in ("shard-000001.npz", "shard-000003.npz"):  # what rmtree had removed when the kill came
+        (writer.partial / gone).unlink()
+    resumed = IndexWriter(out, dict(META))
+    missing = [row for row, item_id in enumerate(data["ids"]) if item_id not in resumed.done_ids()]
+    assert missing == list(range(15, 30)) + list(range(45, 60))
+    for part in (missing[:15], missing[15:]):
+        resumed.add([data["ids"][r] for r in part], data["image"][part], data["text"][part],
+                    records=[data["records"][r] for r in part])
+    assert len({path.name for path in resumed.partial.glob("shard-*.npz")}) == 6
+    index = resumed.finalize(order=data["ids"])
+    assert [index.item_at(row) for row in range(90)] == data["records"]
+    np.testing.assert_array_equal(np.asarray(index.text_vectors, np.float32), data["text"])
+
+
 def test_add_rows_carries_an_index_over_for_compaction(flat: RetrievalIndex, data: dict, tmp_path: Path) -> None:
     """A compaction: the live rows of a base index plus new items, finalized into a fresh index."""
     live = np.array([row for row in range(90) if row % 4])  # rows 0, 4, 8, ... were deleted

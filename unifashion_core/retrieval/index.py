@@ -237,7 +237,10 @@ class IndexWriter:
         if caption_vectors is not None:
             arrays["caption_vectors"] = np.asarray(caption_vectors, dtype=np.float16)
             arrays["captions"] = np.array(captions, dtype=str)
-        path = self.partial / f"shard-{len(self._shards):06d}.npz"
+        # after the last shard's number, not the count: a build killed while its partial directory
+        # was being removed leaves gaps, and a name reused from the count would overwrite a shard
+        number = 1 + max((int(p.stem.removeprefix("shard-")) for p in self._shards), default=-1)
+        path = self.partial / f"shard-{number:06d}.npz"
         with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
         self._shards.append(path)
