@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from unifashion_core.losses import cir_loss, itc_loss, itm_loss, max_sim, select_hard_negatives
+from unifashion_core.losses import attribute_loss, cir_loss, itc_loss, itm_loss, max_sim, select_hard_negatives
 
 
 def reference_cross_entropy(rows: np.ndarray, label_smoothing: float = 0.0) -> float:
@@ -148,6 +148,26 @@ def test_texts_that_describe_an_image_are_never_its_negatives() -> None:
             assert neg_text[3] != 0 and neg_image[0] != 3  # image 3 / text 0 keep away from each other
     neg_text, neg_image = select_hard_negatives(sim, sim, "hardest", positives=positives)
     assert neg_text[0] == 3 and neg_image[3] == 0  # text 3 does not describe image 0: a fair negative
+
+
+def test_attribute_loss_classifies_each_image_among_every_value_of_each_field() -> None:
+    """Per field, cross-entropy of the image's max-sim logits over that field's values; images
+    without a value add nothing; the sum is divided by the batch, so halves average to the whole."""
+    generator = torch.Generator().manual_seed(3)
+    images = F.normalize(torch.randn(4, 3, 8, generator=generator), dim=-1)  # (B, Q, D)
+    values = F.normalize(torch.randn(5, 8, generator=generator), dim=-1)  # 3 colours, then 2 patterns
+    groups = [slice(0, 3), slice(3, 5)]
+    targets = torch.tensor([[0, 1], [2, -1], [1, 0], [-1, -1]])
+    loss = attribute_loss(images, values, 0.1, targets, groups)
+    logits = torch.einsum("bqd,wd->bqw", images, values).amax(1) / 0.1  # (B, W)
+    expected = sum(F.cross_entropy(logits[b, groups[f]][None], targets[b, f][None])
+                   for b in range(4) for f in range(2) if targets[b, f] >= 0) / 4
+    assert torch.allclose(loss, expected)
+    halves = [attribute_loss(images[rows], values, 0.1, targets[rows], groups) for rows in (slice(0, 2), slice(2, 4))]
+    assert torch.allclose((halves[0] + halves[1]) / 2, loss)  # two processes' mean = one process's
+    assert float(attribute_loss(images[3:], values, 0.1, targets[3:], groups)) == 0.0
+    right = F.normalize(values[[0, 2]].clone(), dim=-1)[:, None].expand(2, 3, 8)  # images on their value
+    assert attribute_loss(right, values, 0.01, torch.tensor([[0, -1], [2, -1]]), groups) < 1e-3
 
 
 def test_hard_negative_errors() -> None:

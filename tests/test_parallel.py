@@ -37,9 +37,9 @@ SGD_LIKE = ["lr=0.5", "eps=1.0", "weight_decay=0.0"]
 NO_NOISE = ["model.qformer.dropout=0"]  # dropout draws its masks per process
 # Text augmentation (the demo's): attribute phrases such as "blue dress" describe several items of the
 # global batch, so ITC's positives and ITM's excluded negatives span the processes; the swapped-colour
-# negative texts come from the whole batch too.
+# negative texts come from the whole batch too; each process classifies its own rows' colours.
 AUGMENT = ["data.augment={other_field: 0.25, attribute_captions: 0.5, word_dropout: 0.1, paraphrase: 0.15}",
-           "loss.swap_negatives=0.5", "loss.sibling_batches=0.25"]
+           "loss.swap_negatives=0.5", "loss.sibling_batches=0.25", "loss.attribute_weight=0.5"]
 RETRIEVAL = [*NO_NOISE, *AUGMENT, "train.stages=[retrieval]", "train.retrieval.max_steps=4", "train.save_every=2",
              "train.eval_every=0", *(f"train.retrieval.{option}" for option in SGD_LIKE)]
 # ITG is a mean over each process's caption tokens, and captions differ in length, so its average

@@ -271,6 +271,14 @@ def test_swapped_negatives_on_fields_no_item_has_are_refused(workspace, tmp_path
                                  "loss.swap_fields=[size]", "--data", str(workspace / "data"),
                                  "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "loss.swap_fields (size)" in result.output and "colour" in result.output
+    result = runner.invoke(app, ["train", str(TINY), "train.stages=[retrieval]", "loss.attribute_weight=0.5",
+                                 "loss.attribute_fields=[size]", "--data", str(workspace / "data"),
+                                 "--out", str(tmp_path / "run-attributes")])
+    assert result.exit_code == 2
+    assert "loss.attribute_weight needs a field of loss.attribute_fields (size)" in result.output
+    result = runner.invoke(app, ["train", str(TINY), "loss.attribute_weight=-1", "--data", str(workspace / "data"),
+                                 "--out", str(tmp_path / "run-weight")])
+    assert result.exit_code == 2 and "loss.attribute_weight is a loss weight" in result.output
 
 
 def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monkeypatch):
@@ -284,6 +292,20 @@ def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monke
         weights[probability] = load_file(str(tmp_path / f"swap{probability}" / "checkpoint" / "model.safetensors"))
     changed = [key for key in weights[0] if not torch.equal(weights[0][key], weights[1][key])]
     assert any(key.startswith("qformer.") for key in changed)
+
+
+def test_attribute_classes_reach_the_retrieval_stage(workspace, tmp_path, monkeypatch):
+    """``loss.attribute_weight``: the stage logs the term and trains other weights than without it."""
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    weights = {}
+    for weight in (0, 1):
+        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
+                                    "model.qformer.dropout=0", f"loss.attribute_weight={weight}"])
+        run_training(recipe, data=workspace / "data", out=tmp_path / f"attr{weight}")
+        weights[weight] = load_file(str(tmp_path / f"attr{weight}" / "checkpoint" / "model.safetensors"))
+    logged = [json.loads(line) for line in (tmp_path / "attr1" / "metrics.jsonl").read_text().splitlines()]
+    assert any(line.get("attribute", 0) > 0 for line in logged)
+    assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0] if key.startswith("qformer."))
 
 
 def test_sibling_batches_on_fields_no_item_has_are_refused(workspace, tmp_path, monkeypatch):

@@ -302,6 +302,11 @@ class LossConfig(_Section):
     # attribute value swapped ("red dress" -> "green dress") into ITC's image->text softmax
     swap_negatives: float = 0.0
     swap_fields: tuple[str, ...] = ("colour", "baseColour")  # attribute fields whose values are swapped
+    # phase 1a: each image is also classified among every value of these fields, the current text
+    # embeddings of the bare values ("red", "green", ...) as the classifier (CLIP's zero-shot
+    # classifier as a loss): every colour competes, not only the batch's texts
+    attribute_weight: float = 0.0
+    attribute_fields: tuple[str, ...] = ("colour", "baseColour")
     # phase 1a: this share of each batch is drawn as partners of the batch's first items: the same
     # category with another value of the first swap_fields field the items have (a red dress next
     # to a blue one), hard negatives for ITC and ITM in both directions
@@ -312,6 +317,8 @@ class LossConfig(_Section):
             raise UserError("loss.itm_every must be at least 1.")
         if not 0.0 <= self.swap_negatives <= 1.0:
             raise UserError(f"loss.swap_negatives is a probability in [0, 1], got {self.swap_negatives}.")
+        if self.attribute_weight < 0:
+            raise UserError(f"loss.attribute_weight is a loss weight (>= 0), got {self.attribute_weight}.")
         if not 0.0 <= self.sibling_batches <= 0.5:
             raise UserError(f"loss.sibling_batches is a share of the batch in [0, 0.5] (at most one partner per "
                             f"anchor), got {self.sibling_batches}.")

@@ -8,7 +8,7 @@ Shapes: ``B`` batch, ``Q`` query tokens, ``D`` projection dim, ``M`` texts, ``W`
 L2-normalised already (the model does that); ``temperature`` divides the similarities.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,33 @@ def itc_loss(
     loss_i2t = F.cross_entropy(logits_i2t, targets_i2t, label_smoothing=label_smoothing)
     loss_t2i = F.cross_entropy(logits_t2i, targets_t2i, label_smoothing=label_smoothing)
     return (loss_i2t + loss_t2i) / 2
+
+
+def attribute_loss(
+    image_embeds: Tensor, value_embeds: Tensor, temperature: float | Tensor, targets: Tensor, groups: Sequence[slice]
+) -> Tensor:
+    """Each image classified among every value of each attribute field, with the values' text
+    embeddings as the classifier (CLIP's zero-shot classifier, used as a loss): "red" must beat
+    every other colour for a red item, not only the texts that happen to share its batch.
+
+    Args:
+        image_embeds: ``(B, Q, D)`` image query embeddings.
+        value_embeds: ``(W, D)`` text embeddings of the fields' values, one field after another.
+        temperature: the softmax temperature (ITC's).
+        targets: ``(B, F)`` each image's value as an index into its field's group, -1 for none.
+        groups: the F fields' slices of the W values.
+
+    Returns:
+        The summed cross-entropy of every (image, field) with a value, divided by B: a mean over
+        processes of their rows' losses is then the global batch's.
+    """
+    logits = max_sim(image_embeds, value_embeds) / temperature  # (B, W)
+    total = logits.new_zeros(())
+    for field, group in enumerate(groups):
+        has = targets[:, field] >= 0  # (B,)
+        if bool(has.any()):
+            total = total + F.cross_entropy(logits[has][:, group], targets[has, field], reduction="sum")
+    return total / max(len(image_embeds), 1)
 
 
 def _spread_targets(positives: Tensor, labels: Tensor, num_columns: int) -> Tensor:

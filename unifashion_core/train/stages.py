@@ -23,7 +23,7 @@ from unifashion_core.config import QUERY_SOURCES, GeneratorConfig, LossConfig, O
 from unifashion_core.data.manifest import Item
 from unifashion_core.data.tryon import TryOnInputs, edges
 from unifashion_core.distributed import BatchShard, gather
-from unifashion_core.losses import TokensFn, itc_loss, itm_loss, max_sim
+from unifashion_core.losses import TokensFn, attribute_loss, itc_loss, itm_loss, max_sim
 from unifashion_core.metrics.retrieval import cross_modal_recalls
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.shards import Rows
@@ -122,6 +122,7 @@ def retrieval_stage(
     """
     loss_cfg = recipe.loss
     vocabulary = attribute_vocabulary(items, loss_cfg.swap_fields) if loss_cfg.swap_negatives > 0 else {}
+    value_words, value_groups, value_targets = _attribute_classes(items, loss_cfg)
     qformer = model.qformer
     qformer.requires_grad_(True)
     gathered = loss_cfg.gather_across_processes
@@ -159,6 +160,12 @@ def retrieval_stage(
         itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives,
                        negatives, excluded)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
+        if value_words:
+            value_embeds = qformer.encode_text(*model.tokenize(value_words)).embeds  # (W, D)
+            targets = value_targets[indices[shard.rows].cpu()].to(batch_tokens.device)  # (B, F)
+            attribute = attribute_loss(image_embeds, value_embeds, temperature, targets, value_groups)
+            loss = loss + loss_cfg.attribute_weight * attribute
+            logs["attribute"] = float(attribute.detach())
         if loss_cfg.itm_weight > 0 and step % loss_cfg.itm_every == 0 and shard.size > 1:
             with torch.no_grad():
                 sim = max_sim(*(gather(x) if gathered else x for x in (image_embeds, text_embeds))) / temperature
@@ -187,6 +194,28 @@ def retrieval_stage(
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
     )
+
+
+def _attribute_classes(items: list[Item], loss_cfg: LossConfig) -> tuple[list[str], list[slice], torch.Tensor]:
+    """The classes of ``loss.attribute_weight``: the bare values of ``loss.attribute_fields`` (W
+    words, field after field), each field's slice of them, and every item's ``(N, F)`` targets
+    (-1 where it has no value). Nothing when the weight is 0.
+
+    Raises:
+        UserError: no such field among the items has two values.
+    """
+    if loss_cfg.attribute_weight <= 0:
+        return [], [], torch.empty(0)
+    vocabulary = attribute_vocabulary(items, loss_cfg.attribute_fields, "loss.attribute_weight",
+                                      "loss.attribute_fields")
+    words, groups = [], []
+    for values in vocabulary.values():
+        groups.append(slice(len(words), len(words) + len(values)))
+        words.extend(values)
+    targets = torch.tensor([[values.index(str(item.attributes[name])) if item.attributes.get(name) not in (None, "")
+                             else -1 for name, values in vocabulary.items()] for item in items],
+                           dtype=torch.long).reshape(len(items), len(vocabulary))
+    return words, groups, targets
 
 
 def _siblings(items: list[Item], loss_cfg: LossConfig) -> Siblings | None:

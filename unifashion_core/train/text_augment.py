@@ -113,20 +113,21 @@ def augment_batch(items: list[Item], data: DataConfig, generator: torch.Generato
 
 
 def attribute_vocabulary(
-    items: list[Item], fields: Collection[str], option: str = "loss.swap_negatives"
+    items: list[Item], fields: Collection[str], option: str = "loss.swap_negatives",
+    fields_key: str = "loss.swap_fields",
 ) -> dict[str, list[str]]:
     """The distinct values of each of ``fields`` among ``items`` (sorted; fields with < 2 left out),
     in the order of ``fields``.
 
     Raises:
-        UserError: none of ``fields`` has two values to swap (the message names ``option``, the
-            recipe key that needs them, and lists the items' fields).
+        UserError: none of ``fields`` has two values (the message names ``option``, the recipe
+            key that needs them, and ``fields_key``, the one that lists them, and the items' fields).
     """
     values = {name: sorted({str(item.attributes[name]) for item in items
                             if item.attributes.get(name) not in (None, "")}) for name in fields}
     vocabulary = {name: found for name, found in values.items() if len(found) > 1}
     if not vocabulary:
-        raise UserError(f"{option} needs a field of loss.swap_fields ({', '.join(fields)}) with two or "
+        raise UserError(f"{option} needs a field of {fields_key} ({', '.join(fields)}) with two or "
                         f"more values among the training items; their fields: "
                         f"{', '.join(attribute_fields(items)) or 'none'}.")
     return vocabulary
