@@ -281,15 +281,19 @@ def test_swapped_negatives_on_fields_no_item_has_are_refused(workspace, tmp_path
     assert result.exit_code == 2 and "loss.attribute_weight is a loss weight" in result.output
 
 
+def _two_retrieval_steps(workspace: Path, out: Path, *overrides: str) -> dict[str, torch.Tensor]:
+    """The weights after two retrieval steps of the tiny recipe with ``overrides`` (no ITM, and no
+    dropout, else an extra text pass alone would move the RNG)."""
+    recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
+                                "model.qformer.dropout=0", *overrides])
+    run_training(recipe, data=workspace / "data", out=out)
+    return load_file(str(out / "checkpoint" / "model.safetensors"))
+
+
 def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monkeypatch):
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
-    weights = {}
-    for probability in (0, 1):
-        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
-                                    "model.qformer.dropout=0",  # else the extra text pass alone moves the RNG
-                                    f"loss.swap_negatives={probability}"])
-        run_training(recipe, data=workspace / "data", out=tmp_path / f"swap{probability}")
-        weights[probability] = load_file(str(tmp_path / f"swap{probability}" / "checkpoint" / "model.safetensors"))
+    weights = {probability: _two_retrieval_steps(workspace, tmp_path / f"swap{probability}",
+                                                 f"loss.swap_negatives={probability}") for probability in (0, 1)}
     changed = [key for key in weights[0] if not torch.equal(weights[0][key], weights[1][key])]
     assert any(key.startswith("qformer.") for key in changed)
 
@@ -297,12 +301,8 @@ def test_swapped_negatives_reach_the_contrastive_loss(workspace, tmp_path, monke
 def test_attribute_classes_reach_the_retrieval_stage(workspace, tmp_path, monkeypatch):
     """``loss.attribute_weight``: the stage logs the term and trains other weights than without it."""
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
-    weights = {}
-    for weight in (0, 1):
-        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
-                                    "model.qformer.dropout=0", f"loss.attribute_weight={weight}"])
-        run_training(recipe, data=workspace / "data", out=tmp_path / f"attr{weight}")
-        weights[weight] = load_file(str(tmp_path / f"attr{weight}" / "checkpoint" / "model.safetensors"))
+    weights = {weight: _two_retrieval_steps(workspace, tmp_path / f"attr{weight}", f"loss.attribute_weight={weight}")
+               for weight in (0, 1)}
     logged = [json.loads(line) for line in (tmp_path / "attr1" / "metrics.jsonl").read_text().splitlines()]
     assert any(line.get("attribute", 0) > 0 for line in logged)
     assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0] if key.startswith("qformer."))
@@ -322,10 +322,6 @@ def test_sibling_batches_on_fields_no_item_has_are_refused(workspace, tmp_path, 
 def test_sibling_batches_reach_the_retrieval_stage(workspace, tmp_path, monkeypatch):
     """The partners change which items a step trains on, so the weights differ from plain batches."""
     monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
-    weights = {}
-    for share in (0, 0.5):
-        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2", "loss.itm_weight=0",
-                                    "model.qformer.dropout=0", f"loss.sibling_batches={share}"])
-        run_training(recipe, data=workspace / "data", out=tmp_path / f"sib{share}")
-        weights[share] = load_file(str(tmp_path / f"sib{share}" / "checkpoint" / "model.safetensors"))
+    weights = {share: _two_retrieval_steps(workspace, tmp_path / f"sib{share}", f"loss.sibling_batches={share}")
+               for share in (0, 0.5)}
     assert any(not torch.equal(weights[0][key], weights[0.5][key]) for key in weights[0] if key.startswith("qformer."))

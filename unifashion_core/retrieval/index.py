@@ -156,6 +156,7 @@ class IndexWriter:
         self.meta: dict[str, Any] = _json_roundtrip({**defaults, **meta})
         self.partial = self.out.parent / f".{self.out.name}.partial"
         self._shards: list[Path] = []
+        self._next_shard = 0  # the number of the next shard file
         self._ids: list[str] = []
         self._layout: tuple[int, int, bool] | None = None
         self._open_partial()
@@ -179,6 +180,9 @@ class IndexWriter:
                 num_queries, dim = shard["image_vectors"].shape[1:]
                 self._layout = (num_queries, dim, "caption_vectors" in shard.files)
             self._shards.append(path)
+        # after the last shard's number, not the count: a build killed while its partial directory
+        # was being removed leaves gaps, and a name reused from the count would overwrite a shard
+        self._next_shard = 1 + max((int(path.stem.removeprefix("shard-")) for path in self._shards), default=-1)
 
     def done_ids(self) -> set[str]:
         """Ids of the items already added (by this writer or a resumed earlier one)."""
@@ -237,13 +241,11 @@ class IndexWriter:
         if caption_vectors is not None:
             arrays["caption_vectors"] = np.asarray(caption_vectors, dtype=np.float16)
             arrays["captions"] = np.array(captions, dtype=str)
-        # after the last shard's number, not the count: a build killed while its partial directory
-        # was being removed leaves gaps, and a name reused from the count would overwrite a shard
-        number = 1 + max((int(p.stem.removeprefix("shard-")) for p in self._shards), default=-1)
-        path = self.partial / f"shard-{number:06d}.npz"
+        path = self.partial / f"shard-{self._next_shard:06d}.npz"
         with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
         self._shards.append(path)
+        self._next_shard += 1
         self._ids.extend(ids)
         self._layout = layout
 

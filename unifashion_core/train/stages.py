@@ -123,6 +123,7 @@ def retrieval_stage(
     loss_cfg = recipe.loss
     vocabulary = attribute_vocabulary(items, loss_cfg.swap_fields) if loss_cfg.swap_negatives > 0 else {}
     value_words, value_groups, value_targets = _attribute_classes(items, loss_cfg)
+    value_tokens = model.tokenize(value_words) if value_words else None  # (W, L) twice, once for all steps
     qformer = model.qformer
     qformer.requires_grad_(True)
     gathered = loss_cfg.gather_across_processes
@@ -160,8 +161,8 @@ def retrieval_stage(
         itc = itc_loss(image_embeds, text_embeds, temperature, loss_cfg.label_smoothing, gathered, positives,
                        negatives, excluded)
         loss, logs = loss_cfg.itc_weight * itc, {"itc": float(itc.detach())}
-        if value_words:
-            value_embeds = qformer.encode_text(*model.tokenize(value_words)).embeds  # (W, D)
+        if value_tokens is not None:
+            value_embeds = qformer.encode_text(*value_tokens).embeds  # (W, D)
             targets = value_targets[indices[shard.rows].cpu()].to(batch_tokens.device)  # (B, F)
             attribute = attribute_loss(image_embeds, value_embeds, temperature, targets, value_groups)
             loss = loss + loss_cfg.attribute_weight * attribute
