@@ -297,7 +297,9 @@ def test_resume_keeps_shards_of_the_same_build(data: dict, tmp_path: Path) -> No
 def test_resume_after_a_kill_while_the_partial_build_was_being_removed(data: dict, tmp_path: Path) -> None:
     """A kill during the final removal of ``.index.partial`` leaves its meta and some shards, with
     gaps; the next build re-adds the missing items in new shards and overwrites none (a shard
-    named after the count of those left overwrote a live one: its rows had no record)."""
+    named after the count of those left overwrote a live one: its rows had no record), and its
+    files are byte for byte an uninterrupted build's (the records went to the payload in shard
+    order, which CI's kill test caught)."""
     out = tmp_path / "index"
     writer = IndexWriter(out, META)
     for start in range(0, 90, 15):
@@ -315,6 +317,17 @@ def test_resume_after_a_kill_while_the_partial_build_was_being_removed(data: dic
     index = resumed.finalize(order=data["ids"])
     assert [index.item_at(row) for row in range(90)] == data["records"]
     np.testing.assert_array_equal(np.asarray(index.text_vectors, np.float32), data["text"])
+    straight = IndexWriter(tmp_path / "straight", META)  # the same batches, uninterrupted
+    for start in range(0, 90, 15):
+        rows = slice(start, start + 15)
+        straight.add(data["ids"][rows], data["image"][rows], data["text"][rows], records=data["records"][rows])
+    straight.finalize(order=data["ids"])
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in sorted(root.iterdir())}
+
+    differing = {name for name, content in files(out).items() if files(tmp_path / "straight").get(name) != content}
+    assert not differing, f"a resumed build wrote other bytes than an uninterrupted one in {sorted(differing)}"
 
 
 def test_add_rows_carries_an_index_over_for_compaction(flat: RetrievalIndex, data: dict, tmp_path: Path) -> None:

@@ -311,7 +311,12 @@ class IndexWriter:
         return {item_id: row for row, item_id in enumerate(order)}
 
     def _write_arrays(self, tmp: Path, positions: dict[str, int], layout: tuple[int, int, bool]) -> None:
-        """Write vectors, ids, captions and item records in final row order."""
+        """Write vectors, ids, captions and item records in final row order.
+
+        The records go to the payload shard by shard in the order of each shard's first row, each
+        shard's rows in order: a build resumed with new shards for missing items (a kill while the
+        partial directory was removed leaves gaps) writes the same bytes as an uninterrupted one.
+        """
         num_items = len(positions)
         num_queries, dim, has_captions = layout
 
@@ -323,10 +328,16 @@ class IndexWriter:
         caption = create(CAPTION_VECTORS, (num_items, dim)) if has_captions else None
         captions = [""] * num_items
         payload = PayloadWriter(tmp, num_items)
-        for shard in self.shards():
+
+        def first_row(path: Path) -> int:
+            with np.load(path, allow_pickle=False) as shard:
+                return min(positions[i] for i in shard["ids"].tolist())
+
+        for path in sorted(self._shards, key=first_row):
+            shard = _read_shard(path)
             rows = np.array([positions[i] for i in shard["ids"].tolist()])
             image[rows], text[rows] = shard["image_vectors"], shard["text_vectors"]
-            for row, line in zip(rows.tolist(), shard["records"].tolist(), strict=True):
+            for row, line in sorted(zip(rows.tolist(), shard["records"].tolist(), strict=True)):
                 payload.add(row, ItemRecord.from_json(line))
             if caption is not None:
                 caption[rows] = shard["caption_vectors"]
