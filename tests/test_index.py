@@ -326,7 +326,8 @@ def test_resume_after_a_kill_while_the_partial_build_was_being_removed(data: dic
     def files(root: Path) -> dict[str, bytes]:
         return {path.name: path.read_bytes() for path in sorted(root.iterdir())}
 
-    differing = {name for name, content in files(out).items() if files(tmp_path / "straight").get(name) != content}
+    reference = files(tmp_path / "straight")
+    differing = {name for name, content in files(out).items() if reference.get(name) != content}
     assert not differing, f"a resumed build wrote other bytes than an uninterrupted one in {sorted(differing)}"
 
 

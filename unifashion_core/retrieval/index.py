@@ -30,6 +30,7 @@ import os
 import shutil
 import weakref
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,6 +157,7 @@ class IndexWriter:
         self.meta: dict[str, Any] = _json_roundtrip({**defaults, **meta})
         self.partial = self.out.parent / f".{self.out.name}.partial"
         self._shards: list[Path] = []
+        self._shard_sizes: list[int] = []  # items per shard: its ids are self._ids' next slice
         self._next_shard = 0  # the number of the next shard file
         self._ids: list[str] = []
         self._layout: tuple[int, int, bool] | None = None
@@ -179,6 +181,7 @@ class IndexWriter:
                 self._ids.extend(shard["ids"].tolist())
                 num_queries, dim = shard["image_vectors"].shape[1:]
                 self._layout = (num_queries, dim, "caption_vectors" in shard.files)
+                self._shard_sizes.append(len(shard["ids"]))
             self._shards.append(path)
         # after the last shard's number, not the count: a build killed while its partial directory
         # was being removed leaves gaps, and a name reused from the count would overwrite a shard
@@ -245,6 +248,7 @@ class IndexWriter:
         with atomic_file(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
         self._shards.append(path)
+        self._shard_sizes.append(len(ids))
         self._next_shard += 1
         self._ids.extend(ids)
         self._layout = layout
@@ -328,12 +332,9 @@ class IndexWriter:
         caption = create(CAPTION_VECTORS, (num_items, dim)) if has_captions else None
         captions = [""] * num_items
         payload = PayloadWriter(tmp, num_items)
-
-        def first_row(path: Path) -> int:
-            with np.load(path, allow_pickle=False) as shard:
-                return min(positions[i] for i in shard["ids"].tolist())
-
-        for path in sorted(self._shards, key=first_row):
+        starts = np.cumsum([0, *self._shard_sizes])
+        first_rows = [min(positions[i] for i in self._ids[start:stop]) for start, stop in pairwise(starts)]
+        for _, path in sorted(zip(first_rows, self._shards, strict=True)):
             shard = _read_shard(path)
             rows = np.array([positions[i] for i in shard["ids"].tolist()])
             image[rows], text[rows] = shard["image_vectors"], shard["text_vectors"]

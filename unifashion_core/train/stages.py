@@ -213,8 +213,13 @@ def _attribute_classes(items: list[Item], loss_cfg: LossConfig) -> tuple[list[st
     for values in vocabulary.values():
         groups.append(slice(len(words), len(words) + len(values)))
         words.extend(values)
-    targets = torch.tensor([[values.index(str(item.attributes[name])) if item.attributes.get(name) not in (None, "")
-                             else -1 for name, values in vocabulary.items()] for item in items],
+    codes = {name: {value: code for code, value in enumerate(values)} for name, values in vocabulary.items()}
+
+    def code(item: Item, name: str) -> int:
+        value = item.attributes.get(name)
+        return -1 if value in (None, "") else codes[name][str(value)]
+
+    targets = torch.tensor([[code(item, name) for name in codes] for item in items],
                            dtype=torch.long).reshape(len(items), len(vocabulary))
     return words, groups, targets
 
