@@ -4,6 +4,7 @@ caption -> generate -> bench, through the CLI; plus exact resume and refusal of 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,6 +15,7 @@ from unifashion_cli.main import app
 from unifashion_core.checkpoint import load_checkpoint
 from unifashion_core.config import load_recipe
 from unifashion_core.data.adapters.demo import prepare_demo
+from unifashion_core.models.qformer import QFormer
 from unifashion_core.progress import NullProgress
 from unifashion_core.train.phase1 import run_training
 
@@ -306,6 +308,38 @@ def test_attribute_classes_reach_the_retrieval_stage(workspace, tmp_path, monkey
     logged = [json.loads(line) for line in (tmp_path / "attr1" / "metrics.jsonl").read_text().splitlines()]
     assert any(line.get("attribute", 0) > 0 for line in logged)
     assert any(not torch.equal(weights[0][key], weights[1][key]) for key in weights[0] if key.startswith("qformer."))
+
+
+def test_mirrored_images_reach_the_retrieval_stage(workspace, tmp_path, monkeypatch):
+    """``data.image_flip``: at 1 every image the retrieval stage trains on is a mirrored one, read
+    from the mirrored features' own cache; at 0 none is computed."""
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    seen: list[torch.Tensor] = []
+    encode_image = QFormer.encode_image
+
+    def recording(self, image_tokens):
+        if self.training:
+            seen.append(image_tokens.detach().clone())
+        return encode_image(self, image_tokens)
+
+    monkeypatch.setattr(QFormer, "encode_image", recording)
+    rows = {}
+    for flip in (0, 1):
+        recipe = load_recipe(TINY, ["train.stages=[retrieval]", "train.retrieval.max_steps=2",
+                                    "loss.itm_weight=0", f"data.image_flip={flip}"])
+        run_training(recipe, data=workspace / "data", out=tmp_path / f"flip{flip}", cache_dir=tmp_path / "cache")
+        for folder in (tmp_path / "cache").glob("*/tokens*"):
+            rows[folder.name.startswith("tokens-flip")] = torch.cat(
+                [torch.from_numpy(np.load(path)).float() for path in sorted(folder.glob("*.npy"))])
+        if flip == 0:
+            assert set(rows) == {False} and len(seen) == 2
+            plain_batches, seen[:] = list(seen), []
+    mirrored, plain = rows[True], rows[False]
+    assert len(seen) == 2 and len(mirrored) < len(plain)  # the training images only, not val
+    for batch in seen:
+        for row in batch:
+            assert (mirrored == row).flatten(1).all(1).any() and not (plain == row).flatten(1).all(1).any()
+    assert all((plain == row).flatten(1).all(1).any() for batch in plain_batches for row in batch)
 
 
 def test_sibling_batches_on_fields_no_item_has_are_refused(workspace, tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_memory import repeat_dataset
 from unifashion_core.features import cached_tokens, feature_cache_dir, image_tokens
 from unifashion_core.models.generator import query_moments
-from unifashion_core.models.vision import build_vision_encoder
+from unifashion_core.data.images import open_image
+from unifashion_core.models.vision import build_vision_encoder, preprocess
 from unifashion_core.progress import CallbackProgress
 from unifashion_core.shards import Rows, open_shard, write_shard
 from unifashion_core.train.phase1 import run_training
@@ -92,6 +93,26 @@ def test_feature_cache_is_reused_rebuilt_when_cut_short_or_foreign_and_renewed_w
     seen.clear()
     renewed = cached_tokens(vision, changed, changed.split("train"), feature_cache_dir(tmp_path / "cache", changed))
     assert sum(seen) == len(items) and torch.equal(renewed[1].load(), reference)  # a new cache, computed afresh
+
+
+def test_mirrored_features_are_those_of_the_mirrored_images_and_cached_apart(demo, tmp_path):
+    """``flipped=True`` (phase 1a's ``data.image_flip``): each row is the encoder's tokens of the image
+    mirrored left-right, in a cache folder of its own; the plain features stay as they were."""
+    vision, seen = _counting_vision()
+    dataset = load_dataset(demo)
+    items = dataset.split("train")[:10]
+    cache = feature_cache_dir(tmp_path / "cache", dataset)
+    plain = cached_tokens(vision, dataset, items, cache)[1].load()
+    kept, rows, _ = cached_tokens(vision, dataset, items, cache, flipped=True)
+    images = [open_image(dataset.image_path(item)).transpose(Image.Transpose.FLIP_LEFT_RIGHT) for item in kept]
+    with torch.no_grad():
+        expected = vision(preprocess(images, vision).contiguous(memory_format=torch.channels_last))
+    assert kept == items and torch.equal(rows.load(), expected.to(torch.float16))
+    assert not torch.equal(rows.load(), plain)
+    assert sorted(path.name.split("-")[0:2] == ["tokens", "flip"] for path in cache.iterdir()) == [False, True]
+    seen.clear()
+    assert torch.equal(cached_tokens(vision, dataset, items, cache, flipped=True)[1].load(), rows.load())
+    assert torch.equal(cached_tokens(vision, dataset, items, cache)[1].load(), plain) and not seen
 
 
 def test_unreadable_images_are_skipped_logged_and_tried_again(demo, tmp_path):

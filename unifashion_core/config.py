@@ -64,6 +64,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.generator.guidance_scale": (0.0, 50.0),
     **{f"loss.{key}": (0.0, None) for key in ("itc_weight", "itm_weight", "cir_weight", "itg_weight", "q2i_weight")},
     "loss.label_smoothing": (0.0, 0.99),
+    "data.image_flip": (0.0, 1.0),
     "train.grad_accum_steps": (1, None),
     "train.num_workers": (0, None),
     "train.eval_every": (0, None),
@@ -139,6 +140,9 @@ class DataConfig(_Section):
     caption_field: Literal["caption", "description"] = "caption"  # which text trains retrieval
     max_text_length: int = 32  # tokens; longer texts are truncated
     augment: TextAugmentConfig = field(default_factory=TextAugmentConfig)  # phase-1a training texts
+    # phase 1a: the chance that a training image is seen mirrored left-right (the mirrored copies'
+    # frozen features are computed once and cached beside the originals); 0 = never
+    image_flip: float = 0.0
 
 
 @dataclass(frozen=True)

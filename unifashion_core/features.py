@@ -16,7 +16,8 @@ not grow with the dataset.
 
 When phase 1a trains the encoder's top stages, it caches the frozen trunk's ``(C', H', W')``
 feature maps instead (``num_top``), in ``trunk<num_top>-<trunk fingerprint>/``, keyed by the
-trunk's weights alone.
+trunk's weights alone. The features of the images mirrored left-right (``flipped``, phase 1a's
+``data.image_flip``) live beside them, in ``tokens-flip-...`` (``trunk<num_top>-flip-...``).
 """
 
 import hashlib
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from unifashion_core.batching import batch_slices
 from unifashion_core.data.images import ImageError, open_image
@@ -74,10 +76,11 @@ def load_pixels(
 
 
 class _Images(torch.utils.data.Dataset):
-    """Preprocessed images of items for the vision encoder; an unreadable one gives its reason."""
+    """Preprocessed images of items for the vision encoder (mirrored left-right when ``flipped``);
+    an unreadable one gives its reason."""
 
-    def __init__(self, dataset: Dataset, items: list[Item], vision: torch.nn.Module) -> None:
-        self.dataset, self.items, self.vision = dataset, items, vision
+    def __init__(self, dataset: Dataset, items: list[Item], vision: torch.nn.Module, flipped: bool = False) -> None:
+        self.dataset, self.items, self.vision, self.flipped = dataset, items, vision, flipped
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,6 +92,8 @@ class _Images(torch.utils.data.Dataset):
             image = open_image(self.dataset.image_path(self.items[index]))
         except ImageError as exc:
             return index, None, exc.reason
+        if self.flipped:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return index, preprocess([image], self.vision)[0], ""  # (3, S, S)
 
 
@@ -101,6 +106,7 @@ def cached_tokens(
     batch_size: int = 32,
     num_workers: int = 0,
     num_top: int = 0,
+    flipped: bool = False,
 ) -> tuple[list[Item], Rows, SkipLog]:
     """Vision tokens of ``items``, left on disk: (kept items, their float16 ``(T, C)`` rows, skipped log).
 
@@ -108,18 +114,19 @@ def cached_tokens(
     reused; the others are computed (images decoded by ``num_workers`` DataLoader processes) and
     added. Items whose image cannot be read are skipped and logged, and tried again next time.
     With ``num_top`` > 0 the rows are the trunk's float16 ``(C', H', W')`` maps below the top
-    ``num_top`` stages (``vision.trunk``), cached apart from the tokens.
+    ``num_top`` stages (``vision.trunk``), cached apart from the tokens. With ``flipped`` they are
+    the features of the images mirrored left-right (cached apart too).
     """
     fingerprint = vision_fingerprint(vision, num_top)
-    kind = f"trunk{num_top}" if num_top else "tokens"
+    kind = (f"trunk{num_top}" if num_top else "tokens") + ("-flip" if flipped else "")
     key = {"manifest_sha256": dataset.manifest_hash, "vision_fingerprint": fingerprint, "kind": kind}
     folder = None if cache_dir is None else Path(cache_dir) / f"{kind}-{fingerprint}"
     shards, where = _open_cache(folder, key, progress)
     todo = [item for item in items if item.id not in where]
     barrier()  # every process has listed the cache before any adds to it
     skipped = SkipLog()
-    computed = _compute_tokens(vision, dataset, todo, folder, key, batch_size, num_workers, num_top, skipped,
-                               progress)
+    computed = _compute_tokens(vision, dataset, todo, folder, key, batch_size, num_workers, num_top, flipped,
+                               skipped, progress)
     barrier()
     if folder is not None:
         shards, where = _open_cache(folder, key, progress)
@@ -177,7 +184,7 @@ def _open_cache(folder: Path | None, key: dict[str, str], progress: Progress) ->
 
 def _compute_tokens(
     vision: torch.nn.Module, dataset: Dataset, todo: list[Item], folder: Path | None, key: dict[str, str],
-    batch_size: int, num_workers: int, num_top: int, skipped: SkipLog, progress: Progress,
+    batch_size: int, num_workers: int, num_top: int, flipped: bool, skipped: SkipLog, progress: Progress,
 ) -> list[tuple[Shard, list[str]]]:
     """Compute the tokens of ``todo`` shard by shard: this process's shards of a shared folder
     (written there), or all of them in memory (returned as (shard, ids))."""
@@ -188,8 +195,8 @@ def _compute_tokens(
     ends = np.cumsum([len(chunk) for chunk in chunks]).tolist()
     batches = [list(range(end - len(chunk) + rows.start, end - len(chunk) + rows.stop))
                for end, chunk in zip(ends, chunks, strict=True) for rows in batch_slices(len(chunk), batch_size)]
-    loader = torch.utils.data.DataLoader(_Images(dataset, mine, vision), batch_sampler=batches, collate_fn=list,
-                                         num_workers=num_workers, generator=torch.Generator())
+    loader = torch.utils.data.DataLoader(_Images(dataset, mine, vision, flipped), batch_sampler=batches,
+                                         collate_fn=list, num_workers=num_workers, generator=torch.Generator())
     device = next(vision.parameters()).device
     computed, ids, arrays, done, finished = [], [], [], 0, 0
     progress.start("vision features", len(mine))

@@ -107,9 +107,10 @@ class _TrainingData:
     frozen query outputs and resized images (on disk under the run directory)."""
 
     def __init__(self, model: UniFashion, recipe: Recipe, dataset: Dataset, items: dict[str, list[Item]],
-                 tokens: dict[str, Rows], skipped: SkipLog, scratch: Path) -> None:
+                 tokens: dict[str, Rows], skipped: SkipLog, scratch: Path, flipped: Rows | None = None) -> None:
         self.model, self.recipe, self.dataset = model, recipe, dataset
         self.items, self.tokens, self.skipped = items, tokens, skipped
+        self.flipped = flipped  # the training images mirrored (``data.image_flip``), row for row
         self.scratch = scratch
         self._train_queries: dict[str, Rows] = {}
 
@@ -126,7 +127,15 @@ class _TrainingData:
             skipped.entries += split_skipped.entries
         if len(items["train"]) < 2:
             raise UserError(f"{dataset.root} has fewer than 2 usable training images; nothing to train on.")
-        return cls(model, recipe, dataset, items, tokens, skipped, scratch)
+        flipped = None
+        if recipe.data.image_flip > 0 and "retrieval" in recipe.train.stages:
+            mirrored, flipped, _ = cached_tokens(model.vision, dataset, items["train"], cache_dir, progress,
+                                                 num_workers=recipe.train.num_workers,
+                                                 num_top=recipe.model.vision.trainable_blocks, flipped=True)
+            if len(mirrored) != len(items["train"]):  # an image that became unreadable in between
+                raise UserError(f"{len(items['train']) - len(mirrored)} training images of {dataset.root} could "
+                                "be read once but not a second time (for data.image_flip); check the files.")
+        return cls(model, recipe, dataset, items, tokens, skipped, scratch, flipped)
 
     def texts(self, split: str) -> list[str]:
         return [item.text(self.recipe.data.caption_field) for item in self.items[split]]
@@ -135,7 +144,7 @@ class _TrainingData:
         model, recipe = self.model, self.recipe
         if name == "retrieval":
             return stage_lib.retrieval_stage(model, recipe, self.tokens["train"], self.items["train"],
-                                             self.tokens["val"], self.texts("val"))
+                                             self.tokens["val"], self.texts("val"), self.flipped)
         if name == "caption":
             style = recipe.model.captioner.style
             return stage_lib.caption_stage(

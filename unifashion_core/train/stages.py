@@ -108,6 +108,7 @@ def retrieval_stage(
     items: list[Item],
     val_tokens: Examples,
     val_texts: list[str],
+    flipped: Examples | None = None,
 ) -> Stage:
     """Phase 1a: Q-Former (+ projections, ITM head, temperature) with ITC + ITM.
 
@@ -119,8 +120,13 @@ def retrieval_stage(
     fits other items of the batch too (an identical one, or "blue dress") counts them as positives
     in ITC and never pairs with them as an ITM negative. With ``loss.swap_negatives``, copies of
     the texts with one attribute value swapped join ITC's image->text softmax as negatives.
+
+    ``flipped`` holds the rows of the same images mirrored left-right; with ``data.image_flip``
+    each example of a batch is seen mirrored with that chance (drawn for the whole batch, so every
+    process agrees).
     """
     loss_cfg = recipe.loss
+    flip = recipe.data.image_flip if flipped is not None else 0.0
     vocabulary = attribute_vocabulary(items, loss_cfg.swap_fields) if loss_cfg.swap_negatives > 0 else {}
     value_words, value_groups, value_targets = _attribute_classes(items, loss_cfg)
     value_tokens = model.tokenize(value_words) if value_words else None  # (W, L) twice, once for all steps
@@ -138,9 +144,15 @@ def retrieval_stage(
 
     def loss_fn(batch: Batch, generator: torch.Generator, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         batch_tokens = batch.fields["tokens"].float()  # (B, T, C), or the trunk's (B, C', H', W') maps
+        indices, shard = scope(batch, gathered)
+        rows = tokens
+        if flip > 0:
+            mirror = torch.rand(len(indices), generator=generator) < flip  # (G,): which examples are mirrored
+            chosen = mirror[shard.rows].to(batch_tokens.device).view(-1, *[1] * (batch_tokens.dim() - 1))
+            batch_tokens = torch.where(chosen, batch.fields["flipped"].float(), batch_tokens)
+            rows = _Mirrored(tokens, flipped, indices[mirror])
         if num_top:
             batch_tokens = top(batch_tokens)  # (B, T, C)
-        indices, shard = scope(batch, gathered)
         batch_items = [items[i] for i in indices.tolist()]
         batch_texts, positives = augment_batch(batch_items, recipe.data, generator)  # (G)
         positives = positives.to(batch_tokens.device)  # (G, G): text j describes image i
@@ -171,7 +183,7 @@ def retrieval_stage(
             with torch.no_grad():
                 sim = max_sim(*(gather(x) if gathered else x for x in (image_embeds, text_embeds))) / temperature
             lookup = batch_tokens if shard.local_size == shard.size else \
-                tokens_lookup(batch_tokens, tokens, indices, shard, top if num_top else None)
+                tokens_lookup(batch_tokens, rows, indices, shard, top if num_top else None)
             itm = itm_loss(qformer.itm_logits, lookup, all_ids, all_mask, sim, sim.T, loss_cfg.itm_negatives,
                            generator, shard=shard, positives=positives)  # sim (G, G)
             loss = loss + loss_cfg.itm_weight * itm
@@ -190,11 +202,24 @@ def retrieval_stage(
         nn.ModuleList([qformer, nn.ParameterList(vision_params)]) if num_top else qformer,
         _trainable(qformer) + vision_params,
         recipe.train.retrieval,
-        ExampleData(len(tokens), {"tokens": _field(tokens)}, _siblings(items, loss_cfg)),
+        ExampleData(len(tokens), {"tokens": _field(tokens), **({"flipped": _field(flipped)} if flip > 0 else {})},
+                    _siblings(items, loss_cfg)),
         loss_fn,
         eval_fn if len(val_texts) > 1 else None,
         qformer.clamp_temperature_,
     )
+
+
+class _Mirrored:
+    """Example rows as one batch saw them: ``flipped``'s for the examples ``mirrored``, else ``tokens``'s."""
+
+    def __init__(self, tokens: Examples, flipped: Examples, mirrored: torch.Tensor) -> None:
+        self.tokens, self.flipped, self.mirrored = tokens, flipped, set(mirrored.tolist())
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        plain, mirror = self.tokens[index], self.flipped[index]  # (k, ...) each
+        chosen = torch.tensor([int(i) in self.mirrored for i in index.reshape(-1).tolist()])
+        return torch.where(chosen.view(-1, *[1] * (plain.dim() - 1)), mirror, plain)
 
 
 def _attribute_classes(items: list[Item], loss_cfg: LossConfig) -> tuple[list[str], list[slice], torch.Tensor]:
