@@ -13,12 +13,12 @@ from PIL import Image
 
 from unifashion_core.config import VisionConfig, load_recipe
 from unifashion_core.data.adapters.demo import prepare_demo
+from unifashion_core.data.images import open_image
 from unifashion_core.data.manifest import load_dataset
 from unifashion_core.errors import UserError
 from unifashion_core.evaluation.bench_memory import repeat_dataset
 from unifashion_core.features import cached_tokens, feature_cache_dir, image_tokens
 from unifashion_core.models.generator import query_moments
-from unifashion_core.data.images import open_image
 from unifashion_core.models.vision import build_vision_encoder, preprocess
 from unifashion_core.progress import CallbackProgress
 from unifashion_core.shards import Rows, open_shard, write_shard
