@@ -214,11 +214,11 @@ class _Mirrored:
     """Example rows as one batch saw them: ``flipped``'s for the examples ``mirrored``, else ``tokens``'s."""
 
     def __init__(self, tokens: Examples, flipped: Examples, mirrored: torch.Tensor) -> None:
-        self.tokens, self.flipped, self.mirrored = tokens, flipped, set(mirrored.tolist())
+        self.tokens, self.flipped, self.mirrored = tokens, flipped, mirrored.cpu()
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
         plain, mirror = self.tokens[index], self.flipped[index]  # (k, ...) each
-        chosen = torch.tensor([int(i) in self.mirrored for i in index.reshape(-1).tolist()])
+        chosen = torch.isin(index.reshape(-1).cpu(), self.mirrored)  # (k,)
         return torch.where(chosen.view(-1, *[1] * (plain.dim() - 1)), mirror, plain)
 
 
