@@ -62,6 +62,8 @@ def test_out_of_range_generator_and_ema_settings_are_refused():
         recipe_from_dict({"model": {"generator": {"query_mix": {"text": -1}}}})
     with pytest.raises(UserError, match=r"ema_decay must be in \[0, 1\)"):
         recipe_from_dict({"train": {"generate": {"ema_decay": 1.0}}})
+    with pytest.raises(UserError, match="model.zero_shot_image_weight must be between 0.0 and 1.0"):
+        recipe_from_dict({"model": {"zero_shot_image_weight": 1.5}})
 
 
 def test_overrides_nested_keys_lists_and_syntax_errors(tmp_path):

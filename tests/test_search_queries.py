@@ -2,6 +2,7 @@
 fusion), queries with nothing to search for, scripts the tokenizer cannot read, and the contact sheet."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -81,11 +82,39 @@ def test_search_cli_says_which_composed_score_it_used(tiny_phase1, indexed, monk
     assert json.loads(forced.stdout)["composed_score"] == "fused"
 
 
+def test_the_recipe_chooses_the_zero_shot_image_weight(tiny_phase1, indexed, monkeypatch, tmp_path):
+    """A checkpoint whose recipe sets ``model.zero_shot_image_weight`` is searched and benched with it."""
+    checkpoint = tmp_path / "weighted"
+    shutil.copytree(tiny_phase1 / "phase1" / "checkpoint", checkpoint)
+    config = checkpoint / "config.yaml"
+    text = config.read_text()
+    assert "\n  zero_shot_image_weight: 0.4\n" in text  # the default, written with the rest of the recipe
+    config.write_text(text.replace("\n  zero_shot_image_weight: 0.4\n", "\n  zero_shot_image_weight: 0.7\n"))
+    assert load_checkpoint(checkpoint).model.config.zero_shot_image_weight == 0.7
+    monkeypatch.setenv("UNIFASHION_HOME", str(tmp_path / "ws"))
+    image = next(iter((tiny_phase1 / "data" / "images").iterdir()))
+    args = ["search", "--index", str(indexed), "--checkpoint", str(checkpoint), "--image", str(image),
+            "--text", "is red", "-k", "3"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "0.7 x image->image + 0.3 x text->image" in result.output
+    told = runner.invoke(app, [*args, "--image-weight", "0.2"])
+    assert "0.2 x image->image + 0.8 x text->image" in told.output
+    report = bench_cir(checkpoint, tiny_phase1 / "data", tmp_path / "bench", use_captions=False).data
+    assert report["protocol_options"]["zero_shot_image_weight"] == 0.7
+    assert report["protocol_options"]["zero_shot_image_weight_from"] == "the checkpoint's model.zero_shot_image_weight"
+    model, index = load_searcher(indexed, checkpoint)
+    ours = search(model, index, text="is red", image=image, k=5, composed="zero-shot")
+    assert [r.id for r in ours] == [r.id for r in search(model, index, text="is red", image=image, k=5,
+                                                           composed="zero-shot", image_weight=0.7)]
+
+
 def test_bench_cir_reports_zero_shot_next_to_its_halves_and_chance(tiny_phase1, tmp_path):
     report = bench_cir(tiny_phase1 / "phase1", tiny_phase1 / "data", tmp_path, use_captions=False,
                        image_weight=0.7).data
     assert list(report["settings"]) == ["without_captions", "zero_shot", "image_only", "text_only"]
     assert report["protocol_options"]["zero_shot_image_weight"] == 0.7
+    assert report["protocol_options"]["zero_shot_image_weight_from"] == "--image-weight"
     assert report["chance"]["R@10"] == pytest.approx(min(1.0, 10 / report["num_gallery"]))
     queries = [json.loads(line) for line in (tmp_path / "queries.jsonl").read_text().splitlines()]
     # image-only ranks the reference (cosine 1 with itself) first, or level with a near-duplicate

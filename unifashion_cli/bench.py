@@ -31,8 +31,9 @@ EXCLUDE_REFERENCE = typer.Option(False, "--exclude-reference",
                                  help="Remove each query's reference image from its gallery.")
 NO_CAPTIONS = typer.Option(False, "--no-captions", help="Score without gallery captions only.")
 CAPTION_WEIGHT = typer.Option(1.0, "--caption-weight", help="Weight w of the gallery-caption term.")
-IMAGE_WEIGHT = typer.Option(0.4, "--image-weight",
-                            help="Zero-shot composed score: weight of image->image (text->image gets the rest).")
+IMAGE_WEIGHT = typer.Option(None, "--image-weight",
+                            help="Zero-shot composed score: weight of image->image (text->image gets the rest; "
+                                 "default: the checkpoint recipe's model.zero_shot_image_weight).")
 
 
 def _run(subject: str, out_dir: Path | None, json_output: bool, quiet: bool,
@@ -168,7 +169,7 @@ def cir(
     exclude_reference: bool = EXCLUDE_REFERENCE, no_captions: bool = NO_CAPTIONS,
     caption_weight: float = CAPTION_WEIGHT,
     gallery: str = typer.Option("auto", "--gallery", help="split, category, or auto (category for Fashion-IQ)."),
-    image_weight: float = IMAGE_WEIGHT,
+    image_weight: float | None = IMAGE_WEIGHT,
     out_dir: Path | None = OUT, json_output: bool = JSON, quiet: bool = QUIET,
 ) -> None:
     """Composed retrieval: Recall@10/50 per category and averaged, fused (with and without gallery captions)

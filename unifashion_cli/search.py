@@ -20,8 +20,9 @@ def search(
     caption_weight: float = typer.Option(1.0, "--caption-weight", help="Composed: weight w of the caption term."),
     composed: str = typer.Option("auto", "--composed", help="Composed score: fused (phase 2), zero-shot (late "
                                  "fusion, no phase 2) or auto (fused after phase 2, else zero-shot)."),
-    image_weight: float = typer.Option(0.4, "--image-weight", help="Zero-shot: weight of image->image (text->image "
-                                       "gets the rest)."),
+    image_weight: float | None = typer.Option(None, "--image-weight", help="Zero-shot: weight of image->image "
+                                              "(text->image gets the rest; default: the checkpoint recipe's "
+                                              "model.zero_shot_image_weight)."),
     filters: list[str] = typer.Option(None, "--filter", help="FIELD=VALUE on a manifest field (category, split, "
                                       "any attribute); repeat it: one field with several values allows any of them."),
     sheet: Path | None = typer.Option(None, "--sheet", help="Write a contact sheet PNG of query and results."),
@@ -46,6 +47,7 @@ def search(
     index_path = workspace.resolve("index", index_dir)
     score = composed_score(composed, index_path, checkpoint) if effective == "cir" else None
     model, index = load_searcher(index_path, checkpoint)
+    image_weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
     warnings += tokenizer_warnings(model.tokenizer, text) if text is not None else []
     for warning in warnings:
         if not quiet:

@@ -62,6 +62,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.generator.cfg_drop_prob": (0.0, 1.0),
     "model.generator.num_inference_steps": (1, 1000),
     "model.generator.guidance_scale": (0.0, 50.0),
+    "model.zero_shot_image_weight": (0.0, 1.0),
     **{f"loss.{key}": (0.0, None) for key in ("itc_weight", "itm_weight", "cir_weight", "itg_weight", "q2i_weight")},
     "loss.label_smoothing": (0.0, 0.99),
     "data.image_flip": (0.0, 1.0),
@@ -287,6 +288,10 @@ class ModelConfig(_Section):
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    # Composed search on a checkpoint without phase 2 (the zero-shot late fusion, metrics.cir):
+    # weight of image->image similarity, text->image gets the rest (1 = image only, 0 = text only).
+    # `search`, `serve` and `bench cir` use it unless told otherwise; choose it on val (bench cir).
+    zero_shot_image_weight: float = 0.4
 
 
 @dataclass(frozen=True)

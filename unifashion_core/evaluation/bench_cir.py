@@ -108,7 +108,7 @@ def bench_cir(
     caption_weight: float = 1.0,
     gallery: Gallery = "auto",
     zero_shot: bool = True,
-    image_weight: float = cir.ZERO_SHOT_IMAGE_WEIGHT,
+    image_weight: float | None = None,
     cache_dir: str | Path | None = None,
     progress: Progress = NullProgress(),
 ) -> BenchReport:
@@ -125,7 +125,8 @@ def bench_cir(
         caption_weight: ``w`` of the caption term.
         gallery: ``split``, ``category`` or ``auto`` (category for Fashion-IQ).
         zero_shot: also score with the zero-shot late fusion, image-only and text-only.
-        image_weight: the zero-shot score's image weight, in [0, 1].
+        image_weight: the zero-shot score's image weight, in [0, 1] (None: the checkpoint recipe's
+            ``model.zero_shot_image_weight``).
         cache_dir: where frozen vision features are cached (None: not on disk).
         progress: progress events.
 
@@ -138,7 +139,7 @@ def bench_cir(
         raise UserError(f"unknown CIR gallery {gallery!r}; choose auto, split or category.")
     if not math.isfinite(caption_weight):
         raise UserError(f"--caption-weight must be a finite number, got {caption_weight}.")
-    if not 0.0 <= image_weight <= 1.0:
+    if image_weight is not None and not 0.0 <= image_weight <= 1.0:
         raise UserError(f"--image-weight must be in [0, 1], got {image_weight}.")
     checkpoint = checkpoint_dir(checkpoint)
     dataset = load_dataset(data)
@@ -153,6 +154,8 @@ def bench_cir(
     # 2. model, gallery tokens and captions
     loaded = load_checkpoint(checkpoint, ("caption",) if use_captions else ())
     model = loaded.model
+    weight_source = "--image-weight" if image_weight is not None else "the checkpoint's model.zero_shot_image_weight"
+    image_weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
     items, tokens, skipped = image_tokens(model.vision, dataset, dataset.split(split),
                                           feature_cache_dir(cache_dir, dataset), progress)
     captioning = use_captions and bool(items)
@@ -169,6 +172,7 @@ def bench_cir(
         "protocol_options": {"gallery": "category" if by_category else "split", "exclude_reference": exclude_reference,
                              "caption_weight": caption_weight, "use_captions": use_captions,
                              "zero_shot_image_weight": image_weight if zero_shot else None,
+                             "zero_shot_image_weight_from": weight_source if zero_shot else None,
                              "caption_style": model.config.captioner.style if use_captions else None,
                              "query_text": "the triplet's evaluation text", "ties": "pessimistic",
                              "misses": "unanswerable queries (missing or unreadable images) count as misses"},
@@ -232,8 +236,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         rows.append({"score": name, "category": "**average**", **summary["average"]})
     missing, chance = report["unanswerable"], report["chance"]
     weight = report["protocol_options"]["zero_shot_image_weight"]
-    zero_shot = (f"zero_shot = {weight:g} x image->image + {1 - weight:g} x text->image (no composed training); "
-                 "image_only and text_only are its halves. " if weight is not None else "")
+    source = report["protocol_options"].get("zero_shot_image_weight_from")
+    zero_shot = (f"zero_shot = {weight:g} x image->image + {1 - weight:g} x text->image (no composed training; "
+                 f"weight from {source}); image_only and text_only are its halves. " if weight is not None else "")
     return (f"# Composed image retrieval ({report['split']})\n\n{provenance_lines(report)}\n"
             f"{markdown_table(rows, ['score', 'category', 'R@10', 'R@50', 'mean', 'num_queries'])}\n"
             "without_captions / with_captions = the trained fused score (phase 2 trains it); "

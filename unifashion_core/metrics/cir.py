@@ -17,9 +17,6 @@ from unifashion_core.losses import max_sim, pooled
 from unifashion_core.metrics.retrieval import positive_ranks, recalls_from_ranks
 
 KS = (10, 50)
-# The zero-shot late fusion's image weight (``zero_shot_scores``), chosen on the fashion-product-1k
-# validation triplets (benchmarks/README.md, "Short queries and real photos"): 1 = image-only, 0 = text-only.
-ZERO_SHOT_IMAGE_WEIGHT = 0.4
 TOP_LISTED = 10  # result rows kept per query for the queries.jsonl listing
 
 

@@ -18,7 +18,6 @@ from PIL import Image
 from unifashion_core.checkpoint import load_checkpoint, read_meta
 from unifashion_core.data.images import as_image, load_user_image
 from unifashion_core.errors import UserError
-from unifashion_core.metrics.cir import ZERO_SHOT_IMAGE_WEIGHT
 from unifashion_core.models.unifashion import UniFashion
 from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
 from unifashion_core.retrieval.index import CatalogueIndex, RetrievalIndex
@@ -167,7 +166,7 @@ def search(
     caption_weight: float = 1.0,
     use_captions: bool = True,
     composed: str = "fused",
-    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+    image_weight: float | None = None,
     filter: Filter | None = None,
 ) -> list[SearchResult]:
     """Run one query against a catalogue and return the top ``k`` items, best first.
@@ -176,13 +175,15 @@ def search(
 
     Args:
         composed: the composed (image + text) score: ``fused`` or ``zero-shot`` (see the module).
-        image_weight: the zero-shot score's image weight, in [0, 1].
+        image_weight: the zero-shot score's image weight, in [0, 1] (None: the model's
+            ``zero_shot_image_weight``, which its recipe chose).
         filter: ``{field: value or [values]}`` on manifest fields (category, split, any attribute):
             the ranking is restricted to the items that match.
     """
     mode, _ = check_query(text, image, mode)
     if not 1 <= k <= index.num_items:
         raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
+    image_weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
     if composed not in COMPOSED_SCORES[1:] or not 0.0 <= image_weight <= 1.0:
         raise UserError(f"composed score {composed!r} with image weight {image_weight}: choose fused or zero-shot "
                         "and a weight in [0, 1].")
@@ -200,9 +201,12 @@ def rank(
     caption_weight: float = 1.0,
     use_captions: bool = True,
     filter: Filter | None = None,
-    image_weight: float = ZERO_SHOT_IMAGE_WEIGHT,
+    image_weight: float | None = None,
 ) -> list[SearchResult]:
-    """The top ``k`` items of the catalogue for an embedded query, best first."""
+    """The top ``k`` items of the catalogue for an embedded query, best first.
+
+    ``image_weight``: the zero-shot composed score's image weight (needed for a zero-shot query;
+    callers pass the model's ``config.zero_shot_image_weight`` unless told otherwise)."""
     if query.mode == "t2i":
         scores, rows = index.search_images(query.vectors, k, filter)
     elif query.mode == "i2t":
@@ -210,6 +214,8 @@ def rank(
     elif query.mode == "i2i":
         scores, rows = _search_by_image(index, query.vectors[0], k, filter)
     elif query.texts is not None:
+        if image_weight is None:
+            raise ValueError("a zero-shot composed query needs its image weight.")
         if not hasattr(index, "search_zero_shot"):
             raise UserError("the zero-shot composed score needs a local index; with this backend use "
                             "--composed fused (a phase-2 checkpoint).")
