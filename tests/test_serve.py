@@ -113,11 +113,21 @@ def test_search_by_text_image_both_and_with_a_filter(client: TestClient, data, t
     assert [h["score"] for h in like["results"]] == pytest.approx([r.score for r in stored], abs=1e-5)
     composed = client.post("/search", files=upload, data={"text": "in blue", "k": "6"}).json()
     assert composed["mode"] == "cir" and len(composed["results"]) == 6
+    # a phase-1 checkpoint: the zero-shot late fusion with its recipe's image weight, as `unifashion search`
+    assert composed["composed_score"] == "zero-shot (image weight 0.4)" and text.json()["composed_score"] is None
+    zero_shot = search(model, view, "in blue", dataset.image_path(item), k=6, composed="zero-shot")
+    assert ranks(composed) == [r.id for r in zero_shot]
+    assert [h["score"] for h in composed["results"]] == pytest.approx([r.score for r in zero_shot], abs=1e-5)
     by_item = client.post("/search", json={"item": item.id, "text": "in blue", "k": 6}).json()
     assert ranks(by_item) == ranks(composed)  # the item's own image file, embedded as the upload is
-    assert ranks(composed) == [r.id for r in search(model, view, "in blue", dataset.image_path(item), k=6)]
-    without = client.post("/search", json={"item": item.id, "text": "in blue", "k": 6, "use_captions": False})
-    assert [h["score"] for h in without.json()["results"]] != [h["score"] for h in by_item["results"]]
+    image_only = client.post("/search", json={"item": item.id, "text": "in blue", "k": 1, "image_weight": 1.0}).json()
+    assert image_only["composed_score"] == "zero-shot (image weight 1)" and ranks(image_only) == [item.id]
+    fused = client.post("/search", json={"item": item.id, "text": "in blue", "k": 6, "composed": "fused"}).json()
+    assert fused["composed_score"] == "fused"
+    assert ranks(fused) == [r.id for r in search(model, view, "in blue", dataset.image_path(item), k=6)]
+    without = client.post("/search", json={"item": item.id, "text": "in blue", "k": 6, "composed": "fused",
+                                            "use_captions": False})
+    assert [h["score"] for h in without.json()["results"]] != [h["score"] for h in fused["results"]]
 
     category = item.category
     wanted = [i for i in test_items if i.category == category]
@@ -200,6 +210,9 @@ def test_every_error_is_json_with_the_right_status(client: TestClient, data) -> 
     for k in (0, 101, "ten"):
         check_error(client.post("/search", json={"text": "red", "k": k}), 422, "k")
     check_error(client.post("/search", json={"text": "red", "mode": "sideways"}), 422, "mode")
+    check_error(client.post("/search", json={"text": "red", "composed": "late"}), 422, "composed")
+    for weight in (-0.1, 1.5, "heavy"):
+        check_error(client.post("/search", json={"text": "red", "image_weight": weight}), 422, "image_weight")
     check_error(client.post("/search", json={"k": 3}), 400, "give a text")
     check_error(client.post("/search", json={"text": "red", "mode": "i2i"}), 400, "mode i2i takes")
     check_error(client.post("/search", files={"image": ("q.png", image, "image/png")}, data={"item": "x"}), 400,
@@ -279,7 +292,8 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
     batcher, model = service._batcher, service.model
     texts = [f"a {colour} striped shirt" for colour in ("red", "blue", "green", "black", "white", "pink")]
     image = Image.open(dataset.image_path(test_items[2])).convert("RGB")
-    asked = [("t2i", text, None) for text in texts] + [("cir", "in blue", image), ("i2i", None, image)]
+    asked = [("t2i", text, None) for text in texts] + [("cir", "in blue", image), ("i2i", None, image),
+                                                       ("cir", "in red", image, "zero-shot")]
     calls: list[int] = []
     embed_texts = batcher.encoders.texts
 
@@ -319,10 +333,13 @@ def test_queries_that_wait_for_the_model_are_embedded_together(client: TestClien
         thread.join(60)
     assert calls == [3, 1, 1, 1] and isinstance(answers[101], ValueError)
     assert answers[100].vectors.shape == answers[102].vectors.shape == (1, answers[0].vectors.shape[1])
-    for i, (mode, text, picture) in enumerate(asked):
-        alone = embed_query(model, mode, text, picture)  # the eager model: the traced graphs agree with it
+    for i, (mode, text, picture, *composed) in enumerate(asked):
+        alone = embed_query(model, mode, text, picture, *composed)  # the eager model: the traced graphs agree
         assert answers[i].mode == mode and answers[i].vectors.shape == alone.vectors.shape
         np.testing.assert_allclose(answers[i].vectors, alone.vectors, atol=1e-5)
+        assert (answers[i].texts is None) == (alone.texts is None) == (composed != ["zero-shot"])
+        if alone.texts is not None:  # zero-shot composed: the image's vectors and the text's, apart
+            np.testing.assert_allclose(answers[i].texts, alone.texts, atol=1e-5)
 
 
 def test_the_model_thread_runs_torch_with_its_own_thread_count(client: TestClient, tmp_path: Path) -> None:

@@ -117,10 +117,12 @@ async def search(request: Request) -> schemas.SearchResponse:
     query, upload = await read_request(request, schemas.SearchQuery)
     image = (await _upload(request, upload, "the query image"))[0] if upload is not None else None
     answer = await run_in_threadpool(_service(request).search, query.text, image, query.item, query.k, query.mode,
-                                     query.caption_weight, query.use_captions, query.filter)
+                                     query.caption_weight, query.use_captions, query.filter, query.composed,
+                                     query.image_weight)
     hits = [schemas.SearchHit(rank=r.rank, id=r.id, score=r.score, caption=r.caption, image_url=image_url(r.id),
                               fields=r.fields) for r in answer.results]
-    return schemas.SearchResponse(mode=answer.mode, num_items=answer.num_items, results=hits)
+    return schemas.SearchResponse(mode=answer.mode, composed_score=answer.composed_score, num_items=answer.num_items,
+                                  results=hits)
 
 
 @router.get("/items/{item_id:path}/image", responses={200: {"content": {"image/*": {}}}, **_errors(404)})

@@ -32,9 +32,16 @@ class _Job:
     mode: str
     text: str | None
     image: Image.Image | None
+    composed: str = "fused"  # cir: fused (one fused vector) or zero-shot (image and text vectors apart)
     done: threading.Event = field(default_factory=threading.Event)
-    vectors: np.ndarray | None = None  # t2i, cir (1, D); i2t, i2i (1, Q, D)
+    vectors: np.ndarray | None = None  # t2i, fused cir (1, D); i2t, i2i, zero-shot cir (1, Q, D)
+    texts: np.ndarray | None = None  # zero-shot cir: (1, D) of the text
     error: BaseException | None = None
+
+    @property
+    def kind(self) -> str:
+        """What is embedded: the mode, with composed queries split by score."""
+        return "cir-zero-shot" if self.mode == "cir" and self.composed == "zero-shot" else self.mode
 
 
 class QueryBatcher:
@@ -57,18 +64,21 @@ class QueryBatcher:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="unifashion-model", daemon=True).start()
 
-    def embed(self, mode: str, text: str | None, image: Image.Image | None) -> Query:
+    def embed(self, mode: str, text: str | None, image: Image.Image | None, composed: str = "fused") -> Query:
         """Embed one query; blocks until it (and any queries waiting with it) is embedded.
+
+        ``composed`` (cir only): ``fused`` embeds the image and text together, ``zero-shot`` apart
+        (for ``metrics.cir.zero_shot_scores``).
 
         Raises:
             whatever the model raised for the batch that held this query.
         """
-        job = _Job(mode, text, image)
+        job = _Job(mode, text, image, composed)
         self._queue.put(job)
         job.done.wait()
         if job.error is not None:
             raise job.error
-        return Query(mode, job.vectors)
+        return Query(mode, job.vectors, job.texts)
 
     def close(self) -> None:
         """Stop the model thread once the queries already asked are embedded."""
@@ -95,10 +105,10 @@ class QueryBatcher:
                 return
 
     def _run(self, jobs: list[_Job]) -> None:
-        """Embed ``jobs``, one batch per mode, and wake their owners (errors go to the batch's jobs)."""
+        """Embed ``jobs``, one batch per kind, and wake their owners (errors go to the batch's jobs)."""
         try:
-            for mode in dict.fromkeys(job.mode for job in jobs):
-                self._embed([job for job in jobs if job.mode == mode])
+            for kind in dict.fromkeys(job.kind for job in jobs):
+                self._embed([job for job in jobs if job.kind == kind])
         finally:
             for job in jobs:
                 if job.vectors is None and job.error is None:  # no owner may wait forever
@@ -108,7 +118,7 @@ class QueryBatcher:
     def _embed(self, batch: list[_Job]) -> None:
         """Embed a batch of one mode; if it fails, each query alone, so one bad query fails only itself."""
         try:
-            vectors = self._vectors(batch[0].mode, batch)
+            vectors, texts = self._vectors(batch[0].kind, batch)
         except Exception as exc:  # noqa: BLE001 - handed to the request that asked
             if len(batch) == 1:
                 batch[0].error = exc
@@ -118,12 +128,16 @@ class QueryBatcher:
             return
         for i, job in enumerate(batch):
             job.vectors = vectors[i : i + 1]
+            job.texts = None if texts is None else texts[i : i + 1]
 
-    def _vectors(self, mode: str, batch: list[_Job]) -> np.ndarray:
-        """t2i and cir ``(B, D)``; i2t and i2i ``(B, Q, D)``."""
+    def _vectors(self, kind: str, batch: list[_Job]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query vectors: t2i and fused cir ``(B, D)``; i2t, i2i and zero-shot cir ``(B, Q, D)``;
+        and, for zero-shot cir only, the texts' ``(B, D)``."""
         texts, images = [job.text for job in batch], [job.image for job in batch]
-        if mode == "t2i":
-            return self.encoders.texts(texts)
-        if mode == "cir":
-            return self.encoders.composed(images, texts)
-        return self.encoders.images(images)
+        if kind == "t2i":
+            return self.encoders.texts(texts), None
+        if kind == "cir":
+            return self.encoders.composed(images, texts), None
+        if kind == "cir-zero-shot":
+            return self.encoders.images(images), self.encoders.texts(texts)
+        return self.encoders.images(images), None

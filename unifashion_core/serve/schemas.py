@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from unifashion_core.serve.settings import MAX_GENERATION_STEPS, MAX_ITEMS_PER_UPSERT, MAX_K, MAX_TEXT_CHARS
 
 Mode = Literal["auto", "t2i", "i2t", "i2i", "cir"]
+ComposedScore = Literal["auto", "fused", "zero-shot"]
 FieldValue = str | int | float | bool
 ItemId = Field(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f\x7f]+$",
                description="The item id (printable characters, at most 256).")
@@ -37,6 +38,12 @@ class SearchQuery(Request):
     use_captions: bool = Field(True, description="Composed: add the gallery-caption term (when the index has it).")
     caption_weight: float = Field(1.0, ge=0.0, le=10.0, allow_inf_nan=False,
                                   description="Composed: weight w of the caption term.")
+    composed: ComposedScore = Field("auto", description="Composed score: fused (phase 2), zero-shot (late fusion "
+                                                        "of image->image and text->image, no phase 2), or auto "
+                                                        "(fused for a phase-2 checkpoint, else zero-shot).")
+    image_weight: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                       description="Zero-shot: weight of image->image (text->image gets the rest; "
+                                                   "default: the checkpoint recipe's model.zero_shot_image_weight).")
 
 
 class SearchHit(BaseModel):
@@ -50,6 +57,8 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     mode: str = Field(description="The mode that ran (auto resolved).")
+    composed_score: str | None = Field(None, description="Composed queries: the score that ranked them, e.g. "
+                                                         "'zero-shot (image weight 0.4)' or 'fused'; else null.")
     num_items: int = Field(description="Items in the catalogue.")
     results: list[SearchHit]
 

@@ -22,7 +22,14 @@ from unifashion_core.retrieval.catalogue import Catalogue, CatalogueView
 from unifashion_core.retrieval.index import check_fingerprint
 from unifashion_core.retrieval.index import read_meta as read_index_meta
 from unifashion_core.retrieval.payload import Filter
-from unifashion_core.retrieval.search import Query, SearchResult, check_query, index_checkpoint, rank
+from unifashion_core.retrieval.search import (
+    COMPOSED_SCORES,
+    Query,
+    SearchResult,
+    check_query,
+    index_checkpoint,
+    rank,
+)
 from unifashion_core.retrieval.upsert import NewItem, embed_items
 from unifashion_core.serve.batcher import QueryBatcher
 from unifashion_core.serve.settings import ServeSettings
@@ -38,11 +45,12 @@ class ReadOnly(UserError):
 
 @dataclass(frozen=True)
 class SearchAnswer:
-    """A ranked result list and the mode that produced it."""
+    """A ranked result list, the mode that produced it and, for composed queries, the score."""
 
     mode: str
     results: list[SearchResult]
     num_items: int
+    composed_score: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,28 +119,49 @@ class Service:
         return self.catalogue.snapshot()
 
     def search(self, text: str | None, image: Image.Image | None, item: str | None, k: int, mode: str = "auto",
-               caption_weight: float = 1.0, use_captions: bool = True, filter: Filter | None = None) -> SearchAnswer:
+               caption_weight: float = 1.0, use_captions: bool = True, filter: Filter | None = None,
+               composed: str = "auto", image_weight: float | None = None) -> SearchAnswer:
         """Rank the catalogue for a text, an image (an upload or an item's own), or both.
 
         ``item`` searches with a catalogue item's image: its stored vectors for ``i2i``/``i2t``
         ("more like this"), its image file for composed queries. ``k`` is capped at the catalogue size.
+        Composed queries use ``composed`` (``auto``: fused for a phase-2 checkpoint, else the zero-shot
+        late fusion with ``image_weight``, by default the checkpoint recipe's), as ``unifashion search``.
 
         Raises:
-            UserError: a query that does not fit the mode; UnknownItem for an unknown ``item``.
+            UserError: a query that does not fit the mode, an unknown composed score or a weight
+                outside [0, 1]; UnknownItem for an unknown ``item``.
         """
         if image is not None and item is not None:
             raise UserError("give an image or an item, not both.")
         mode, _ = check_query(text, image if item is None else item, mode, names=("a text", "an image or an item"))
+        score, weight = self.composed_score(composed, image_weight) if mode == "cir" else (None, None)
         view = self.snapshot()
         if item is not None and mode in ("i2i", "i2t"):
             query = Query(mode, view.image_vectors_of(item)[None])  # (1, Q, D)
         else:
             picture = self.item_image(view, item) if item is not None else image
-            query = self._batcher.embed(mode, text, picture)  # with the queries that arrive meanwhile
+            query = self._batcher.embed(mode, text, picture, score or "fused")  # with the queries arriving meanwhile
+        described = f"zero-shot (image weight {weight:g})" if score == "zero-shot" else score
         if view.num_items == 0:
-            return SearchAnswer(mode, [], 0)
-        results = rank(view, query, min(k, view.num_items), caption_weight, use_captions, filter)
-        return SearchAnswer(mode, results, view.num_items)
+            return SearchAnswer(mode, [], 0, described)
+        results = rank(view, query, min(k, view.num_items), caption_weight, use_captions, filter, weight)
+        return SearchAnswer(mode, results, view.num_items, described)
+
+    def composed_score(self, requested: str, image_weight: float | None) -> tuple[str, float | None]:
+        """The composed score and zero-shot image weight a composed query gets (see :meth:`search`).
+
+        Raises:
+            UserError: an unknown score, or a weight outside [0, 1].
+        """
+        if requested not in COMPOSED_SCORES:
+            raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
+        if image_weight is not None and not 0.0 <= image_weight <= 1.0:
+            raise UserError(f"image_weight must be in [0, 1], got {image_weight}.")
+        score = requested if requested != "auto" else "fused" if self.loaded.meta.get("phase", 1) == 2 else "zero-shot"
+        if score == "fused":
+            return score, None
+        return score, self.model.config.zero_shot_image_weight if image_weight is None else image_weight
 
     def item_image(self, view: CatalogueView, item_id: str) -> Image.Image:
         """The decoded image of a catalogue item (a file this server owns, never a client's path).

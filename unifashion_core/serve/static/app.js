@@ -57,7 +57,8 @@ async function search(query) {
     const started = performance.now();
     const answer = await (await call("/search", options)).json();
     showResults(answer);
-    setStatus(`${answer.results.length} results (${answer.mode}) in ${Math.round(performance.now() - started)} ms`);
+    const how = answer.composed_score ? `${answer.mode}, ${answer.composed_score}` : answer.mode;
+    setStatus(`${answer.results.length} results (${how}) in ${Math.round(performance.now() - started)} ms`);
   } catch (error) {
     setStatus(error.message, true);
   }
