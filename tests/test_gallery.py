@@ -117,7 +117,8 @@ def test_search_upload_and_composed_search_in_a_browser(browser, server_url: str
     browser.find_element(By.ID, "change-button").click()
     cards = wait_for_results(browser, "cir")
     check_cards(cards, 8)
-    assert "(cir)" in browser.find_element(By.ID, "status").text
+    # a phase-1 checkpoint: the zero-shot score, named on the page
+    assert "(cir, zero-shot (image weight 0.4))" in browser.find_element(By.ID, "status").text
 
     first = cards[0].get_attribute("data-id")
     cards[0].find_element(By.CSS_SELECTOR, ".more").click()  # more like this: the item's stored vectors
