@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from unifashion_core import __version__
 from unifashion_core.batching import batch_slices
 from unifashion_core.errors import UserError
 from unifashion_core.fileio import atomic_dir, write_json
-from unifashion_core.retrieval.exact import check_queries
+from unifashion_core.retrieval.exact import check_queries, zero_shot_scorer
 from unifashion_core.retrieval.index import (
     CANDIDATE_FACTOR,
     FORMAT_VERSION,
@@ -418,6 +418,51 @@ class QdrantIndex:
             if point.id in scores:
                 scores[point.id] += weight * point.score
         return sorted(scores.items(), key=lambda pair: -pair[1])[:k]
+
+    def search_zero_shot(
+        self, references: Array, texts: Array, k: int, image_weight: float, filter: Filter | None = None,
+        allowed: Array | None = None,
+    ) -> SearchResult:
+        """Composed retrieval by the zero-shot late fusion (``metrics.cir.zero_shot_scores``), for
+        checkpoints without phase-2 training.
+
+        Candidates: ``CANDIDATE_FACTOR * k`` points by each term's proxy inside Qdrant (the text
+        term itself, ``MAX_SIM`` of the one-vector text query; for the image term, ``MAX_SIM`` of the
+        reference's Q vectors); their image vectors are then fetched and every candidate is scored
+        exactly, as the local index scores every item.
+
+        Args:
+            references: ``(M, Q, D)`` reference image embeddings.
+            texts: ``(M, D)`` embeddings of the modification texts.
+            k, filter: as in :meth:`search_images`.
+            image_weight: weight of the image->image term, in [0, 1].
+        """
+        references, condition = self._check(references, 3, k, filter, allowed)
+        texts = check_queries(texts, 2, self.dim, "collection")
+        if len(texts) != len(references):
+            raise ValueError(f"{len(references)} references but {len(texts)} texts.")
+        score = zero_shot_scorer(references, texts, image_weight)
+        merged = [self._zero_shot_one(references[row], texts[row], lambda items, row=row: score(
+            slice(row, row + 1), items)[0], k, condition) for row in range(len(texts))]
+        return _as_arrays(merged, k)
+
+    def _zero_shot_one(self, reference: Array, text: Array, score: Callable[[Array], Array], k: int,
+                       condition: models.Filter | None) -> list[tuple[int, float]]:
+        """One zero-shot query: both terms' candidates, re-scored exactly (``score``: items ``(n, Q, D)``
+        -> ``(n,)``) from their stored vectors."""
+        limit = k * CANDIDATE_FACTOR
+        found = self.client.query_batch_points(self.collection, [
+            models.QueryRequest(query=reference.tolist(), using="image", limit=limit, filter=condition),
+            models.QueryRequest(query=[text.tolist()], using="image", limit=limit, filter=condition)])
+        candidates = sorted({point.id for response in found for point in response.points})
+        if not candidates:
+            return []
+        points = self.client.retrieve(self.collection, candidates, with_payload=True, with_vectors=["image"])
+        for point in points:
+            self._remember(point.id, point.payload)
+        scores = score(np.asarray([point.vector["image"] for point in points], dtype=np.float32))  # (n,)
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(points[i].id, float(scores[i])) for i in order]
 
     def _check(self, queries: Array, ndim: int, k: int, filter: Filter | None,
                allowed: Array | None) -> tuple[Array, models.Filter | None]:

@@ -101,8 +101,7 @@ def load_searcher(
 
 def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
     """The composed score a search uses: ``requested``, or for ``auto`` the one the query model has
-    been trained for (``fused`` after phase 2, else ``zero-shot``). A Qdrant collection has only the
-    ``fused`` score (the zero-shot score is an exact scan of local vectors).
+    been trained for (``fused`` after phase 2, else ``zero-shot``), on either backend.
 
     Raises:
         UserError: an unknown score name.
@@ -111,8 +110,6 @@ def composed_score(requested: str, index_path: str | Path, checkpoint: str | Pat
         raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
     if requested != "auto":
         return requested
-    if read_index_meta(Path(index_path)).get("backend") == "qdrant":
-        return "fused"
     phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1)
     return "fused" if phase == 2 else "zero-shot"
 
@@ -216,9 +213,6 @@ def rank(
     elif query.texts is not None:
         if image_weight is None:
             raise ValueError("a zero-shot composed query needs its image weight.")
-        if not hasattr(index, "search_zero_shot"):
-            raise UserError("the zero-shot composed score needs a local index; with this backend use "
-                            "--composed fused (a phase-2 checkpoint).")
         scores, rows = index.search_zero_shot(query.vectors, query.texts, k, image_weight, filter)
     else:
         scores, rows = index.search_composed(query.vectors, k, caption_weight=caption_weight,
