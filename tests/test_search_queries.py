@@ -105,8 +105,12 @@ def test_the_recipe_chooses_the_zero_shot_image_weight(tiny_phase1, indexed, mon
     assert report["protocol_options"]["zero_shot_image_weight_from"] == "the checkpoint's model.zero_shot_image_weight"
     model, index = load_searcher(indexed, checkpoint)
     ours = search(model, index, text="is red", image=image, k=5, composed="zero-shot")
-    assert [r.id for r in ours] == [r.id for r in search(model, index, text="is red", image=image, k=5,
-                                                           composed="zero-shot", image_weight=0.7)]
+    explicit = search(model, index, text="is red", image=image, k=5, composed="zero-shot", image_weight=0.7)
+    assert [r.id for r in ours] == [r.id for r in explicit]
+    # the scores, not only the order, are those of 0.7 (a top 5 may hold its order at another weight)
+    assert [r.score for r in ours] == pytest.approx([r.score for r in explicit], abs=1e-6)
+    default = search(model, index, text="is red", image=image, k=5, composed="zero-shot", image_weight=0.4)
+    assert [r.score for r in ours] != pytest.approx([r.score for r in default], abs=1e-6)
 
 
 def test_bench_cir_reports_zero_shot_next_to_its_halves_and_chance(tiny_phase1, tmp_path):

@@ -38,6 +38,7 @@ def search(
         contact_sheet,
         load_searcher,
         results_as_dicts,
+        zero_shot_weight,
     )
     from unifashion_core.retrieval.search import (
         search as run_search,
@@ -47,7 +48,7 @@ def search(
     index_path = workspace.resolve("index", index_dir)
     score = composed_score(composed, index_path, checkpoint) if effective == "cir" else None
     model, index = load_searcher(index_path, checkpoint)
-    image_weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
+    image_weight = zero_shot_weight(model, image_weight)
     warnings += tokenizer_warnings(model.tokenizer, text) if text is not None else []
     for warning in warnings:
         if not quiet:

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -441,15 +441,14 @@ class QdrantIndex:
         texts = check_queries(texts, 2, self.dim, "collection")
         if len(texts) != len(references):
             raise ValueError(f"{len(references)} references but {len(texts)} texts.")
-        score = zero_shot_scorer(references, texts, image_weight)
-        merged = [self._zero_shot_one(references[row], texts[row], lambda items, row=row: score(
-            slice(row, row + 1), items)[0], k, condition) for row in range(len(texts))]
+        merged = [self._zero_shot_one(references[row], texts[row], image_weight, k, condition)
+                  for row in range(len(texts))]
         return _as_arrays(merged, k)
 
-    def _zero_shot_one(self, reference: Array, text: Array, score: Callable[[Array], Array], k: int,
+    def _zero_shot_one(self, reference: Array, text: Array, image_weight: float, k: int,
                        condition: models.Filter | None) -> list[tuple[int, float]]:
-        """One zero-shot query: both terms' candidates, re-scored exactly (``score``: items ``(n, Q, D)``
-        -> ``(n,)``) from their stored vectors."""
+        """One zero-shot query (``reference`` ``(Q, D)``, ``text`` ``(D,)``): both terms' candidates,
+        re-scored exactly from their stored vectors."""
         limit = k * CANDIDATE_FACTOR
         found = self.client.query_batch_points(self.collection, [
             models.QueryRequest(query=reference.tolist(), using="image", limit=limit, filter=condition),
@@ -460,7 +459,8 @@ class QdrantIndex:
         points = self.client.retrieve(self.collection, candidates, with_payload=True, with_vectors=["image"])
         for point in points:
             self._remember(point.id, point.payload)
-        scores = score(np.asarray([point.vector["image"] for point in points], dtype=np.float32))  # (n,)
+        vectors = np.asarray([point.vector["image"] for point in points], dtype=np.float32)  # (n, Q, D)
+        scores = zero_shot_scorer(reference[None], text[None], image_weight)(slice(0, 1), vectors)[0]  # (n,)
         order = np.argsort(-scores, kind="stable")[:k]
         return [(points[i].id, float(scores[i])) for i in order]
 

@@ -100,8 +100,18 @@ def load_searcher(
 
 
 def composed_score(requested: str, index_path: str | Path, checkpoint: str | Path | None) -> str:
-    """The composed score a search uses: ``requested``, or for ``auto`` the one the query model has
-    been trained for (``fused`` after phase 2, else ``zero-shot``), on either backend.
+    """:func:`composed_for` the query model (``checkpoint``, else the one that built the index).
+
+    Raises:
+        UserError: an unknown score name.
+    """
+    phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1) if requested == "auto" else 1
+    return composed_for(requested, phase)
+
+
+def composed_for(requested: str, phase: int) -> str:
+    """The composed score a search uses: ``requested``, or for ``auto`` the one a model of training
+    ``phase`` has been trained for (``fused`` after phase 2, else ``zero-shot``), on either backend.
 
     Raises:
         UserError: an unknown score name.
@@ -110,8 +120,20 @@ def composed_score(requested: str, index_path: str | Path, checkpoint: str | Pat
         raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
     if requested != "auto":
         return requested
-    phase = read_meta(checkpoint or index_checkpoint(index_path)).get("phase", 1)
     return "fused" if phase == 2 else "zero-shot"
+
+
+def zero_shot_weight(model: UniFashion, image_weight: float | None) -> float:
+    """The zero-shot composed score's image weight: ``image_weight``, or the model's recipe's
+    ``model.zero_shot_image_weight`` when None.
+
+    Raises:
+        UserError: a weight outside [0, 1].
+    """
+    weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
+    if not 0.0 <= weight <= 1.0:
+        raise UserError(f"the zero-shot image weight must be in [0, 1], got {weight}.")
+    return weight
 
 
 def index_checkpoint(index_path: str | Path) -> Path:
@@ -180,10 +202,9 @@ def search(
     mode, _ = check_query(text, image, mode)
     if not 1 <= k <= index.num_items:
         raise UserError(f"-k must be between 1 and the number of indexed items ({index.num_items}), got {k}.")
-    image_weight = model.config.zero_shot_image_weight if image_weight is None else image_weight
-    if composed not in COMPOSED_SCORES[1:] or not 0.0 <= image_weight <= 1.0:
-        raise UserError(f"composed score {composed!r} with image weight {image_weight}: choose fused or zero-shot "
-                        "and a weight in [0, 1].")
+    image_weight = zero_shot_weight(model, image_weight)
+    if composed not in COMPOSED_SCORES[1:]:
+        raise UserError(f"composed score {composed!r}: choose fused or zero-shot.")
     text = text[:MAX_QUERY_CHARS] if text is not None else None
     if text is not None:
         tokenizer_warnings(model.tokenizer, text)

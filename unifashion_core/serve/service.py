@@ -23,12 +23,13 @@ from unifashion_core.retrieval.index import check_fingerprint
 from unifashion_core.retrieval.index import read_meta as read_index_meta
 from unifashion_core.retrieval.payload import Filter
 from unifashion_core.retrieval.search import (
-    COMPOSED_SCORES,
     Query,
     SearchResult,
     check_query,
+    composed_for,
     index_checkpoint,
     rank,
+    zero_shot_weight,
 )
 from unifashion_core.retrieval.upsert import NewItem, embed_items
 from unifashion_core.serve.batcher import QueryBatcher
@@ -154,14 +155,9 @@ class Service:
         Raises:
             UserError: an unknown score, or a weight outside [0, 1].
         """
-        if requested not in COMPOSED_SCORES:
-            raise UserError(f"unknown composed score {requested!r}; choose one of {', '.join(COMPOSED_SCORES)}.")
-        if image_weight is not None and not 0.0 <= image_weight <= 1.0:
-            raise UserError(f"image_weight must be in [0, 1], got {image_weight}.")
-        score = requested if requested != "auto" else "fused" if self.loaded.meta.get("phase", 1) == 2 else "zero-shot"
-        if score == "fused":
-            return score, None
-        return score, self.model.config.zero_shot_image_weight if image_weight is None else image_weight
+        score = composed_for(requested, self.loaded.meta.get("phase", 1))
+        weight = zero_shot_weight(self.model, image_weight)
+        return score, weight if score == "zero-shot" else None
 
     def item_image(self, view: CatalogueView, item_id: str) -> Image.Image:
         """The decoded image of a catalogue item (a file this server owns, never a client's path).
